@@ -1,0 +1,71 @@
+// Package api holds the wire types that vigil-host, vigil-server and vigilctl
+// share: the etcd keyspace, desired state, registration values and history
+// records. Nothing here talks to etcd or the network; both sides import it
+// so that nothing is defined twice.
+package api
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the default root of Vigil's etcd keyspace.
+const DefaultPrefix = "/hids"
+
+// Keyspace builds the etcd keys under one prefix (DESIGN.md, "Control plane").
+type Keyspace struct {
+	Prefix string
+}
+
+// NewKeyspace returns the keyspace under prefix ("" means DefaultPrefix),
+// without a trailing slash.
+func NewKeyspace(prefix string) Keyspace {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return Keyspace{Prefix: strings.TrimRight(prefix, "/")}
+}
+
+// Agents is the prefix of every host registration.
+func (k Keyspace) Agents() string { return k.Prefix + "/agent/master/" }
+
+// Agent is a host's registration key, written by the host with its lease.
+func (k Keyspace) Agent(host string) string { return k.Agents() + host }
+
+// Configs is the prefix of every desired-state document.
+func (k Keyspace) Configs() string { return k.Prefix + "/server/config/" }
+
+// ScopeKey is the desired-state key of a scope.
+func (k Keyspace) ScopeKey(s Scope) string {
+	switch s.Kind {
+	case ScopeFleet:
+		return k.Configs() + "_fleet/master"
+	case ScopeGroup:
+		return k.Configs() + "_group/" + s.Label + "=" + s.Value + "/master"
+	default:
+		return k.Configs() + s.Host + "/master"
+	}
+}
+
+// Releases is the prefix of the signed release manifests.
+func (k Keyspace) Releases() string { return k.Prefix + "/releases/" }
+
+// Release is the key of one signed release manifest.
+func (k Keyspace) Release(plugin, version string) string {
+	return k.Releases() + plugin + "/" + version
+}
+
+// History is the prefix of a scope's change history.
+func (k Keyspace) History(s Scope) string { return k.Prefix + "/history/" + s.String() + "/" }
+
+// HistoryEntry is the key of one history record; seq is zero-padded so keys
+// sort in order.
+func (k Keyspace) HistoryEntry(s Scope, seq int64) string {
+	return fmt.Sprintf("%s%016d", k.History(s), seq)
+}
+
+// Servers is the prefix of server replica registrations.
+func (k Keyspace) Servers() string { return k.Prefix + "/servers/" }
+
+// Election is the prefix of the server leader election.
+func (k Keyspace) Election() string { return k.Prefix + "/election/" }

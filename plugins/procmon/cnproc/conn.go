@@ -1,0 +1,146 @@
+package cnproc
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = errors.New("cnproc: connection closed")
+
+// Conn is a subscribed process events socket.
+type Conn struct {
+	nl  *netlink.Conn
+	raw syscall.RawConn
+
+	// read state, reused by every Read so it does not allocate.
+	buf     []byte
+	n       int
+	rerr    error
+	readFn  func(fd uintptr) bool
+	rcvBuf  int
+	forced  bool
+	closing atomic.Bool
+}
+
+// Dial opens the connector socket, joins the process events group, sets a
+// receive buffer of rcvBuf bytes (with SO_RCVBUFFORCE when the process may,
+// so it can pass net.core.rmem_max) and subscribes. bufSize is the read
+// buffer for one datagram. It needs CAP_NET_ADMIN.
+func Dial(rcvBuf, bufSize int) (*Conn, error) {
+	nl, err := netlink.Dial(NetlinkConnector, &netlink.Config{Groups: IdxProc})
+	if err != nil {
+		return nil, fmt.Errorf("cnproc: opening netlink connector socket: %w", err)
+	}
+	raw, err := nl.SyscallConn()
+	if err != nil {
+		nl.Close()
+		return nil, fmt.Errorf("cnproc: raw socket: %w", err)
+	}
+	c := &Conn{nl: nl, raw: raw, buf: make([]byte, max(bufSize, 4096))}
+	c.readFn = c.read
+	if rcvBuf > 0 {
+		if err := c.setRcvBuf(rcvBuf); err != nil {
+			nl.Close()
+			return nil, err
+		}
+	}
+	if err := c.subscribe(McastListen); err != nil {
+		nl.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Conn) setRcvBuf(n int) error {
+	var serr error
+	err := c.raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		if serr == nil {
+			c.forced = true
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("cnproc: setting receive buffer to %d bytes: %w", n, err)
+	}
+	err = c.raw.Control(func(fd uintptr) {
+		c.rcvBuf, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("cnproc: reading receive buffer size: %w", err)
+	}
+	return nil
+}
+
+// RcvBuf returns the receive buffer the kernel granted (it doubles the
+// requested size for its bookkeeping) and whether SO_RCVBUFFORCE was used.
+func (c *Conn) RcvBuf() (bytes int, forced bool) { return c.rcvBuf, c.forced }
+
+func (c *Conn) subscribe(op uint32) error {
+	msg := AppendSubscribe(nil, op, c.nl.PID())
+	var serr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return !errors.Is(serr, unix.EAGAIN)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("cnproc: subscribing to process events: %w", err)
+	}
+	return nil
+}
+
+func (c *Conn) read(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(c.buf))), uintptr(len(c.buf)), 0, 0, 0)
+	if errno == unix.EAGAIN || errno == unix.EINTR {
+		return false
+	}
+	c.n, c.rerr = int(n), nil
+	if errno != 0 {
+		c.n, c.rerr = 0, errno
+	}
+	return true
+}
+
+// Read waits for the next datagram and returns it; the slice is valid until
+// the next Read. It returns unix.ENOBUFS (test with errors.Is) when the
+// socket overran and the kernel dropped messages; reading may go on after
+// it. Read does not allocate.
+func (c *Conn) Read() ([]byte, error) {
+	if err := c.raw.Read(c.readFn); err != nil {
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || c.closing.Load() {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("cnproc: reading: %w", err)
+	}
+	if c.rerr != nil {
+		return nil, c.rerr
+	}
+	return c.buf[:c.n], nil
+}
+
+// Close unsubscribes and closes the socket; a blocked Read returns
+// ErrClosed.
+func (c *Conn) Close() error {
+	c.closing.Store(true)
+	_ = c.subscribe(McastIgnore)
+	return c.nl.Close()
+}

@@ -1,0 +1,116 @@
+package desired
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/vigil-hids/vigil/api"
+)
+
+// PluginValidator checks one plugin's config with the plugin's own rules;
+// it returns an error for a plugin it does not know. plugins/catalog.Validate
+// has this signature.
+type PluginValidator func(plugin string, raw json.RawMessage) error
+
+// LogLevels are the accepted log levels (syslog names).
+var LogLevels = []string{"emergency", "alert", "critical", "error", "warning", "notice", "info", "debug"}
+
+// MaxSpread is the longest window a one-shot task may be spread over.
+const MaxSpread = 24 * time.Hour
+
+// Check validates a parsed document: log levels, plugin names, each plugin's
+// config through validate, and one-shot tasks. Every problem is reported,
+// joined, each wrapped in ErrInvalid.
+func Check(st api.DesiredState, validate PluginValidator) error {
+	var errs []error
+	bad := func(format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, a...)...))
+	}
+	if st.LogLevel != "" && !validLevel(st.LogLevel) {
+		bad("log_level must be one of %v (got %q)", LogLevels, st.LogLevel)
+	}
+	names := make([]string, 0, len(st.Plugins))
+	for name := range st.Plugins {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := st.Plugins[name]
+		if !api.ValidName(name) {
+			bad("plugins: %q is not a valid plugin name", name)
+			continue
+		}
+		if p.LogLevel != "" && !validLevel(p.LogLevel) {
+			bad("plugins.%s.log_level must be one of %v (got %q)", name, LogLevels, p.LogLevel)
+		}
+		if validate == nil {
+			bad("plugins.%s: no plugin catalog to check it against", name)
+			continue
+		}
+		if err := validate(name, p.Config); err != nil {
+			bad("plugins.%s: %w", name, err)
+		}
+	}
+	seen := map[string]bool{}
+	for i, t := range st.Tasks {
+		at := fmt.Sprintf("tasks[%d]", i)
+		switch {
+		case t.ID == "":
+			bad("%s.id is required", at)
+		case seen[t.ID]:
+			bad("%s.id %q is used twice", at, t.ID)
+		}
+		seen[t.ID] = true
+		if t.Name == "" {
+			bad("%s.name is required", at)
+		}
+		if !api.ValidName(t.Plugin) {
+			bad("%s.plugin %q is not a valid plugin name", at, t.Plugin)
+		} else if validate != nil {
+			if err := validate(t.Plugin, nil); err != nil {
+				bad("%s.plugin: %w", at, err)
+			}
+		}
+		if s := time.Duration(t.Spread); s < 0 || s > MaxSpread {
+			bad("%s.spread must be between 0s and %s (got %s)", at, MaxSpread, s)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validLevel(s string) bool {
+	for _, l := range LogLevels {
+		if s == l {
+			return true
+		}
+	}
+	return false
+}
+
+// DefaultMaxRequestBytes is etcd's default request limit (--max-request-bytes).
+const DefaultMaxRequestBytes = 1536 * 1024
+
+// ErrTooLarge is returned when a write would exceed etcd's request limit.
+var ErrTooLarge = errors.New("desired: document too large")
+
+// requestOverhead covers the Txn framing, compares and key bytes beyond the
+// two values (measured well below 1 KiB; kept generous).
+const requestOverhead = 4096
+
+// CheckSize refuses a write whose etcd request (the document at the scope
+// key plus the same document in the history record, one Txn) would exceed
+// limit bytes, before anything is sent.
+func CheckSize(docBytes, historyBytes, limit int) error {
+	if limit <= 0 {
+		limit = DefaultMaxRequestBytes
+	}
+	if n := docBytes + historyBytes + requestOverhead; n > limit {
+		return fmt.Errorf("%w: the write carries the document twice (scope key and history record), %d bytes in all, "+
+			"over etcd's request limit of %d bytes (--max-request-bytes); the document itself may be at most %d bytes (got %d)",
+			ErrTooLarge, n, limit, (limit-requestOverhead)/2, docBytes)
+	}
+	return nil
+}

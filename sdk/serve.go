@@ -90,6 +90,8 @@ type server struct {
 	mu      sync.Mutex
 	name    string
 	running bool
+	stopRun context.CancelFunc // ends the current Run, if any
+	runDone chan struct{}      // closed when the current Run has returned
 }
 
 func newServer(impl Plugin, log hclog.Logger, opts BatchOptions) *server {
@@ -185,16 +187,18 @@ func (s *server) Run(_ *pluginpb.RunRequest, stream grpc.ServerStreamingServer[p
 		s.mu.Unlock()
 		return status.Error(codes.FailedPrecondition, "run: already running")
 	}
-	s.running = true
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	s.running, s.stopRun, s.runDone = true, cancel, make(chan struct{})
+	done := s.runDone
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		s.running = false
+		s.running, s.stopRun = false, nil
+		close(done)
 		s.mu.Unlock()
 	}()
 
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
 	clock := NewCoarseClock(MinCoarseResolution)
 	defer clock.Stop()
 	b := newBatcher(s.batch, clock)
@@ -214,6 +218,9 @@ func (s *server) Run(_ *pluginpb.RunRequest, stream grpc.ServerStreamingServer[p
 
 	select {
 	case err := <-runErr:
+		// Run ended on its own or because Shutdown asked: flush what is
+		// queued onto the stream, which the host still reads, so that every
+		// emitted event is delivered or counted.
 		close(stop)
 		serr := <-sendErr
 		if err != nil && !errors.Is(err, context.Canceled) {
@@ -241,11 +248,25 @@ func (s *server) Task(ctx context.Context, req *pluginpb.TaskRequest) (*pluginpb
 	return &pluginpb.TaskResponse{Result: res}, nil
 }
 
+// Shutdown ends Run first, letting it flush its queued events onto the
+// stream (the host keeps reading until the stream closes), then calls the
+// plugin's Shutdown.
 func (s *server) Shutdown(ctx context.Context, req *pluginpb.ShutdownRequest) (*pluginpb.ShutdownResponse, error) {
 	if req.DeadlineUnixNano > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, time.Unix(0, req.DeadlineUnixNano))
 		defer cancel()
+	}
+	s.mu.Lock()
+	stopRun, done := s.stopRun, s.runDone
+	s.mu.Unlock()
+	if stopRun != nil {
+		stopRun()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return nil, status.Errorf(codes.DeadlineExceeded, "%s: shutdown: run did not stop before the deadline", s.pluginName(ctx))
+		}
 	}
 	if err := s.impl.Shutdown(ctx); err != nil {
 		return nil, status.Errorf(codes.Unknown, "%s: shutdown: %v", s.pluginName(ctx), err)

@@ -1,0 +1,418 @@
+// Package agent assembles vigil-host: the event pipeline and its sinks, the
+// plugin supervisor, the heartbeat, the status socket and optional metrics.
+// It is also the control plane's Applier: a desired state from the fleet is
+// laid over the host's config file and handed to the supervisor.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/host/config"
+	"github.com/vigil-hids/vigil/host/pipeline"
+	"github.com/vigil-hids/vigil/host/procstat"
+	"github.com/vigil-hids/vigil/host/sink"
+	"github.com/vigil-hids/vigil/host/spawn"
+	"github.com/vigil-hids/vigil/host/status"
+	"github.com/vigil-hids/vigil/host/supervisor"
+)
+
+// Options are what the caller injects.
+type Options struct {
+	Version string
+	Log     *slog.Logger
+	// PluginLog receives go-plugin's and the plugins' log lines.
+	PluginLog hclog.Logger
+	// Registry, if set, gets the host's Prometheus metrics.
+	Registry *prometheus.Registry
+}
+
+// Agent is a running vigil-host.
+type Agent struct {
+	cfg     config.Config
+	opts    Options
+	log     *slog.Logger
+	started time.Time
+
+	spawner *spawn.Spawner
+	pipe    *pipeline.Pipeline
+	sup     *supervisor.Manager
+	sock    *status.Server
+	metrics *http.Server
+	hb      *pipeline.HostEmitter
+	sinks   []string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errc   chan error
+	ready  chan struct{}
+	once   sync.Once
+
+	mu      sync.Mutex
+	desired api.DesiredState
+	rev     int64
+	usage   map[string]usage // last CPU/RSS sample by plugin
+	self    usage
+}
+
+type usage struct {
+	pid  int
+	proc *procstat.Proc
+	cpu  time.Duration
+	at   time.Time
+	pct  float64
+	rss  uint64
+}
+
+// Start validates cfg, builds every part and starts the plugins named in
+// the config file. On error, whatever was started is stopped again.
+func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.PluginLog == nil {
+		opts.PluginLog = hclog.NewNullLogger()
+	}
+	a := &Agent{
+		cfg: cfg, opts: opts, log: opts.Log.With("component", "host"),
+		started: time.Now(), errc: make(chan error, 1), ready: make(chan struct{}),
+		usage: map[string]usage{},
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			a.Close()
+		}
+	}()
+
+	var sinks []sink.Sink
+	if cfg.Sinks.File != nil {
+		if err := os.MkdirAll(filepath.Dir(cfg.Sinks.File.Path), 0o750); err != nil {
+			return nil, fmt.Errorf("file sink: %w", err)
+		}
+		f, err := sink.NewFile(*cfg.Sinks.File, cfg.HostName)
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, f)
+		a.sinks = append(a.sinks, "file:"+cfg.Sinks.File.Path)
+	}
+	if cfg.Sinks.Stdout {
+		sinks = append(sinks, sink.NewStdout(cfg.HostName))
+		a.sinks = append(a.sinks, "stdout")
+	}
+	a.pipe, err = pipeline.New(cfg.Pipeline, sinks, opts.Log.With("component", "pipeline"), nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.pipe.Start(a.ctx); err != nil {
+		return nil, err
+	}
+	a.hb = a.pipe.HostEmitter(opts.Version)
+
+	a.spawner = spawn.New()
+	s := cfg.Supervisor
+	a.sup, err = supervisor.New(supervisor.Config{
+		Options: supervisor.Options{
+			HostName: cfg.HostName, HostVersion: opts.Version,
+			StartTimeout: s.StartTimeout, CallTimeout: s.CallTimeout, ShutdownTimeout: s.ShutdownTimeout,
+			BackoffInitial: s.BackoffInitial, BackoffMax: s.BackoffMax,
+			YoungAge: s.YoungAge, QuarantineAfter: s.QuarantineAfter,
+		},
+		Log:     opts.PluginLog,
+		Spawner: a.spawner,
+		Hooks:   supervisor.Hooks{Gate: a.gate},
+		Events: func(name string) supervisor.EventSink {
+			return a.pipe.Register(name, "")
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if opts.Registry != nil {
+		if err := a.pipe.RegisterMetrics(opts.Registry); err != nil {
+			return nil, err
+		}
+		if err := opts.Registry.Register(supervisorCollector{a}); err != nil {
+			return nil, err
+		}
+	}
+	a.sock, err = status.Listen(filepath.Join(cfg.RunDir, "host.sock"), a.Snapshot)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Metrics.Listen != "" && opts.Registry != nil {
+		ln, err := net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("metrics.listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(opts.Registry, promhttp.HandlerOpts{}))
+		a.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = a.metrics.Serve(ln) }()
+	}
+	if err := a.sup.Set(a.specs()); err != nil {
+		return nil, err
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.heartbeat()
+	}()
+	close(a.ready)
+	a.log.Info("host started", "host", cfg.HostName, "version", opts.Version, "plugins", len(cfg.Plugins), "sinks", strings.Join(a.sinks, ","))
+	return a, nil
+}
+
+// Ready is closed once the agent has started.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Err reports a fatal error of the agent, if one happens.
+func (a *Agent) Err() <-chan error { return a.errc }
+
+// Close stops the plugins (gracefully, then by force), flushes the
+// pipeline to the sinks and removes the status socket. It is idempotent.
+func (a *Agent) Close() error {
+	var errs []error
+	a.once.Do(func() {
+		a.cancel()
+		if a.sup != nil {
+			a.sup.Close()
+		}
+		a.wg.Wait()
+		if a.metrics != nil {
+			_ = a.metrics.Close()
+		}
+		if a.sock != nil {
+			errs = append(errs, a.sock.Close())
+		}
+		if a.pipe != nil {
+			errs = append(errs, a.pipe.Close())
+		}
+		if a.spawner != nil {
+			a.spawner.Close()
+		}
+		a.mu.Lock()
+		for _, u := range a.usage {
+			if u.proc != nil {
+				u.proc.Close()
+			}
+		}
+		a.mu.Unlock()
+	})
+	return errors.Join(errs...)
+}
+
+// gate holds every plugin while the emergency stop is in force.
+func (a *Agent) gate(string) (string, time.Duration) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.desired.Stop != nil && *a.desired.Stop {
+		return "emergency stop", 0
+	}
+	return "", 0
+}
+
+// specs lays the desired state over the config file's plugins.
+func (a *Agent) specs() []supervisor.Spec {
+	a.mu.Lock()
+	ds := a.desired
+	a.mu.Unlock()
+	out := make([]supervisor.Spec, 0, len(a.cfg.Plugins))
+	for _, p := range a.cfg.Plugins {
+		enabled := p.IsEnabled()
+		base := api.DesiredState{Plugins: map[string]api.PluginState{p.Name: {
+			Enabled: &enabled, Config: p.PluginConfigJSON(), LogLevel: p.LogLevel,
+		}}}
+		eff := api.Merge(base, ds).Plugins[p.Name]
+		out = append(out, supervisor.Spec{
+			Name: p.Name, Path: p.Path, SHA256: p.SHA256,
+			Enabled:  eff.Enabled == nil || *eff.Enabled,
+			Config:   eff.Config,
+			LogLevel: eff.LogLevel,
+		})
+	}
+	return out
+}
+
+// Apply makes the host match a desired state from the fleet (the control
+// plane's Applier). Plugins the host has no binary for are refused by name;
+// everything else is applied. It is idempotent.
+func (a *Agent) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
+	var errs []error
+	known := map[string]bool{}
+	for _, p := range a.cfg.Plugins {
+		known[p.Name] = true
+	}
+	names := make([]string, 0, len(ds.Plugins))
+	for name := range ds.Plugins {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if !known[name] {
+			errs = append(errs, fmt.Errorf("plugin %q: this host has no binary for it", name))
+		}
+	}
+	a.mu.Lock()
+	a.desired, a.rev = ds, rev
+	a.mu.Unlock()
+	if err := a.sup.Set(a.specs()); err != nil {
+		errs = append(errs, err)
+	}
+	a.sup.Poke()
+	return errors.Join(errs...)
+}
+
+// Status reports each plugin for the registration value.
+func (a *Agent) Status() map[string]api.PluginStatus {
+	out := map[string]api.PluginStatus{}
+	for _, s := range a.sup.Status() {
+		last := s.LastError
+		if s.ConfigError != "" {
+			last = "config rejected: " + s.ConfigError
+		}
+		out[s.Name] = api.PluginStatus{Version: s.Version, State: string(s.State), LastError: last, Restarts: s.Restarts}
+	}
+	return out
+}
+
+// Supervisor returns the plugin supervisor (for tasks).
+func (a *Agent) Supervisor() *supervisor.Manager { return a.sup }
+
+// Snapshot returns the host's state for `vigil-host status`.
+func (a *Agent) Snapshot() status.Snapshot {
+	stats := map[string]pipeline.PluginStats{}
+	for _, s := range a.pipe.Stats() {
+		stats[s.Plugin] = s
+	}
+	a.mu.Lock()
+	stopped := a.desired.Stop != nil && *a.desired.Stop
+	self := a.self
+	use := make(map[string]usage, len(a.usage))
+	for k, v := range a.usage {
+		use[k] = v
+	}
+	a.mu.Unlock()
+	snap := status.Snapshot{
+		Host: a.cfg.HostName, Version: a.opts.Version, PID: os.Getpid(), StartedAt: a.started,
+		Labels: a.cfg.Labels, CPUPercent: self.pct, RSSBytes: self.rss, Stopped: stopped, Sinks: a.sinks,
+	}
+	for _, s := range a.sup.Status() {
+		st := stats[s.Name]
+		u := use[s.Name]
+		state := string(s.State)
+		if s.Held != "" {
+			state += " (" + s.Held + ")"
+		}
+		snap.Plugins = append(snap.Plugins, status.Plugin{
+			Name: s.Name, Version: s.Version, State: state, PID: s.PID, Restarts: s.Restarts,
+			LastError: s.LastError, ConfigError: s.ConfigError,
+			CPUPercent: u.pct, RSSBytes: u.rss,
+			Emitted: st.Emitted, Delivered: st.Delivered, Queued: st.Queued,
+			Dropped: st.Dropped, Counters: st.Counters,
+		})
+	}
+	return snap
+}
+
+// heartbeat samples resource use and reports the host's health as events
+// at a jittered interval (a hash of the host name spreads a fleet's
+// heartbeats over the interval).
+func (a *Agent) heartbeat() {
+	interval := a.cfg.Heartbeat.Interval
+	h := fnv.New64a()
+	h.Write([]byte(a.cfg.HostName))
+	first := time.Duration(h.Sum64() % uint64(interval))
+	sample := time.NewTicker(5 * time.Second)
+	defer sample.Stop()
+	beat := time.NewTimer(min(first, 10*time.Second))
+	defer beat.Stop()
+	a.sample()
+	for {
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-sample.C:
+			a.sample()
+		case <-beat.C:
+			a.sample()
+			a.emitHeartbeat()
+			beat.Reset(interval)
+		}
+	}
+}
+
+// sample reads CPU and RSS of the host and each plugin process.
+func (a *Agent) sample() {
+	now := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.self = measure(a.self, os.Getpid(), now)
+	live := map[string]bool{}
+	for _, s := range a.sup.Status() {
+		live[s.Name] = true
+		u := a.usage[s.Name]
+		if s.PID == 0 {
+			if u.proc != nil {
+				u.proc.Close()
+			}
+			a.usage[s.Name] = usage{}
+			continue
+		}
+		a.usage[s.Name] = measure(u, s.PID, now)
+	}
+	for name, u := range a.usage {
+		if !live[name] {
+			if u.proc != nil {
+				u.proc.Close()
+			}
+			delete(a.usage, name)
+		}
+	}
+}
+
+func measure(u usage, pid int, now time.Time) usage {
+	if u.pid != pid || u.proc == nil {
+		if u.proc != nil {
+			u.proc.Close()
+		}
+		p, err := procstat.Open("", pid)
+		if err != nil {
+			return usage{}
+		}
+		u = usage{pid: pid, proc: p}
+	}
+	s, err := u.proc.Sample()
+	if err != nil {
+		u.proc.Close()
+		return usage{}
+	}
+	if !u.at.IsZero() {
+		if dt := now.Sub(u.at); dt > 0 {
+			u.pct = 100 * float64(s.CPU-u.cpu) / float64(dt)
+		}
+	}
+	u.cpu, u.at, u.rss = s.CPU, now, s.RSS
+	return u
+}

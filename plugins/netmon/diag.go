@@ -1,0 +1,129 @@
+package netmon
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// dumpBufSize holds the largest datagram the kernel builds for a dump (it
+// caps them at 32 KiB) with room to spare.
+const dumpBufSize = 64 << 10
+
+// ErrBudget ends a dump that used up its CPU budget.
+var ErrBudget = errors.New("netmon: snapshot cpu budget exhausted")
+
+func errnoErr(errno int32) error { return unix.Errno(errno) }
+
+// dumper runs sock_diag dumps over one NETLINK_SOCK_DIAG socket. Requests
+// go out through mdlayher/netlink; replies are read straight into one
+// reused buffer and parsed in place, so a dump of any size allocates
+// nothing per socket or per datagram.
+type dumper struct {
+	conn *netlink.Conn
+	rc   syscall.RawConn
+	buf  []byte
+	req  []byte
+	// readFn is built once so the raw read does not allocate a closure.
+	readFn func(fd uintptr) bool
+	n      int
+	rerr   error
+	// Timeout bounds one dump.
+	Timeout time.Duration
+	// tap, when set, sees every datagram before it is parsed (tests use it
+	// to capture fixtures).
+	tap func([]byte)
+}
+
+func newDumper() (*dumper, error) {
+	d := &dumper{buf: make([]byte, dumpBufSize), req: make([]byte, 0, inetDiagReqV2Len), Timeout: 30 * time.Second}
+	d.readFn = func(fd uintptr) bool {
+		d.n, d.rerr = unix.Read(int(fd), d.buf)
+		return d.rerr != unix.EAGAIN
+	}
+	if err := d.dial(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *dumper) dial() error {
+	c, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
+	if err != nil {
+		return fmt.Errorf("dialing netlink sock_diag: %w", err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		_ = c.Close()
+		return fmt.Errorf("netlink sock_diag raw conn: %w", err)
+	}
+	d.conn, d.rc = c, rc
+	return nil
+}
+
+// Close closes the netlink socket.
+func (d *dumper) Close() error {
+	if d.conn == nil {
+		return nil
+	}
+	err := d.conn.Close()
+	d.conn = nil
+	return err
+}
+
+// dump asks the kernel for every socket of family and proto in states and
+// calls fn for each. over is polled after every datagram; when it reports
+// true the dump is abandoned (the socket is closed so the kernel stops
+// walking its tables) and ErrBudget is returned with what was seen so far.
+func (d *dumper) dump(family, proto uint8, states uint32, s *Socket, fn func(*Socket), over func() bool) (dumpResult, error) {
+	var total dumpResult
+	if d.conn == nil {
+		if err := d.dial(); err != nil {
+			return total, err
+		}
+	}
+	d.req = appendDiagRequest(d.req[:0], family, proto, states)
+	if _, err := d.conn.Send(netlink.Message{
+		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request | netlink.Dump},
+		Data:   d.req,
+	}); err != nil {
+		_ = d.Close()
+		return total, fmt.Errorf("sending sock_diag request: %w", err)
+	}
+	if err := d.conn.SetReadDeadline(time.Now().Add(d.Timeout)); err != nil {
+		_ = d.Close()
+		return total, fmt.Errorf("setting netlink deadline: %w", err)
+	}
+	for {
+		if err := d.rc.Read(d.readFn); err != nil {
+			_ = d.Close()
+			return total, fmt.Errorf("reading sock_diag reply: %w", err)
+		}
+		if d.rerr != nil {
+			_ = d.Close()
+			return total, fmt.Errorf("reading sock_diag reply: %w", d.rerr)
+		}
+		if d.tap != nil {
+			d.tap(d.buf[:d.n])
+		}
+		r, err := parseDiag(d.buf[:d.n], proto, s, fn)
+		total.sockets += r.sockets
+		total.interrupted = total.interrupted || r.interrupted
+		if err != nil {
+			_ = d.Close()
+			return total, err
+		}
+		if r.done {
+			total.done = true
+			return total, nil
+		}
+		if over != nil && over() {
+			_ = d.Close()
+			return total, ErrBudget
+		}
+	}
+}

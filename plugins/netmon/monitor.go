@@ -1,0 +1,690 @@
+package netmon
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+
+	"github.com/vigil-hids/vigil/sdk"
+)
+
+// Stable rule ids of netmon's detections; they are the Type of the alert
+// events and never change meaning.
+const (
+	// RuleListenerUnexpected: a new listener by an executable or on a port
+	// outside the learned baseline.
+	RuleListenerUnexpected = "netmon.listener_unexpected"
+	// RuleOutboundBlocklisted: an outbound connection to a blocklisted
+	// network.
+	RuleOutboundBlocklisted = "netmon.outbound_blocklisted"
+	// RuleShellSocket: a shell process holds a TCP or UDP socket (a reverse
+	// or bind shell).
+	RuleShellSocket = "netmon.shell_socket"
+)
+
+// Severities of the rules.
+const (
+	SevListenerUnexpected  = sdk.SevWarning
+	SevOutboundBlocklisted = sdk.SevCritical
+	SevShellSocket         = sdk.SevCritical
+)
+
+// Telemetry event types.
+const (
+	TypeListenerNew    = "listener_new"
+	TypeListenerClosed = "listener_closed"
+	TypeConnectionNew  = "connection_new"
+	TypeStatus         = "netmon_status"
+)
+
+// Counter names reported with every batch.
+const (
+	CounterSnapshots          = "snapshots_total"
+	CounterTruncated          = "snapshots_truncated"
+	CounterSlowed             = "snapshots_slowed"
+	CounterSockets            = "sockets_last"
+	CounterSnapshotCPU        = "snapshot_cpu_us_last"
+	CounterAttributionMisses  = "attribution_misses"
+	CounterAttributionScans   = "attribution_scans"
+	CounterAttributionFDs     = "attribution_fds_read"
+	CounterAttributionDefer   = "attribution_deferred"
+	CounterEventsSuppressed   = "events_suppressed"
+	CounterOutboundUnreported = "outbound_unreported"
+	CounterDumpInterrupted    = "dump_interrupted"
+	CounterDumpErrors         = "dump_errors"
+	CounterProcNetFallback    = "procnet_fallback_snapshots"
+)
+
+// maxPending bounds the new outbound connections kept for attribution and
+// aggregation per snapshot; beyond it they are only counted (blocklisted
+// ones are always kept).
+const maxPending = 16384
+
+// listenerKey identifies a listening socket.
+type listenerKey struct {
+	addr   [16]byte
+	port   uint16
+	proto  uint8
+	family uint8
+}
+
+type listener struct {
+	inode uint32
+	uid   uint32
+	pid   int32
+	exe   string
+}
+
+// aggKey groups new outbound connections per process and remote endpoint.
+type aggKey struct {
+	remote [16]byte
+	pid    int32
+	port   uint16
+	proto  uint8
+	family uint8
+}
+
+type aggVal struct {
+	count int
+	first Socket
+}
+
+// Mode is how the last snapshot ran.
+type Mode string
+
+// Modes reported in status events.
+const (
+	ModeNormal    Mode = "normal"
+	ModeSlowed    Mode = "slowed"    // the interval was stretched to keep the CPU share
+	ModeTruncated Mode = "truncated" // the snapshot hit its CPU budget and stopped early
+)
+
+// Stats describes one snapshot.
+type Stats struct {
+	Sockets     int           // sockets dumped
+	Listeners   int           // listening sockets
+	NewOutbound int           // new outbound connections
+	CPU         time.Duration // CPU time of the snapshot's thread
+	Wall        time.Duration
+	Truncated   bool
+	Fallback    bool // read /proc/net instead of sock_diag
+	Misses      int  // new sockets left unattributed
+	Scanned     int  // processes scanned for attribution
+	Deferred    int  // processes left for a later snapshot
+	Events      int
+}
+
+// monitor takes snapshots, diffs them against the previous one and emits
+// events and alerts. It is used by one goroutine.
+type monitor struct {
+	cfg   *Config
+	log   hclog.Logger
+	clock sdk.Clock
+	em    sdk.Emitter
+
+	dump    *dumper // nil: sock_diag unavailable, read /proc/net
+	res     *resolver
+	started time.Time
+	first   bool
+	block   []netip.Prefix
+	// ephemeral port range, for telling UDP servers from UDP clients
+	ephLo, ephHi uint16
+
+	baselinePorts map[uint32]bool // proto<<16 | port
+	baselineExes  map[string]bool
+
+	listeners, prevListeners map[listenerKey]listener
+	conns, prevConns         map[uint32]struct{}
+	pending                  []Socket
+	wanted                   map[uint32]bool
+	agg                      map[aggKey]*aggVal
+	aggOrder                 []aggKey
+
+	sock               Socket
+	onListenFn, onConn func(*Socket)
+	onUDPFn            func(*Socket)
+	newOutbound        int
+	unreported         int
+	emitted            int
+	ev                 sdk.Event
+	mode               Mode
+	interval           time.Duration // the last wait chosen by pace
+	c                  counters
+}
+
+type counters struct {
+	snapshots, truncated, slowed, sockets, cpu           *sdk.Counter
+	misses, scans, fds, deferred, suppressed, unreported *sdk.Counter
+	interrupted, dumpErrors, fallback                    *sdk.Counter
+}
+
+func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) (*monitor, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	m := &monitor{
+		log:           log,
+		clock:         clock,
+		em:            em,
+		started:       clock.Now(),
+		first:         true,
+		ephLo:         32768,
+		ephHi:         60999,
+		baselinePorts: map[uint32]bool{},
+		baselineExes:  map[string]bool{},
+		listeners:     map[listenerKey]listener{},
+		prevListeners: map[listenerKey]listener{},
+		conns:         map[uint32]struct{}{},
+		prevConns:     map[uint32]struct{}{},
+		wanted:        map[uint32]bool{},
+		agg:           map[aggKey]*aggVal{},
+		mode:          ModeNormal,
+	}
+	m.onListenFn = m.onListen
+	m.onConn = m.onConnection
+	m.onUDPFn = m.onUDP
+	m.c = counters{
+		snapshots: em.Counter(CounterSnapshots), truncated: em.Counter(CounterTruncated),
+		slowed: em.Counter(CounterSlowed), sockets: em.Counter(CounterSockets), cpu: em.Counter(CounterSnapshotCPU),
+		misses: em.Counter(CounterAttributionMisses), scans: em.Counter(CounterAttributionScans),
+		fds: em.Counter(CounterAttributionFDs), deferred: em.Counter(CounterAttributionDefer),
+		suppressed: em.Counter(CounterEventsSuppressed), unreported: em.Counter(CounterOutboundUnreported),
+		interrupted: em.Counter(CounterDumpInterrupted), dumpErrors: em.Counter(CounterDumpErrors),
+		fallback: em.Counter(CounterProcNetFallback),
+	}
+	if lo, hi, ok := readPortRange(cfg.ProcRoot); ok {
+		m.ephLo, m.ephHi = lo, hi
+	}
+	d, err := newDumper()
+	if err != nil {
+		log.Warn("sock_diag unavailable, falling back to /proc/net", "error", err)
+	} else {
+		m.dump = d
+	}
+	if err := m.apply(cfg); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// apply switches to a new validated config.
+func (m *monitor) apply(cfg *Config) error {
+	if m.res == nil || m.cfg == nil || m.cfg.ProcRoot != cfg.ProcRoot || !equalStrings(m.cfg.Shells, cfg.Shells) {
+		if m.res != nil {
+			_ = m.res.Close()
+			m.res = nil
+		}
+		r, err := newResolver(cfg.ProcRoot, cfg.Shells)
+		if err != nil {
+			return fmt.Errorf("starting process attribution: %w", err)
+		}
+		m.res = r
+	}
+	m.cfg = cfg
+	m.block = cfg.blocklist()
+	for _, p := range cfg.BaselinePorts {
+		m.baselinePorts[protoTCP<<16|uint32(p)] = true
+		m.baselinePorts[protoUDP<<16|uint32(p)] = true
+	}
+	for _, e := range cfg.BaselineExes {
+		m.baselineExes[e] = true
+	}
+	return nil
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Close releases the netlink socket and the procfs handle.
+func (m *monitor) Close() {
+	if m.dump != nil {
+		_ = m.dump.Close()
+	}
+	if m.res != nil {
+		_ = m.res.Close()
+	}
+}
+
+// readPortRange reads net.ipv4.ip_local_port_range.
+func readPortRange(procRoot string) (lo, hi uint16, ok bool) {
+	b, err := os.ReadFile(procRoot + "/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0, false
+	}
+	l, err1 := strconv.ParseUint(f[0], 10, 16)
+	h, err2 := strconv.ParseUint(f[1], 10, 16)
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return uint16(l), uint16(h), true
+}
+
+// TCP states other than LISTEN, as an idiag_states mask.
+const (
+	tcpListenMask = 1 << stateListen
+	tcpConnMask   = ^uint32(tcpListenMask)
+	allStates     = ^uint32(0)
+)
+
+// snapshot takes one snapshot, diffs it and emits what changed.
+func (m *monitor) snapshot() (Stats, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	wall := time.Now()
+	b := newBudget(m.cfg.SnapshotBudget.D(), m.cfg.AttributionFDs)
+	var st Stats
+
+	m.prevListeners, m.listeners = m.listeners, m.prevListeners
+	clear(m.listeners)
+	m.prevConns, m.conns = m.conns, m.prevConns
+	clear(m.conns)
+	m.pending = m.pending[:0]
+	m.newOutbound, m.unreported, m.emitted = 0, 0, 0
+
+	err := m.collect(b, &st)
+	if err != nil && !errors.Is(err, ErrBudget) {
+		// Keep the previous view: nothing is reported as new or closed.
+		m.listeners, m.prevListeners = m.prevListeners, m.listeners
+		m.conns, m.prevConns = m.prevConns, m.conns
+		m.c.dumpErrors.Add(1)
+		return st, err
+	}
+	st.Truncated = errors.Is(err, ErrBudget)
+	if st.Truncated {
+		// Sockets not reached this time are not gone: carry them over.
+		for k, v := range m.prevListeners {
+			if _, ok := m.listeners[k]; !ok {
+				m.listeners[k] = v
+			}
+		}
+		for ino := range m.prevConns {
+			m.conns[ino] = struct{}{}
+		}
+	}
+	st.Listeners = len(m.listeners)
+	st.NewOutbound = m.newOutbound
+
+	var shells []int32
+	if m.res != nil && m.cfg.AttributionFDs > 0 {
+		shells = m.attribute(b, &st)
+	}
+	m.report(shells, &st)
+
+	st.CPU = b.used()
+	st.Wall = time.Since(wall)
+	st.Events = m.emitted
+	m.c.snapshots.Add(1)
+	m.c.sockets.Set(uint64(st.Sockets))
+	m.c.cpu.Set(uint64(st.CPU / time.Microsecond))
+	if st.Truncated {
+		m.c.truncated.Add(1)
+	}
+	m.first = false
+	return st, nil
+}
+
+// collect dumps listeners, then UDP, then TCP connections, so a
+// connection's direction can be told from the listeners already seen.
+func (m *monitor) collect(b *budget, st *Stats) error {
+	if m.dump == nil {
+		st.Fallback = true
+		m.c.fallback.Add(1)
+		return m.collectProcNet(st)
+	}
+	type step struct {
+		family, proto uint8
+		states        uint32
+		fn            func(*Socket)
+	}
+	steps := [...]step{
+		{afInet, protoTCP, tcpListenMask, m.onListenFn},
+		{afInet6, protoTCP, tcpListenMask, m.onListenFn},
+		{afInet, protoUDP, allStates, m.onUDPFn},
+		{afInet6, protoUDP, allStates, m.onUDPFn},
+		{afInet, protoTCP, tcpConnMask, m.onConn},
+		{afInet6, protoTCP, tcpConnMask, m.onConn},
+	}
+	for _, s := range steps {
+		if s.proto == protoUDP && !m.cfg.UDP {
+			continue
+		}
+		r, err := m.dump.dump(s.family, s.proto, s.states, &m.sock, s.fn, b.overCPU)
+		st.Sockets += r.sockets
+		if r.interrupted {
+			m.c.interrupted.Add(1)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *monitor) onListen(s *Socket) {
+	k := listenerKey{addr: s.Local, port: s.LocalPort, proto: s.Proto, family: s.Family}
+	if _, ok := m.listeners[k]; ok {
+		return // SO_REUSEPORT sibling
+	}
+	m.listeners[k] = listener{inode: s.Inode, uid: s.UID}
+	if s.Inode != 0 {
+		m.conns[s.Inode] = struct{}{}
+	}
+}
+
+// onUDP takes a UDP socket: unconnected on a port outside the ephemeral
+// range is a server (a listener); connected is a connection.
+func (m *monitor) onUDP(s *Socket) {
+	if s.RemotePort == 0 {
+		if s.LocalPort != 0 && (s.LocalPort < m.ephLo || s.LocalPort > m.ephHi) {
+			m.onListen(s)
+		} else if s.Inode != 0 {
+			m.conns[s.Inode] = struct{}{}
+		}
+		return
+	}
+	m.onConnection(s)
+}
+
+func (m *monitor) onConnection(s *Socket) {
+	if s.Inode == 0 {
+		return // TIME_WAIT and request sockets belong to no process
+	}
+	m.conns[s.Inode] = struct{}{}
+	if _, old := m.prevConns[s.Inode]; old || s.RemotePort == 0 || m.inbound(s) {
+		return
+	}
+	m.newOutbound++
+	if len(m.pending) < maxPending || m.blocked(s) {
+		m.pending = append(m.pending, *s)
+		return
+	}
+	m.unreported++
+}
+
+// inbound reports whether s was accepted from one of our listeners.
+func (m *monitor) inbound(s *Socket) bool {
+	k := listenerKey{addr: s.Local, port: s.LocalPort, proto: s.Proto, family: s.Family}
+	if _, ok := m.listeners[k]; ok {
+		return true
+	}
+	k.addr = [16]byte{}
+	_, ok := m.listeners[k]
+	return ok
+}
+
+func (m *monitor) blocked(s *Socket) bool {
+	if len(m.block) == 0 {
+		return false
+	}
+	a := s.RemoteAddr().Unmap()
+	for _, p := range m.block {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// attribute resolves the new sockets' owners and returns shells newly found
+// holding inet sockets.
+func (m *monitor) attribute(b *budget, st *Stats) []int32 {
+	clear(m.wanted)
+	for k, l := range m.listeners {
+		if _, old := m.prevListeners[k]; !old && l.inode != 0 {
+			if pid, _ := m.res.lookup(l.inode); pid == 0 {
+				m.wanted[l.inode] = true
+			}
+		}
+	}
+	for i := range m.pending {
+		if pid, _ := m.res.lookup(m.pending[i].Inode); pid == 0 {
+			m.wanted[m.pending[i].Inode] = true
+		}
+	}
+	isInet := func(ino uint32) bool { _, ok := m.conns[ino]; return ok }
+	r := m.res.refresh(isInet, m.wanted, b)
+	st.Scanned, st.Deferred = r.scanned, r.deferred
+	st.Misses = len(m.wanted)
+	m.c.misses.Add(uint64(len(m.wanted)))
+	m.c.scans.Set(m.res.scans)
+	m.c.fds.Set(m.res.fdsRead)
+	m.c.deferred.Add(uint64(r.deferred))
+	return r.shells
+}
+
+// report emits the differences and the alerts.
+func (m *monitor) report(shells []int32, st *Stats) {
+	learning := m.clock.Now().Sub(m.started) < m.cfg.LearningPeriod.D()
+	for k, l := range m.listeners {
+		if _, old := m.prevListeners[k]; old {
+			m.listeners[k] = m.prevListeners[k]
+			continue
+		}
+		pid, p := m.res.lookup(l.inode)
+		l.pid = pid
+		var comm string
+		if p != nil {
+			l.exe, comm = p.exe, p.comm
+		}
+		m.listeners[k] = l
+		m.emitListener(TypeListenerNew, k, l, comm)
+		portKey := uint32(k.proto)<<16 | uint32(k.port)
+		if learning {
+			m.baselinePorts[portKey] = true
+			if l.exe != "" {
+				m.baselineExes[l.exe] = true
+			}
+			continue
+		}
+		newPort := !m.baselinePorts[portKey]
+		newExe := l.exe != "" && !m.baselineExes[l.exe]
+		if newPort || newExe {
+			reason := "port"
+			switch {
+			case newPort && newExe:
+				reason = "port,exe"
+			case newExe:
+				reason = "exe"
+			}
+			m.alertListener(k, l, comm, reason)
+		}
+	}
+	if !st.Truncated {
+		for k, l := range m.prevListeners {
+			if _, ok := m.listeners[k]; !ok {
+				m.emitListener(TypeListenerClosed, k, l, "")
+			}
+		}
+	}
+	m.reportOutbound()
+	for _, pid := range shells {
+		m.alertShell(pid)
+	}
+	if m.unreported > 0 {
+		m.c.unreported.Add(uint64(m.unreported))
+	}
+}
+
+// reportOutbound aggregates the new outbound connections per process and
+// remote endpoint and emits one event per group.
+func (m *monitor) reportOutbound() {
+	clear(m.agg)
+	m.aggOrder = m.aggOrder[:0]
+	for i := range m.pending {
+		s := &m.pending[i]
+		var pid int32
+		if m.res != nil {
+			pid, _ = m.res.lookup(s.Inode)
+		}
+		k := aggKey{remote: s.Remote, pid: pid, port: s.RemotePort, proto: s.Proto, family: s.Family}
+		if v, ok := m.agg[k]; ok {
+			v.count++
+			continue
+		}
+		m.agg[k] = &aggVal{count: 1, first: *s}
+		m.aggOrder = append(m.aggOrder, k)
+	}
+	for _, k := range m.aggOrder {
+		v := m.agg[k]
+		var exe, comm string
+		if m.res != nil {
+			if p := m.res.procs[k.pid]; p != nil && k.pid != 0 {
+				exe, comm = p.exe, p.comm
+			}
+		}
+		s := &v.first
+		if m.telemetryAllowed() {
+			m.ev = sdk.Event{Type: TypeConnectionNew, Severity: sdk.SevInfo, Fields: m.ev.Fields[:0]}
+			m.ev.Fields = append(m.ev.Fields,
+				sdk.String("proto", s.ProtoName()), sdk.String("family", s.FamilyName()),
+				sdk.String("remote_addr", s.RemoteAddr().String()), sdk.Int("remote_port", int64(s.RemotePort)),
+				sdk.String("local_addr", s.LocalAddr().String()), sdk.Int("local_port", int64(s.LocalPort)),
+				sdk.Int("count", int64(v.count)), sdk.Int("uid", int64(s.UID)),
+				sdk.Int("pid", int64(k.pid)), sdk.String("exe", exe), sdk.String("comm", comm),
+				sdk.Bool("initial", m.first))
+			m.emit()
+		}
+		if m.blocked(s) {
+			m.ev = sdk.Event{Type: RuleOutboundBlocklisted, Alert: true, Severity: SevOutboundBlocklisted, Fields: m.ev.Fields[:0]}
+			m.ev.Fields = append(m.ev.Fields, sdk.String("rule", RuleOutboundBlocklisted),
+				sdk.String("proto", s.ProtoName()), sdk.String("family", s.FamilyName()),
+				sdk.String("remote_addr", s.RemoteAddr().String()), sdk.Int("remote_port", int64(s.RemotePort)),
+				sdk.Int("count", int64(v.count)), sdk.Int("uid", int64(s.UID)),
+				sdk.Int("pid", int64(k.pid)), sdk.String("exe", exe), sdk.String("comm", comm))
+			m.emit()
+		}
+	}
+}
+
+func (m *monitor) telemetryAllowed() bool {
+	if m.emitted < m.cfg.MaxEventsPerSnapshot {
+		return true
+	}
+	m.c.suppressed.Add(1)
+	return false
+}
+
+func (m *monitor) emit() {
+	if !m.ev.Alert {
+		m.emitted++
+	}
+	_ = m.em.Emit(&m.ev) // a drop is counted by the SDK
+}
+
+func (m *monitor) emitListener(typ string, k listenerKey, l listener, comm string) {
+	if !m.telemetryAllowed() {
+		return
+	}
+	m.ev = sdk.Event{Type: typ, Severity: sdk.SevInfo, Fields: m.ev.Fields[:0]}
+	m.ev.Fields = append(m.listenerFields(m.ev.Fields, k, l, comm), sdk.Bool("initial", m.first))
+	m.emit()
+}
+
+func (m *monitor) listenerFields(f []sdk.Field, k listenerKey, l listener, comm string) []sdk.Field {
+	s := Socket{Local: k.addr, LocalPort: k.port, Proto: k.proto, Family: k.family}
+	return append(f,
+		sdk.String("proto", s.ProtoName()), sdk.String("family", s.FamilyName()),
+		sdk.String("local_addr", s.LocalAddr().String()), sdk.Int("local_port", int64(k.port)),
+		sdk.Int("uid", int64(l.uid)), sdk.Int("pid", int64(l.pid)), sdk.String("exe", l.exe), sdk.String("comm", comm))
+}
+
+func (m *monitor) alertListener(k listenerKey, l listener, comm, reason string) {
+	m.ev = sdk.Event{Type: RuleListenerUnexpected, Alert: true, Severity: SevListenerUnexpected, Fields: m.ev.Fields[:0]}
+	m.ev.Fields = append(m.ev.Fields, sdk.String("rule", RuleListenerUnexpected), sdk.String("reason", reason))
+	m.ev.Fields = m.listenerFields(m.ev.Fields, k, l, comm)
+	m.emit()
+}
+
+func (m *monitor) alertShell(pid int32) {
+	p := m.res.procs[pid]
+	if p == nil {
+		return
+	}
+	m.ev = sdk.Event{Type: RuleShellSocket, Alert: true, Severity: SevShellSocket, Fields: m.ev.Fields[:0]}
+	m.ev.Fields = append(m.ev.Fields, sdk.String("rule", RuleShellSocket),
+		sdk.Int("pid", int64(pid)), sdk.String("exe", p.exe), sdk.String("comm", p.comm),
+		sdk.Int("sockets", int64(len(p.inodes))))
+	// Name one of its endpoints when this snapshot has it.
+	for _, ino := range p.inodes {
+		for i := range m.pending {
+			if s := &m.pending[i]; s.Inode == ino {
+				m.ev.Fields = append(m.ev.Fields, sdk.String("proto", s.ProtoName()),
+					sdk.String("remote_addr", s.RemoteAddr().String()), sdk.Int("remote_port", int64(s.RemotePort)),
+					sdk.String("local_addr", s.LocalAddr().String()), sdk.Int("local_port", int64(s.LocalPort)))
+				m.emit()
+				return
+			}
+		}
+		for k, l := range m.listeners {
+			if l.inode == ino {
+				ls := Socket{Local: k.addr, LocalPort: k.port, Proto: k.proto, Family: k.family}
+				m.ev.Fields = append(m.ev.Fields, sdk.String("proto", ls.ProtoName()), sdk.Bool("listening", true),
+					sdk.String("local_addr", ls.LocalAddr().String()), sdk.Int("local_port", int64(k.port)))
+				m.emit()
+				return
+			}
+		}
+	}
+	m.emit()
+}
+
+// status emits a status event saying how the snapshots run.
+func (m *monitor) status(mode Mode, reason string, st Stats, interval time.Duration) {
+	m.ev = sdk.Event{Type: TypeStatus, Severity: sdk.SevNotice, Fields: m.ev.Fields[:0]}
+	m.ev.Fields = append(m.ev.Fields, sdk.String("mode", string(mode)), sdk.String("reason", reason),
+		sdk.Int("sockets", int64(st.Sockets)), sdk.Int("cpu_us", int64(st.CPU/time.Microsecond)),
+		sdk.Int("interval_ms", int64(interval/time.Millisecond)), sdk.Bool("fallback", st.Fallback))
+	_ = m.em.Emit(&m.ev)
+}
+
+// pace returns the wait before the next snapshot: the configured interval,
+// stretched so the snapshots' CPU stays within cpu_percent of one core, and
+// emits a status event when the mode changes.
+func (m *monitor) pace(st Stats) time.Duration {
+	interval := m.cfg.Interval.D()
+	need := time.Duration(float64(st.CPU) * 100 / m.cfg.CPUPercent)
+	mode, reason := ModeNormal, "within budget"
+	if st.Truncated {
+		// The snapshot wanted more than its budget: back off at least
+		// twice as far as last time.
+		need = max(need, 2*max(m.interval, interval))
+	}
+	if need > interval {
+		interval = min(need, m.cfg.MaxInterval.D())
+		mode = ModeSlowed
+		reason = fmt.Sprintf("snapshot used %s of CPU; interval stretched to keep %.3g%% of one core", st.CPU.Round(time.Microsecond), m.cfg.CPUPercent)
+		m.c.slowed.Add(1)
+	}
+	if st.Truncated {
+		mode = ModeTruncated
+		reason = fmt.Sprintf("snapshot reached its CPU budget of %s after %d sockets; sockets not reached keep their last state", m.cfg.SnapshotBudget.D(), st.Sockets)
+	}
+	m.interval = interval
+	if mode != m.mode {
+		m.log.Info("snapshot mode changed", "from", m.mode, "to", mode, "reason", reason, "sockets", st.Sockets)
+		m.mode = mode
+		m.status(mode, reason, st, interval)
+	}
+	return interval
+}

@@ -47,6 +47,9 @@ func DecodeConfig(prefix string, raw []byte, cfg Config) error {
 func explainJSON(err error) error {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
+		if te.Field == "" { // the document itself, e.g. a list
+			return fmt.Errorf("the config must be %s (got %s)", jsonKind(te.Type), te.Value)
+		}
 		return fmt.Errorf("key %q must be %s (got %s)", te.Field, jsonKind(te.Type), te.Value)
 	}
 	if s := err.Error(); strings.HasPrefix(s, "json: unknown field ") {

@@ -208,7 +208,7 @@ func (c Config) Validate() error {
 		{"supervisor.call_timeout", s.CallTimeout, 100 * time.Millisecond, 5 * time.Minute},
 		{"supervisor.shutdown_timeout", s.ShutdownTimeout, 100 * time.Millisecond, 5 * time.Minute},
 		{"supervisor.backoff_initial", s.BackoffInitial, 10 * time.Millisecond, time.Minute},
-		{"supervisor.backoff_max", s.BackoffMax, time.Second, time.Hour},
+		{"supervisor.backoff_max", s.BackoffMax, 100 * time.Millisecond, time.Hour},
 		{"supervisor.young_age", s.YoungAge, time.Second, time.Hour},
 		{"heartbeat.interval", c.Heartbeat.Interval, time.Second, time.Hour},
 	}
@@ -216,6 +216,9 @@ func (c Config) Validate() error {
 		if d.v < d.lo || d.v > d.hi {
 			bad("%s must be between %s and %s (got %s)", d.key, d.lo, d.hi, d.v)
 		}
+	}
+	if s.BackoffMax < s.BackoffInitial {
+		bad("supervisor.backoff_max must be at least supervisor.backoff_initial (got %s < %s)", s.BackoffMax, s.BackoffInitial)
 	}
 	if s.QuarantineAfter < 1 || s.QuarantineAfter > 100 {
 		bad("supervisor.quarantine_after must be between 1 and 100 (got %d)", s.QuarantineAfter)

@@ -336,7 +336,13 @@ func (p *Plugin) start(ctx context.Context, spec Spec) (*instance, error) {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	cmd := exec.Command(spec.Path)
-	cmd.Env = []string{"VIGIL_HOST_NAME=" + p.m.opts.HostName}
+	// The host's environment is not passed on (SkipHostEnv): a plugin gets
+	// a fixed PATH and its identity, nothing an operator's shell had.
+	cmd.Env = []string{
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"VIGIL_HOST_NAME=" + p.m.opts.HostName,
+		"VIGIL_PLUGIN_NAME=" + name,
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig: syscall.SIGKILL, // no plugin outlives a killed host
 		Setpgid:   true,            // so the plugin's children can be killed with it
@@ -492,10 +498,11 @@ func (p *Plugin) supervise(ctx context.Context, inst *instance) (time.Duration, 
 		select {
 		case err := <-inst.dead:
 			lived := p.m.clock.Now().Sub(inst.started)
+			err = streamError(err)
 			if tail := p.stderr.String(8); tail != "" {
 				err = fmt.Errorf("%w; stderr: %s", err, tail)
 			}
-			p.recordError(fmt.Errorf("%s: plugin died after %s: %w", spec.Name, lived.Round(time.Millisecond), streamError(err)))
+			p.recordError(fmt.Errorf("%s: plugin died after %s: %w", spec.Name, lived.Round(time.Millisecond), err))
 			p.stop(inst, false)
 			return lived, false
 		case <-ctx.Done():

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -90,8 +91,17 @@ func New(log hclog.Logger) sdk.Plugin {
 }
 
 // Info implements sdk.Plugin.
+// Info implements sdk.Plugin. The host's tests run several copies of this
+// binary under different names; a copy answers to the name the host gave
+// it in VIGIL_PLUGIN_NAME when that starts with "tp-", and to Name
+// otherwise, so the host's check that a binary serves the plugin it was
+// configured as still has teeth.
 func (p *Plugin) Info(context.Context) (sdk.Info, error) {
-	return sdk.Info{Name: Name, Version: Version, Description: "misbehaves on request, for the host's tests"}, nil
+	name := Name
+	if n := os.Getenv("VIGIL_PLUGIN_NAME"); strings.HasPrefix(n, "tp-") {
+		name = n
+	}
+	return sdk.Info{Name: name, Version: Version, Description: "misbehaves on request, for the host's tests"}, nil
 }
 
 // DefaultConfig implements sdk.Plugin.

@@ -49,7 +49,7 @@ type Reader struct {
 	link    []byte
 	file    []byte
 	cgroup  []byte
-	parent  []byte
+	fds     [3][]byte
 }
 
 // NewReader returns a Reader of the proc file system mounted at root
@@ -65,7 +65,7 @@ func NewReader(root string, cmdlineMax int) *Reader {
 		link:    make([]byte, 256),
 		file:    make([]byte, 8192),
 		cgroup:  make([]byte, 8192),
-		parent:  make([]byte, unix.PathMax),
+		fds:     [3][]byte{make([]byte, 256), make([]byte, 256), make([]byte, 256)},
 	}
 }
 
@@ -162,7 +162,8 @@ func (r *Reader) Cwd() ([]byte, error) { return r.readLink(nameCwd, r.cwd) }
 
 // FD returns what file descriptor n (0, 1 or 2) points to, e.g.
 // "socket:[1234]" or "pipe:[99]" or "/dev/pts/0".
-func (r *Reader) FD(n int) ([]byte, error) { return r.readLink(nameFD[n], r.link) }
+// Each descriptor has its own buffer.
+func (r *Reader) FD(n int) ([]byte, error) { return r.readLink(nameFD[n], r.fds[n]) }
 
 // Cmdline returns the command line with the arguments joined by spaces,
 // capped at the Reader's limit. An exited process has an empty one.
@@ -251,19 +252,44 @@ func (r *Reader) Cgroup(c *Container) error {
 	return nil
 }
 
-// ParentExe reads the executable of another process (the parent) without
-// disturbing the current one.
-func (r *Reader) ParentExe(pid int32) ([]byte, error) {
+// OtherExe reads the executable of another process (a parent) into dst
+// without disturbing the current one.
+func (r *Reader) OtherExe(pid int32, dst []byte) ([]byte, error) {
 	p := r.pidPath(pid)
 	p = append(p[:len(p)-1], "/exe\x00"...)
-	n, errno := readlinkat(unix.AT_FDCWD, p, r.parent)
+	n, errno := readlinkat(unix.AT_FDCWD, p, dst)
 	if errno != 0 {
 		if gone(errno) {
 			return nil, ErrGone
 		}
 		return nil, errno
 	}
-	return r.parent[:n], nil
+	return dst[:n], nil
+}
+
+// OtherPPid reads the parent pid of another process (a parent, to find the
+// grandparent) without disturbing the current one. It reuses the buffer
+// of Status and Stat.
+func (r *Reader) OtherPPid(pid int32) (int32, error) {
+	p := r.pidPath(pid)
+	p = append(p[:len(p)-1], "/stat\x00"...)
+	fd, errno := openat(unix.AT_FDCWD, p, unix.O_RDONLY)
+	if errno != 0 {
+		if gone(errno) {
+			return 0, ErrGone
+		}
+		return 0, errno
+	}
+	defer unix.Close(fd)
+	n, err := unix.Read(fd, r.file)
+	if err != nil {
+		return 0, err
+	}
+	var st Stat
+	if err := ParseStat(r.file[:n], &st); err != nil {
+		return 0, err
+	}
+	return st.PPID, nil
 }
 
 // ErrFormat is returned for a status or stat file that does not parse.

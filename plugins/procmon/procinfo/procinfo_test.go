@@ -213,7 +213,10 @@ func TestReaderLiveProcess(t *testing.T) {
 	if fd, err := r.FD(0); err != nil || string(fd) != "/dev/null" {
 		t.Errorf("fd 0 %q %v", fd, err)
 	}
-	if pe, err := r.ParentExe(int32(os.Getpid())); err != nil || !bytes.HasSuffix(pe, []byte(".test")) {
+	if ppid, err := r.OtherPPid(int32(cmd.Process.Pid)); err != nil || int(ppid) != os.Getpid() {
+		t.Errorf("OtherPPid %d %v, want %d", ppid, err, os.Getpid())
+	}
+	if pe, err := r.OtherExe(int32(os.Getpid()), make([]byte, 4096)); err != nil || !bytes.HasSuffix(pe, []byte(".test")) {
 		t.Errorf("parent exe %q %v", pe, err)
 	}
 

@@ -1,0 +1,336 @@
+package procmon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/vigil-hids/vigil/plugins/procmon/cnproc"
+	"github.com/vigil-hids/vigil/sdk"
+)
+
+// Counter names reported to the host with every batch. Together they
+// account for every kernel event: received = enqueued + queue drops +
+// ignored, and the kernel's own losses are counted from sequence gaps.
+const (
+	// CounterReceived counts process events read from the socket.
+	CounterReceived = "events_received"
+	// CounterExecReceived counts exec events read from the socket.
+	CounterExecReceived = "exec_received"
+	// CounterOverruns counts ENOBUFS errors: the socket's buffer overflowed
+	// and the kernel dropped messages.
+	CounterOverruns = "kernel_overruns"
+	// CounterKernelLost is the exact number of events the kernel emitted
+	// that never reached the socket, from gaps in the per-CPU sequence.
+	CounterKernelLost = "kernel_events_lost"
+	// CounterQueueDropped counts events dropped because the workers'
+	// queue was full; CounterQueueDroppedExec is the exec share of it.
+	CounterQueueDropped     = "queue_dropped"
+	CounterQueueDroppedExec = "queue_dropped_exec"
+	// CounterExecGone counts exec events whose process was gone before
+	// /proc could be read (emitted with what the kernel event says).
+	CounterExecGone = "exec_proc_gone"
+	// CounterExecEmitted counts exec events handed to the emitter.
+	CounterExecEmitted = "exec_emitted"
+	// CounterAlerts counts alerts emitted.
+	CounterAlerts = "alerts"
+	// CounterDecodeErrors counts messages that did not decode.
+	CounterDecodeErrors = "decode_errors"
+	// CounterReconnects counts reopenings of the socket after an error.
+	CounterReconnects = "reconnects"
+)
+
+// ErrClosed is returned by Start on a closed context.
+var ErrClosed = errors.New("procmon: monitor closed")
+
+// Deps are what a Monitor uses from its owner.
+type Deps struct {
+	// Log receives the monitor's logs.
+	Log hclog.Logger
+	// Emitter receives events and holds the counters.
+	Emitter sdk.Emitter
+	// Clock paces reconnection backoff; nil means the system clock.
+	Clock sdk.Clock
+	// Seq carries the kernel sequence baselines across monitors, so
+	// events lost while a monitor was being replaced are counted too.
+	// Nil gives the monitor a tracker of its own.
+	Seq *cnproc.SeqTracker
+	// ProcRoot is where proc is mounted; "" means /proc.
+	ProcRoot string
+	// Dial opens the socket; nil means cnproc.Dial. Tests replace it to
+	// inject socket errors.
+	Dial func(rcvBuf, bufSize int) (EventSource, error)
+	// Seed seeds the reconnect jitter (the host name); may be "".
+	Seed string
+}
+
+// EventSource is a subscribed cn_proc socket (a *cnproc.Conn).
+type EventSource interface {
+	Read() ([]byte, error)
+	Close() error
+}
+
+func dialKernel(rcvBuf, bufSize int) (EventSource, error) { return cnproc.Dial(rcvBuf, bufSize) }
+
+// counters are the monitor's counters, fetched once.
+type counters struct {
+	received, execReceived, overruns, kernelLost, queueDropped, queueDroppedExec,
+	execGone, execEmitted, alerts, decodeErrors, reconnects *sdk.Counter
+}
+
+func newCounters(em sdk.Emitter) counters {
+	return counters{
+		received: em.Counter(CounterReceived), execReceived: em.Counter(CounterExecReceived),
+		overruns: em.Counter(CounterOverruns), kernelLost: em.Counter(CounterKernelLost),
+		queueDropped: em.Counter(CounterQueueDropped), queueDroppedExec: em.Counter(CounterQueueDroppedExec),
+		execGone: em.Counter(CounterExecGone), execEmitted: em.Counter(CounterExecEmitted),
+		alerts: em.Counter(CounterAlerts), decodeErrors: em.Counter(CounterDecodeErrors),
+		reconnects: em.Counter(CounterReconnects),
+	}
+}
+
+// Monitor reads the kernel's process events and turns them into enriched
+// telemetry and alerts. One reader goroutine only reads, decodes, counts
+// and enqueues; workers behind bounded queues read /proc, run the
+// detections and emit. Events of one process always go to the same worker,
+// in order.
+type Monitor struct {
+	cfg   *Config
+	deps  Deps
+	log   hclog.Logger
+	c     counters
+	emit  cnproc.What
+	det   *detector
+	table *procTable
+	clock clocks
+
+	queues    []chan cnproc.Event
+	highWater int
+
+	cancel context.CancelFunc
+	guard  *sdk.Guard
+	ready  chan struct{}
+	errc   chan error
+
+	mu     sync.Mutex
+	src    EventSource
+	closed bool
+	once   sync.Once
+}
+
+// Start validates cfg, opens and subscribes the socket, and starts the
+// reader and workers. A socket that cannot be opened at all (no
+// CAP_NET_ADMIN, no connector in the kernel) is an error here; later socket
+// errors are retried with backoff for as long as the monitor runs.
+func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
+	if err := sdk.DecodeConfig(Name, nil, cfg); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	if deps.Log == nil {
+		deps.Log = hclog.NewNullLogger()
+	}
+	if deps.Clock == nil {
+		deps.Clock = sdk.SystemClock()
+	}
+	if deps.Seq == nil {
+		deps.Seq = &cnproc.SeqTracker{}
+	}
+	if deps.ProcRoot == "" {
+		deps.ProcRoot = "/proc"
+	}
+	if deps.Dial == nil {
+		deps.Dial = dialKernel
+	}
+	m := &Monitor{
+		cfg:   cfg,
+		deps:  deps,
+		log:   deps.Log.Named("monitor"),
+		c:     newCounters(deps.Emitter),
+		emit:  cfg.emitMask(),
+		det:   newDetector(&cfg.Detections),
+		table: newProcTable(cfg.ProcessTableSize),
+		clock: newClocks(),
+		ready: make(chan struct{}),
+		errc:  make(chan error, 1),
+	}
+	per := max(cfg.QueueSize/cfg.Workers, 64)
+	m.highWater = per - per/8
+	m.queues = make([]chan cnproc.Event, cfg.Workers)
+	for i := range m.queues {
+		m.queues[i] = make(chan cnproc.Event, per)
+	}
+	src, err := deps.Dial(cfg.ReceiveBuffer, readBufSize)
+	if err != nil {
+		return nil, fmt.Errorf("procmon: opening the process events socket: %w", err)
+	}
+	m.src = src
+	if c, ok := src.(*cnproc.Conn); ok {
+		n, forced := c.RcvBuf()
+		m.log.Info("subscribed to kernel process events", "receive_buffer", n, "forced", forced,
+			"workers", cfg.Workers, "queue_size", cfg.QueueSize)
+	}
+	gctx, cancel := context.WithCancel(ctx)
+	m.cancel = cancel
+	m.guard = sdk.NewGuard(gctx, m.log, deps.Emitter, sdk.GuardOptions{Seed: deps.Seed + "/procmon"})
+	for i := range m.queues {
+		q := m.queues[i]
+		m.guard.Go(fmt.Sprintf("worker-%d", i), func(ctx context.Context) error { return m.work(ctx, q) })
+	}
+	m.guard.Go("reader", m.read)
+	close(m.ready)
+	return m, nil
+}
+
+// readBufSize holds the largest datagram the connector sends (one page of
+// messages) with room to spare.
+const readBufSize = 64 << 10
+
+// Ready is closed once the socket is subscribed.
+func (m *Monitor) Ready() <-chan struct{} { return m.ready }
+
+// Err delivers an error that stopped the monitor. Socket errors do not:
+// they are retried.
+func (m *Monitor) Err() <-chan error { return m.errc }
+
+// Close stops the reader and the workers and waits for them. Events still
+// queued are dropped (the workers stop with the context). It is idempotent.
+func (m *Monitor) Close() error {
+	m.once.Do(func() {
+		m.cancel()
+		m.mu.Lock()
+		m.closed = true
+		if m.src != nil {
+			_ = m.src.Close()
+		}
+		m.mu.Unlock()
+		m.guard.Wait()
+		close(m.errc)
+	})
+	return nil
+}
+
+// read is the reader: it never blocks on anything but the socket.
+func (m *Monitor) read(ctx context.Context) error {
+	var ev cnproc.Event
+	for {
+		m.mu.Lock()
+		src := m.src
+		m.mu.Unlock()
+		b, err := src.Read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				m.c.overruns.Add(1)
+				continue
+			}
+			m.log.Warn("reading process events failed, reopening the socket", "error", err)
+			if err := m.reconnect(ctx); err != nil {
+				return nil // closed
+			}
+			continue
+		}
+		for len(b) > 0 {
+			n, err := cnproc.Decode(b, &ev)
+			b = b[n:]
+			if err != nil {
+				m.c.decodeErrors.Add(1)
+				continue
+			}
+			if ev.What == cnproc.None {
+				continue
+			}
+			if lost := m.deps.Seq.Observe(&ev); lost > 0 {
+				m.c.kernelLost.Add(lost)
+			}
+			m.c.received.Add(1)
+			m.dispatch(&ev)
+		}
+	}
+}
+
+// dispatch queues ev for its process's worker. Exec events may use the
+// whole queue; other events only up to a high-water mark, so that under
+// overload the events detections need are the last to go.
+func (m *Monitor) dispatch(ev *cnproc.Event) {
+	isExec := ev.What == cnproc.Exec
+	if isExec {
+		m.c.execReceived.Add(1)
+	}
+	switch {
+	case isExec:
+	case ev.What == cnproc.Exit:
+		if ev.PID != ev.TGID { // a thread, not the process
+			return
+		}
+	case ev.What&m.emit == 0:
+		return // not wanted
+	case ev.What == cnproc.Fork && ev.PID != ev.TGID:
+		return // a new thread
+	}
+	q := m.queues[uint32(ev.TGID)%uint32(len(m.queues))]
+	if !isExec && len(q) >= m.highWater {
+		m.c.queueDropped.Add(1)
+		return
+	}
+	select {
+	case q <- *ev:
+	default:
+		m.c.queueDropped.Add(1)
+		if isExec {
+			m.c.queueDroppedExec.Add(1)
+		}
+	}
+}
+
+// reconnect reopens the socket with capped, jittered backoff until it
+// works or the monitor is closed.
+func (m *Monitor) reconnect(ctx context.Context) error {
+	m.mu.Lock()
+	if m.src != nil {
+		_ = m.src.Close()
+	}
+	m.mu.Unlock()
+	b := sdk.NewBackoff(m.deps.Seed+"/procmon/socket", m.cfg.ReconnectMin.D(), m.cfg.ReconnectMax.D())
+	b.Clock = m.deps.Clock
+	return sdk.Retry(ctx, b, func(ctx context.Context) error {
+		src, err := m.deps.Dial(m.cfg.ReceiveBuffer, readBufSize)
+		if err != nil {
+			m.log.Warn("reopening the process events socket failed", "error", err)
+			return err
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.closed {
+			_ = src.Close()
+			return sdk.Permanent(ErrClosed)
+		}
+		m.src = src
+		m.c.reconnects.Add(1)
+		m.log.Info("process events socket reopened")
+		return nil
+	})
+}
+
+// clocks converts kernel times to wall-clock times.
+type clocks struct {
+	monoToWall int64 // add to CLOCK_MONOTONIC ns to get Unix ns
+	bootWall   int64 // Unix ns of boot (CLOCK_BOOTTIME zero)
+}
+
+func newClocks() clocks {
+	var mono, boot unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono)
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot)
+	now := time.Now().UnixNano()
+	return clocks{monoToWall: now - mono.Nano(), bootWall: now - boot.Nano()}
+}

@@ -151,8 +151,11 @@ func (b *batcher) Counter(name string) *Counter {
 // stamp fills the batch's cumulative counters just before it is sent, so
 // the totals the host sees are never older than the events it has.
 func (b *batcher) stamp(batch *pluginpb.EventBatch) {
+	// Read dropped before emitted: every dropped event was counted as
+	// emitted first, so the host never sees more dropped than emitted.
+	d := b.dropped.Load()
 	batch.EmittedTotal = b.emitted.Load()
-	if d := b.dropped.Load(); d > 0 {
+	if d > 0 {
 		batch.DroppedTotal = map[string]uint64{DropBufferFull: d}
 	}
 	b.cmu.Lock()

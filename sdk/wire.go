@@ -229,6 +229,7 @@ func ParseEvent(rec []byte, v *EventView) error {
 		case num == evSeverity && typ == protowire.VarintType:
 			var u uint64
 			u, n = protowire.ConsumeVarint(b)
+			u = uint64(uint32(u)) // severity is a uint32: read it as protobuf does
 			if u > math.MaxUint8 {
 				u = uint64(SevDebug)
 			}

@@ -24,6 +24,15 @@ type Grant struct {
 	Perm   clientv3.PermissionType
 }
 
+// String names the permission as etcdctl does.
+func (g Grant) String() string {
+	return map[clientv3.PermissionType]string{
+		clientv3.PermissionType(clientv3.PermRead):      "read",
+		clientv3.PermissionType(clientv3.PermWrite):     "write",
+		clientv3.PermissionType(clientv3.PermReadWrite): "readwrite",
+	}[g.Perm] + " " + g.Prefix
+}
+
 // Role is an etcd role and the user that holds it.
 type Role struct {
 	Name   string

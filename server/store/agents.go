@@ -104,24 +104,29 @@ func (s *Store) scan(ctx context.Context, fn func(name string, kv []byte, modRev
 	}
 }
 
-// Agents lists the registrations that match sel, sorted by name, at most
-// limit (zero means all).
-func (s *Store) Agents(ctx context.Context, sel Selector, limit int) ([]Agent, error) {
-	var out []Agent
+// Each calls fn for every registration, in name order, without holding
+// them all in memory.
+func (s *Store) Each(ctx context.Context, fn func(Agent) error) error {
 	_, err := s.scan(ctx, func(name string, v []byte, rev int64) error {
-		if limit > 0 && len(out) >= limit {
-			return nil
-		}
 		a := Agent{Name: name, Revision: rev}
 		if err := json.Unmarshal(v, &a.Registration); err != nil {
 			a.Mismatch = "undecodable registration: " + err.Error()
 		} else if a.Host != name {
 			a.Mismatch = fmt.Sprintf("value names host %q", a.Host)
 		}
-		if !sel.Matches(a.Labels) {
-			return nil
+		return fn(a)
+	})
+	return err
+}
+
+// Agents lists the registrations that match sel, sorted by name, at most
+// limit (zero means all).
+func (s *Store) Agents(ctx context.Context, sel Selector, limit int) ([]Agent, error) {
+	out := []Agent{}
+	err := s.Each(ctx, func(a Agent) error {
+		if (limit <= 0 || len(out) < limit) && sel.Matches(a.Labels) {
+			out = append(out, a)
 		}
-		out = append(out, a)
 		return nil
 	})
 	return out, err

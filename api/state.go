@@ -67,6 +67,12 @@ type Registration struct {
 	// Stopped is true while the emergency stop is in force on the host.
 	Stopped bool                    `json:"stopped"`
 	Plugins map[string]PluginStatus `json:"plugins,omitempty"`
+	// Instance identifies the agent process holding the name, so that a
+	// second host is refused with a message naming the holder and a
+	// restarted host can reclaim its own key while the old lease lives.
+	Instance Instance `json:"instance"`
+	// Tasks are the results of the most recent one-shot tasks, newest last.
+	Tasks []TaskResult `json:"tasks,omitempty"`
 }
 
 // Applied acknowledges a desired-state revision.

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,7 +37,13 @@ type Embedded struct {
 	DataDir string
 	// URL is the client URL, http://127.0.0.1:PORT.
 	URL string
+
+	closeOnce sync.Once
 }
+
+// Close stops the server (the test's cleanup does it otherwise). It is
+// idempotent, unlike embed.Etcd.Close.
+func (e *Embedded) Close() { e.closeOnce.Do(e.Etcd.Close) }
 
 // StartEmbedded starts a single-member embedded etcd on loopback ports with
 // its data in a temporary directory. Each mod, if any, may change the
@@ -93,16 +100,17 @@ func startEmbedded(t testing.TB, mods []func(*embed.Config)) (*Embedded, error) 
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd not ready after %s", StartTimeout)
 	}
-	t.Cleanup(e.Close)
 	scheme := "http"
 	if !cfg.ClientTLSInfo.Empty() || cfg.ClientAutoTLS {
 		scheme = "https"
 	}
-	return &Embedded{
+	em := &Embedded{
 		Etcd:    e,
 		DataDir: dir,
 		URL:     fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[0]),
-	}, nil
+	}
+	t.Cleanup(em.Close)
+	return em, nil
 }
 
 // Endpoints returns the client endpoint list.

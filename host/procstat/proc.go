@@ -68,6 +68,7 @@ func (p *Proc) Sample() (Sample, error) {
 	}
 	return Sample{
 		CPU:   st.UTime + st.STime + st.CUTime + st.CSTime,
+		Own:   st.CPU(),
 		RSS:   m.Resident * pageSize,
 		Procs: 1,
 	}, nil
@@ -134,6 +135,7 @@ func Tree(root string, pid int) (Sample, error) {
 			continue // a descendant exited while we looked
 		}
 		total.CPU += s.CPU
+		total.Own += s.Own
 		total.RSS += s.RSS
 		total.Procs++
 		kids, err := children(root, cur, buf)
@@ -163,7 +165,7 @@ func sampleOnce(root string, pid int, buf []byte) (Sample, error) {
 	if err != nil {
 		return Sample{}, err
 	}
-	return Sample{CPU: st.UTime + st.STime + st.CUTime + st.CSTime, RSS: m.Resident * pageSize, Procs: 1}, nil
+	return Sample{CPU: st.UTime + st.STime + st.CUTime + st.CSTime, Own: st.CPU(), RSS: m.Resident * pageSize, Procs: 1}, nil
 }
 
 // children lists the children of every thread of pid.

@@ -211,6 +211,9 @@ type Sample struct {
 	// CPU is the total CPU time consumed: user plus kernel, including
 	// children that were waited for.
 	CPU time.Duration
+	// Own is the CPU time of the sampled processes alone, without their
+	// waited-for children.
+	Own time.Duration
 	// RSS is the resident set size in bytes.
 	RSS uint64
 	// Procs is how many processes were summed.

@@ -103,7 +103,7 @@ func TestTreeFixture(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 4242: 250+50+7+3 ticks, 4250: 100, 4251: 40+10.
-	want := Sample{CPU: 4600 * time.Millisecond, RSS: (2560 + 256 + 512) * pageSize, Procs: 3}
+	want := Sample{CPU: 4600 * time.Millisecond, Own: 4500 * time.Millisecond, RSS: (2560 + 256 + 512) * pageSize, Procs: 3}
 	if got != want {
 		t.Errorf("Tree = %+v, want %+v", got, want)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -134,21 +135,30 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 
 func putDoc(t *testing.T, cli *clientv3.Client, key string, ds api.DesiredState) int64 {
 	t.Helper()
-	b, err := json.Marshal(api.Document{Scope: key, Author: "test", Time: time.Now(), State: ds})
+	rev, err := putDocErr(cli, key, ds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Writes during an election may time out; retry like a server would.
+	return rev
+}
+
+// putDocErr writes a desired-state document, retrying for 30s: writes
+// during an election may time out, and a server retries them.
+func putDocErr(cli *clientv3.Client, key string, ds api.DesiredState) (int64, error) {
+	b, err := json.Marshal(api.Document{Scope: key, Author: "test", Time: time.Now(), State: ds})
+	if err != nil {
+		return 0, err
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := cli.Put(ctx, key, string(b))
 		cancel()
 		if err == nil {
-			return resp.Header.Revision
+			return resp.Header.Revision, nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("put %s: %v", key, err)
+			return 0, fmt.Errorf("put %s: %w", key, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -1,0 +1,157 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/internal/etcdtest"
+)
+
+// Tests against a three-member cluster of Debian's etcd (etcd-server
+// package, /usr/bin/etcd): members die, stop and freeze while hosts follow
+// their desired state.
+
+const clusterHosts = 12
+
+func startClusterHosts(t *testing.T, c *etcdtest.Cluster) map[string]*fakeApplier {
+	t.Helper()
+	appliers := map[string]*fakeApplier{}
+	for i := 0; i < clusterHosts; i++ {
+		host := fmt.Sprintf("node-%02d", i)
+		cfg := testConfig(c.Endpoints(), host)
+		cfg.LeaseTTL = 5 * time.Second
+		cfg.RequestTimeout = 3 * time.Second
+		cfg.StateDir = t.TempDir()
+		a := &fakeApplier{}
+		appliers[host] = a
+		startLoop(t, cfg, a)
+	}
+	cli := c.Client(t)
+	waitAllRegs(t, cli, "every host registered", func(api.Registration) bool { return true })
+	return appliers
+}
+
+// waitAllRegs waits until clusterHosts registrations exist and each
+// satisfies ok.
+func waitAllRegs(t *testing.T, cli *clientv3.Client, what string, ok func(api.Registration) bool) {
+	t.Helper()
+	var last string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		resp, err := cli.Get(ctx, ks.Agents(), clientv3.WithPrefix())
+		cancel()
+		if err == nil {
+			good := 0
+			var bad []string
+			for _, kv := range resp.Kvs {
+				var r api.Registration
+				if json.Unmarshal(kv.Value, &r) == nil && ok(r) {
+					good++
+				} else {
+					bad = append(bad, string(kv.Key))
+				}
+			}
+			if good == clusterHosts && len(resp.Kvs) == clusterHosts {
+				return
+			}
+			last = fmt.Sprintf("%d of %d hosts; not yet: %v", good, clusterHosts, bad)
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %s", what, last)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestClusterLeaderKilledDuringFleetStop(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	appliers := startClusterHosts(t, c)
+	cli := c.Client(t)
+	fleetKey := ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
+
+	leader := c.Leader(t)
+	type result struct {
+		rev int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rev, err := putDocErr(cli, fleetKey, api.DesiredState{Stop: ptr(true)})
+		done <- result{rev, err}
+	}()
+	c.Kill(t, leader)
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	rev := res.rev
+	waitAllRegs(t, cli, "every host stopped", func(r api.Registration) bool {
+		return r.Stopped && r.Applied.Revision >= rev
+	})
+	for host, a := range appliers {
+		if got, _ := a.last(); got.ds.Stop == nil || !*got.ds.Stop {
+			t.Errorf("%s acknowledged the stop but its applier got %+v", host, got.ds)
+		}
+	}
+
+	c.Restart(t, leader)
+	rev = putDoc(t, cli, fleetKey, api.DesiredState{Stop: ptr(false)})
+	waitAllRegs(t, cli, "every host resumed", func(r api.Registration) bool {
+		return !r.Stopped && r.Applied.Revision >= rev
+	})
+}
+
+func TestClusterMemberStoppedAndBack(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	startClusterHosts(t, c)
+	cli := c.Client(t)
+	fleetKey := ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
+
+	follower := (c.Leader(t) + 1) % 3
+	c.Stop(t, follower)
+	rev := putDoc(t, cli, fleetKey, api.DesiredState{LogLevel: "debug"})
+	waitAllRegs(t, cli, "change applied with a member down", func(r api.Registration) bool {
+		return r.Applied.Revision >= rev
+	})
+	c.Restart(t, follower)
+	// Take another member away so that the restarted one must serve.
+	other := (follower + 1) % 3
+	c.Stop(t, other)
+	rev = putDoc(t, cli, fleetKey, api.DesiredState{LogLevel: "info"})
+	waitAllRegs(t, cli, "change applied after the member came back", func(r api.Registration) bool {
+		return r.Applied.Revision >= rev
+	})
+	c.Restart(t, other)
+}
+
+func TestClusterFrozenMember(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	appliers := startClusterHosts(t, c)
+	cli := etcdtest.NewClient(t, c.Endpoints()[1:2])
+	fleetKey := ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
+
+	c.Freeze(t, 0) // resumed by Thaw below or by the cluster's cleanup
+	rev := putDoc(t, cli, fleetKey, api.DesiredState{LogLevel: "debug"})
+	waitAllRegs(t, cli, "change applied with a frozen member", func(r api.Registration) bool {
+		return r.Applied.Revision >= rev
+	})
+	for host, a := range appliers {
+		if got, _ := a.last(); got.ds.LogLevel != "debug" {
+			t.Errorf("%s applied %+v, want log level debug", host, got.ds)
+		}
+	}
+	c.Thaw(t, 0)
+	rev = putDoc(t, cli, fleetKey, api.DesiredState{LogLevel: "info"})
+	waitAllRegs(t, cli, "change applied after thaw", func(r api.Registration) bool {
+		return r.Applied.Revision >= rev
+	})
+}

@@ -41,6 +41,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -485,5 +486,18 @@ func keys[V any](m map[string]V) []string {
 	for k := range m {
 		out = append(out, k)
 	}
+	return out
+}
+
+// ParentDirs returns the parent group's directory in each hierarchy in use.
+func (m *Manager) ParentDirs() []string {
+	var out []string
+	for _, h := range m.hiers {
+		d := filepath.Join(h.mount, h.base)
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	slices.Sort(out)
 	return out
 }

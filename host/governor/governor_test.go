@@ -17,9 +17,23 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "spin" {
+	switch os.Getenv(childEnv) {
+	case "spin":
 		for {
 		}
+	case "hog":
+		var keep [][]byte
+		for range 4096 {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			keep = append(keep, b)
+		}
+		os.Exit(3)
+	case "sleep":
+		time.Sleep(time.Hour)
+		os.Exit(0)
 	}
 	goleak.VerifyTestMain(m)
 }

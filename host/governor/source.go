@@ -5,6 +5,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/vigil-hids/vigil/host/breaker"
 	"github.com/vigil-hids/vigil/host/cgroup"
 	"github.com/vigil-hids/vigil/host/procstat"
 )
@@ -79,4 +80,12 @@ func (s *selfSource) Read() (Reading, error) {
 		return Reading{}, err
 	}
 	return Reading{CPU: smp.Own, RSS: smp.RSS}, nil
+}
+
+// CgroupLimits returns the hard limits of a plugin's cgroup for its breaker
+// limits: the quota and memory limit sit above the breaker thresholds, so
+// the breaker sees a plugin in trouble before the kernel throttles or kills
+// it.
+func CgroupLimits(l breaker.Limits) cgroup.Limits {
+	return cgroup.Limits{CPUQuotaPercent: l.QuotaCPUPercent, MemoryBytes: l.QuotaMemoryBytes, Pids: l.Pids}
 }

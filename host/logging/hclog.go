@@ -12,14 +12,17 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 )
 
-// HCLog returns an hclog.Logger that writes to l with plugin as the
-// "plugin" field: give it to go-plugin's ClientConfig.Logger, and the
+// HCLog returns an hclog.Logger that writes to l with plugin (unless it is
+// empty) as the "plugin" field: give it to go-plugin's ClientConfig.Logger, and the
 // lines a plugin writes to stderr (which go-plugin parses and relays)
 // appear in the host log at their own level. go-plugin's name for the
 // logger (the binary's base name) appears as "logger". hclog's Trace is
 // written as debug, syslog's least severe level.
 func HCLog(l *slog.Logger, plugin string) hclog.Logger {
-	base := l.With("plugin", plugin)
+	base := l
+	if plugin != "" {
+		base = l.With("plugin", plugin)
+	}
 	return &hcAdapter{base: base, out: base, min: new(levelBox)}
 }
 

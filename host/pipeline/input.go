@@ -95,12 +95,11 @@ type Input struct {
 	tele  *rate.Limiter
 	alert *rate.Limiter
 
-	mu       sync.Mutex
-	version  string
-	alerts   lane
-	telem    lane
-	writing  int
-	restarts uint64
+	mu      sync.Mutex
+	version string
+	alerts  lane
+	telem   lane
+	writing int
 	// The plugin's cumulative totals restart from zero in each process;
 	// base* hold the sums of finished incarnations, last* the latest
 	// values of this one, and recvInc what this one has sent.
@@ -305,11 +304,12 @@ func (in *Input) dropQueued() {
 	}
 }
 
-// Restarted tells the pipeline that the plugin's process was replaced: the
-// next batch's cumulative totals start again from zero. Call it after the
-// old process's last batch and before the new one's first. Events the old
-// process counted as emitted but never sent are counted as dropped
-// (reason "plugin_exit").
+// Restarted tells the pipeline that a new plugin process has started: the
+// next batch's cumulative totals start again from zero. Call it before each
+// process's first batch and after the previous process's last one (calling
+// it before the very first process is harmless). Events the old process
+// counted as emitted but never sent are counted as dropped (reason
+// "plugin_exit"), and its counters are forgotten.
 func (in *Input) Restarted() {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -325,5 +325,4 @@ func (in *Input) Restarted() {
 	in.lastEmitted, in.recvInc = 0, 0
 	clear(in.lastPD)
 	in.counters = nil
-	in.restarts++
 }

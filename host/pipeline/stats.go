@@ -27,8 +27,6 @@ type PluginStats struct {
 	// InPlugin is counted as emitted by the running plugin process but
 	// not yet sent.
 	InPlugin uint64 `json:"in_plugin"`
-	// Restarts is how often the supervisor reported a new process.
-	Restarts uint64 `json:"restarts"`
 	// Counters are the plugin's own cumulative counters from its latest
 	// batch (they restart from zero with the process).
 	Counters map[string]uint64 `json:"counters,omitempty"`
@@ -65,7 +63,6 @@ func (in *Input) stats() PluginStats {
 		Delivered: in.delivered,
 		Dropped:   map[string]uint64{},
 		Queued:    uint64(in.alerts.events + in.telem.events + in.writing),
-		Restarts:  in.restarts,
 		Counters:  maps.Clone(in.counters),
 	}
 	var pd uint64

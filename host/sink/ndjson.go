@@ -24,6 +24,10 @@ type Encoder struct {
 	version string
 	mid     []byte // `","host":"h1","plugin":...,"type":`
 	v       sdk.EventView
+	// The timestamp up to the seconds' dot, cached: events of one batch
+	// mostly fall in the same second.
+	sec     int64
+	secText []byte
 }
 
 // NewEncoder returns an encoder that stamps lines with the host name.
@@ -53,9 +57,26 @@ func (e *Encoder) rebuild() {
 	e.mid = append(m, `,"type":`...)
 }
 
-// tsLayout is RFC 3339 in UTC with all nine digits of the nanoseconds, so
-// lines sort and align.
-const tsLayout = "2006-01-02T15:04:05.000000000Z"
+// Timestamps are RFC 3339 in UTC with all nine digits of the nanoseconds,
+// so lines sort and align: 2026-11-25T20:01:02.123456789Z.
+const secLayout = "2006-01-02T15:04:05."
+
+func (e *Encoder) appendTime(dst []byte, unixNano int64) []byte {
+	t := time.Unix(0, unixNano).UTC()
+	if sec := t.Unix(); sec != e.sec || e.secText == nil {
+		e.sec = sec
+		e.secText = t.AppendFormat(e.secText[:0], secLayout)
+	}
+	dst = append(dst, e.secText...)
+	ns := t.Nanosecond()
+	var d [9]byte
+	for i := 8; i >= 0; i-- {
+		d[i] = byte('0' + ns%10)
+		ns /= 10
+	}
+	dst = append(dst, d[:]...)
+	return append(dst, 'Z')
+}
 
 // AppendLine appends the NDJSON line for one record (as returned by
 // sdk.NextRecord), newline included. If the record does not decode it
@@ -67,7 +88,7 @@ func (e *Encoder) AppendLine(dst, rec []byte) ([]byte, error) {
 	start := len(dst)
 	v := &e.v
 	dst = append(dst, `{"ts":"`...)
-	dst = time.Unix(0, v.TimeUnixNano).UTC().AppendFormat(dst, tsLayout)
+	dst = e.appendTime(dst, v.TimeUnixNano)
 	dst = append(dst, e.mid...)
 	dst = appendJSONString(dst, v.Type)
 	if v.Alert {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -180,4 +181,29 @@ func FuzzEncoder(f *testing.F) {
 			t.Fatalf("invalid JSON %q: %v", out, err)
 		}
 	})
+}
+
+func TestEncoderTimestamps(t *testing.T) {
+	e := NewEncoder("h")
+	for _, ts := range []int64{
+		0, 1, 999_999_999, 1_000_000_000, 1_000_000_001,
+		time.Date(2026, 11, 25, 20, 1, 2, 123456789, time.UTC).UnixNano(),
+		time.Date(2026, 11, 25, 20, 1, 2, 5, time.UTC).UnixNano(),
+		time.Date(2026, 11, 25, 20, 1, 3, 0, time.UTC).UnixNano(),
+		-1, -1_000_000_001, math.MaxInt64, math.MinInt64,
+	} {
+		t.Run(fmt.Sprint(ts), func(t *testing.T) {
+			out, err := e.AppendLine(nil, record(&sdk.Event{Type: "x"}, ts))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var l line
+			if err := json.Unmarshal(out, &l); err != nil {
+				t.Fatal(err)
+			}
+			if want := time.Unix(0, ts).UTC().Format("2006-01-02T15:04:05.000000000Z"); l.TS != want {
+				t.Fatalf("ts %q, want %q", l.TS, want)
+			}
+		})
+	}
 }

@@ -92,6 +92,7 @@ type server struct {
 	running bool
 	stopRun context.CancelFunc // ends the current Run, if any
 	runDone chan struct{}      // closed when the current Run has returned
+	stopped bool               // Shutdown was called: a Run arriving late must not start
 }
 
 func newServer(impl Plugin, log hclog.Logger, opts BatchOptions) *server {
@@ -187,6 +188,11 @@ func (s *server) Run(_ *pluginpb.RunRequest, stream grpc.ServerStreamingServer[p
 		s.mu.Unlock()
 		return status.Error(codes.FailedPrecondition, "run: already running")
 	}
+	if s.stopped {
+		// The host's Run call lost the race with its Shutdown call.
+		s.mu.Unlock()
+		return status.Error(codes.FailedPrecondition, "run: plugin is shut down")
+	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	s.running, s.stopRun, s.runDone = true, cancel, make(chan struct{})
@@ -259,6 +265,7 @@ func (s *server) Shutdown(ctx context.Context, req *pluginpb.ShutdownRequest) (*
 	}
 	s.mu.Lock()
 	stopRun, done := s.stopRun, s.runDone
+	s.stopped = true
 	s.mu.Unlock()
 	if stopRun != nil {
 		stopRun()

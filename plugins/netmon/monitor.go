@@ -688,3 +688,26 @@ func (m *monitor) pace(st Stats) time.Duration {
 	}
 	return interval
 }
+
+// Monitor is the snapshot engine without the plugin protocol around it,
+// for benchmarks and tools: each Snapshot dumps, diffs, attributes and
+// emits to the Emitter exactly as the plugin's loop does.
+type Monitor struct{ m *monitor }
+
+// NewMonitor starts a Monitor with a validated config.
+func NewMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) (*Monitor, error) {
+	m, err := newMonitor(cfg, log, clock, em)
+	if err != nil {
+		return nil, err
+	}
+	return &Monitor{m: m}, nil
+}
+
+// Snapshot takes one snapshot.
+func (m *Monitor) Snapshot() (Stats, error) { return m.m.snapshot() }
+
+// Pace returns the wait before the next snapshot after one that went as st.
+func (m *Monitor) Pace(st Stats) time.Duration { return m.m.pace(st) }
+
+// Close releases the Monitor's sockets and handles.
+func (m *Monitor) Close() { m.m.Close() }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Benchmark netmon against ss from iproute2 (see docs/netmon.md).
+#
+# Usage (as root, from anywhere):  bench/netmon/run.sh
+# Environment: N (connections for the snapshot and RSS figures, default
+# 100000), STEADY_N (connections for the CPU figure, default 10000), REPS
+# (repetitions, default 7), DURATION (seconds per run, default 60).
+#
+# Everything happens in a network namespace the script creates, so the
+# host's own port range and sockets are untouched; the raised fd limit
+# applies only to the holder process. The namespace and the holder are
+# removed on exit.
+set -euo pipefail
+
+N=${N:-100000}
+STEADY_N=${STEADY_N:-10000}
+REPS=${REPS:-7}
+DURATION=${DURATION:-60}
+NS=vigil-netmon-bench-$$
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+TMP=$(mktemp -d)
+
+cleanup() {
+	stop_holders
+	ip netns del "$NS" 2>/dev/null || true
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+in_ns() { ip netns exec "$NS" "$@"; }
+
+echo "== building"
+(cd "$REPO" && CGO_ENABLED=0 go build -o "$TMP/holder" ./bench/netmon/holder && CGO_ENABLED=0 go build -o "$TMP/snapbench" ./bench/netmon/snapbench)
+
+echo "== network namespace $NS"
+ip netns add "$NS"
+in_ns ip link set lo up
+in_ns sysctl -q -w net.ipv4.ip_local_port_range="1024 65535"
+in_ns sysctl -q -w net.core.somaxconn=65535
+
+# hold starts holders for $1 connections in all and waits until they are
+# up. This machine caps open files per process at the hard limit (no
+# CAP_SYS_RESOURCE to raise it), so the connections are spread over
+# several holder processes of at most PER_HOLDER connections (2 fds each).
+PER_HOLDER=${PER_HOLDER:-$(( ($(ulimit -Hn) - 100) / 2 ))}
+HOLDER_PIDS=()
+stop_holders() {
+	exec 8>&- 2>/dev/null || true
+	for p in "${HOLDER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+	HOLDER_PIDS=()
+}
+hold() {
+	stop_holders
+	local total=$1 left=$1 i=0 n
+	rm -f "$TMP/in" "$TMP/out"
+	mkfifo "$TMP/in" "$TMP/out"
+	ulimit -n "$(ulimit -Hn)"
+	while (( left > 0 )); do
+		n=$(( left < PER_HOLDER ? left : PER_HOLDER ))
+		ip netns exec "$NS" "$TMP/holder" -n "$n" -base $(( 20001 + 10 * i )) <"$TMP/in" >"$TMP/out" &
+		HOLDER_PIDS+=($!)
+		left=$(( left - n )); i=$(( i + 1 ))
+	done
+	exec 8>"$TMP/in" 9<"$TMP/out"   # 8 keeps the holders' stdin open
+	for (( j = 0; j < i; j++ )); do read -r _ _ <&9; done
+	exec 9<&-
+	echo "holders: $i processes holding $total connections"
+}
+
+echo "== machine"
+echo "$(nproc) cores, $(uname -r), $(ss -V), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+hold "$N"
+echo "== snapshot time at $N connections ($((2 * N)) established sockets on loopback)"
+in_ns "$TMP/snapbench" -mode compare -reps "$REPS"
+echo "== plugin loop at $N connections, ${DURATION}s, 5s interval (RSS)"
+in_ns "$TMP/snapbench" -mode run -duration "${DURATION}s" -interval 5s
+
+hold "$STEADY_N"
+echo "== plugin loop at $STEADY_N connections, ${DURATION}s, 5s interval (steady CPU)"
+in_ns "$TMP/snapbench" -mode run -duration "${DURATION}s" -interval 5s
+stop_holders
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

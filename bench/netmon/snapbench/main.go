@@ -1,0 +1,275 @@
+// Command snapbench measures netmon against ss from iproute2 on the
+// sockets of the network namespace it runs in (bench/netmon/run.sh sets
+// one up with holder). It prints a table.
+//
+//	snapbench -mode compare -reps 7   # ss -tan, ss -tanp and netmon snapshots
+//	snapbench -mode run -duration 60s # the plugin loop: CPU share and RSS
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vigil-hids/vigil/plugins/netmon"
+	"github.com/vigil-hids/vigil/sdk"
+)
+
+func main() {
+	mode := flag.String("mode", "compare", "compare or run")
+	reps := flag.Int("reps", 7, "repetitions per measurement (compare)")
+	duration := flag.Duration("duration", 60*time.Second, "run time (run)")
+	interval := flag.Duration("interval", 5*time.Second, "snapshot interval (run)")
+	attribution := flag.Bool("attribution", true, "attribute sockets to processes (run)")
+	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.Parse()
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	switch *mode {
+	case "compare":
+		compare(*reps)
+	case "run":
+		run(*duration, *interval, *attribution)
+	default:
+		log.Fatalf("unknown mode %q", *mode)
+	}
+}
+
+// sink is an sdk.Emitter that encodes events as the SDK does and
+// discards them.
+type sink struct {
+	mu       sync.Mutex
+	buf      []byte
+	n        int
+	counters map[string]*sdk.Counter
+}
+
+func newSink() *sink { return &sink{counters: map[string]*sdk.Counter{}} }
+
+func (s *sink) Emit(ev *sdk.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buf = sdk.AppendEventRecord(s.buf[:0], ev, time.Now().UnixNano())
+	s.n++
+	return nil
+}
+
+func (s *sink) Counter(name string) *sdk.Counter {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.counters[name]
+	if !ok {
+		c = &sdk.Counter{}
+		s.counters[name] = c
+	}
+	return c
+}
+
+type sample struct{ wall, cpu time.Duration }
+
+type series []sample
+
+func (s series) median() sample {
+	w := make([]time.Duration, len(s))
+	c := make([]time.Duration, len(s))
+	for i, x := range s {
+		w[i], c[i] = x.wall, x.cpu
+	}
+	slices.Sort(w)
+	slices.Sort(c)
+	return sample{w[len(w)/2], c[len(c)/2]}
+}
+
+func (s series) min() sample {
+	m := s[0]
+	for _, x := range s[1:] {
+		if x.wall < m.wall {
+			m = x
+		}
+	}
+	return m
+}
+
+// ss runs ss with args, output discarded, and returns its wall and CPU time.
+func ss(args ...string) sample {
+	cmd := exec.Command("ss", args...)
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer devnull.Close()
+	cmd.Stdout = devnull
+	t := time.Now()
+	if err := cmd.Run(); err != nil {
+		log.Fatalf("ss %s: %v", strings.Join(args, " "), err)
+	}
+	wall := time.Since(t)
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	return sample{wall, time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
+}
+
+func config(attribution bool) *netmon.Config {
+	cfg := netmon.DefaultConfig()
+	cfg.UDP = false // ss -tan lists TCP only
+	cfg.SnapshotBudget = sdk.Duration(time.Minute)
+	cfg.AttributionFDs = 0
+	if attribution {
+		cfg.AttributionFDs = 10_000_000
+	}
+	if err := cfg.Validate(); err != nil {
+		log.Fatal(err)
+	}
+	return cfg
+}
+
+func snapshot(m *netmon.Monitor) (sample, netmon.Stats) {
+	t := time.Now()
+	st, err := m.Snapshot()
+	if err != nil {
+		log.Fatalf("snapshot: %v", err)
+	}
+	if st.Truncated {
+		log.Fatalf("snapshot truncated: %+v", st)
+	}
+	return sample{time.Since(t), st.CPU}, st
+}
+
+func newMonitor(attribution bool) *netmon.Monitor {
+	m, err := netmon.NewMonitor(config(attribution), nil, sdk.SystemClock(), newSink())
+	if err != nil {
+		log.Fatal(err)
+	}
+	return m
+}
+
+func compare(reps int) {
+	var ssTan, ssTanp, cold, warm, coldAttr, warmAttr series
+	var last netmon.Stats
+	for range reps {
+		ssTan = append(ssTan, ss("-tan"))
+	}
+	for range reps {
+		m := newMonitor(false)
+		s, _ := snapshot(m)
+		cold = append(cold, s)
+		s, last = snapshot(m)
+		warm = append(warm, s)
+		m.Close()
+	}
+	for range reps {
+		ssTanp = append(ssTanp, ss("-tanp"))
+	}
+	var lastAttr netmon.Stats
+	for range reps {
+		m := newMonitor(true)
+		s, st := snapshot(m)
+		coldAttr = append(coldAttr, s)
+		lastAttr = st
+		s, _ = snapshot(m)
+		warmAttr = append(warmAttr, s)
+		m.Close()
+	}
+	fmt.Printf("sockets in the dump: %d (listeners %d); attributed snapshot scanned %d processes, %d unattributed new sockets\n",
+		last.Sockets, last.Listeners, lastAttr.Scanned, lastAttr.Misses)
+	fmt.Printf("%-44s %12s %12s %12s\n", fmt.Sprintf("measurement (%d runs)", reps), "median wall", "min wall", "median cpu")
+	row := func(name string, s series) {
+		md, mn := s.median(), s.min()
+		fmt.Printf("%-44s %12s %12s %12s\n", name, ms(md.wall), ms(mn.wall), ms(md.cpu))
+	}
+	row("ss -tan > /dev/null", ssTan)
+	row("netmon snapshot, first (all sockets new)", cold)
+	row("netmon snapshot, next (steady)", warm)
+	row("ss -tanp > /dev/null", ssTanp)
+	row("netmon + attribution, first (full /proc walk)", coldAttr)
+	row("netmon + attribution, next (incremental)", warmAttr)
+	fmt.Printf("ratio netmon steady / ss -tan (median wall): %.2f (target <= 0.50)\n", ratio(warm, ssTan))
+	fmt.Printf("ratio netmon first / ss -tan (median wall): %.2f\n", ratio(cold, ssTan))
+	fmt.Printf("ratio netmon+attribution first / ss -tanp (median wall): %.2f (target <= 1.00)\n", ratio(coldAttr, ssTanp))
+	fmt.Printf("ratio netmon+attribution next / ss -tanp (median wall): %.2f\n", ratio(warmAttr, ssTanp))
+}
+
+func ratio(a, b series) float64 { return float64(a.median().wall) / float64(b.median().wall) }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
+
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// run runs the plugin's loop (snapshot, then wait as Pace says) for
+// duration and reports the CPU share after the first snapshot and the RSS.
+func run(duration, interval time.Duration, attribution bool) {
+	cfg := config(attribution)
+	cfg.SnapshotBudget = sdk.Duration(netmon.DefaultSnapshotBudget)
+	if attribution {
+		cfg.AttributionFDs = netmon.DefaultAttributionFDs
+	}
+	cfg.Interval = sdk.Duration(interval)
+	em := newSink()
+	m, err := netmon.NewMonitor(cfg, nil, sdk.SystemClock(), em)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+	start := time.Now()
+	st, err := m.Snapshot()
+	if err != nil {
+		log.Fatal(err)
+	}
+	first := st
+	wait := m.Pace(st)
+	cpu0, t0 := cpuNow(), time.Now()
+	snaps, truncated := 0, 0
+	var maxCPU time.Duration
+	for time.Since(start) < duration {
+		time.Sleep(wait)
+		if st, err = m.Snapshot(); err != nil {
+			log.Fatal(err)
+		}
+		snaps++
+		if st.Truncated {
+			truncated++
+		}
+		maxCPU = max(maxCPU, st.CPU)
+		wait = m.Pace(st)
+	}
+	cpu, wall := cpuNow()-cpu0, time.Since(t0)
+	rss, hwm := status("VmRSS"), status("VmHWM")
+	fmt.Printf("run: %d sockets, attribution %t, interval %s, %s\n", st.Sockets, attribution, interval, duration)
+	fmt.Printf("first snapshot: wall %s cpu %s, scanned %d processes, truncated %t\n", ms(first.Wall), ms(first.CPU), first.Scanned, first.Truncated)
+	fmt.Printf("steady: %d snapshots in %s, max snapshot cpu %s, truncated %d, last interval %s\n", snaps, wall.Round(time.Millisecond), ms(maxCPU), truncated, wait)
+	fmt.Printf("steady process CPU: %s over %s = %.3f%% of one core (target <= 1%% at 10,000 connections)\n",
+		cpu.Round(time.Millisecond), wall.Round(time.Millisecond), 100*float64(cpu)/float64(wall))
+	fmt.Printf("RSS now %s, peak (VmHWM) %s (target <= 30 MB at 100,000 connections); events emitted %d\n", rss, hwm, em.n)
+}
+
+func status(key string) string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
+}

@@ -321,33 +321,15 @@ func (s *Server) Close() {
 	})
 }
 
-// Replica is one server replica's registration value.
-type Replica struct {
-	ID        string    `json:"id"`
-	Address   string    `json:"address"`
-	Version   string    `json:"version"`
-	StartedAt time.Time `json:"started_at"`
-}
-
-// Status is the body of GET /v1/status.
-type Status struct {
-	Replica        Replica             `json:"replica"`
-	IsLeader       bool                `json:"is_leader"`
-	ElectionLeader string              `json:"election_leader"`
-	Replicas       []Replica           `json:"replicas"`
-	Etcd           store.ClusterStatus `json:"etcd"`
-	EtcdError      string              `json:"etcd_error,omitempty"`
-}
-
 // Status reports this replica, the others, the election and etcd.
-func (s *Server) Status(ctx context.Context) (Status, error) {
-	st := Status{Replica: s.self(), IsLeader: s.IsLeader(), Replicas: []Replica{}}
+func (s *Server) Status(ctx context.Context) (httpapi.Status, error) {
+	st := httpapi.Status{Replica: s.self(), IsLeader: s.IsLeader(), Replicas: []httpapi.Replica{}}
 	resp, err := s.cli.Get(ctx, s.ks.Servers(), clientv3.WithPrefix())
 	if err != nil {
 		return st, fmt.Errorf("listing replicas: %w", err)
 	}
 	for _, kv := range resp.Kvs {
-		var r Replica
+		var r httpapi.Replica
 		if json.Unmarshal(kv.Value, &r) == nil {
 			st.Replicas = append(st.Replicas, r)
 		}
@@ -364,6 +346,6 @@ func (s *Server) Status(ctx context.Context) (Status, error) {
 	return st, nil
 }
 
-func (s *Server) self() Replica {
-	return Replica{ID: s.cfg.ID, Address: s.Addr(), Version: version.Version, StartedAt: s.started}
+func (s *Server) self() httpapi.Replica {
+	return httpapi.Replica{ID: s.cfg.ID, Address: s.Addr(), Version: version.Version, StartedAt: s.started}
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -415,4 +416,23 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+// Replica is one server replica's registration value.
+type Replica struct {
+	ID        string    `json:"id"`
+	Address   string    `json:"address"`
+	Version   string    `json:"version"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// Status is the body of GET /v1/status: this replica, the others
+// registered under /hids/servers/, the election and etcd.
+type Status struct {
+	Replica        Replica             `json:"replica"`
+	IsLeader       bool                `json:"is_leader"`
+	ElectionLeader string              `json:"election_leader"`
+	Replicas       []Replica           `json:"replicas"`
+	Etcd           store.ClusterStatus `json:"etcd"`
+	EtcdError      string              `json:"etcd_error,omitempty"`
 }

@@ -1,0 +1,109 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func (g *globals) agentsCmd() *cobra.Command {
+	c := &cobra.Command{Use: "agents", Short: "List and count registered hosts"}
+	var labels []string
+	var limit int
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List registered hosts",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			as, err := cl.Agents(g.ctx(c), labels, limit)
+			if err != nil {
+				return err
+			}
+			return g.emit(as, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tVERSION\tLABELS\tAPPLIED\tSTOPPED\tUPDATED\tNOTE")
+				for _, a := range as {
+					note := a.Applied.Error
+					if a.Mismatch != "" {
+						note = "MISMATCH: " + a.Mismatch
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%t\t%s\t%s\n", a.Name, a.Version, joinLabels(a.Labels),
+						a.Applied.Revision, a.Stopped, a.UpdatedAt.Format(time.RFC3339), note)
+				}
+				_ = tw.Flush()
+			})
+		},
+	}
+	ls.Flags().StringArrayVar(&labels, "label", nil, "only hosts with label k=v (repeatable, all must match)")
+	ls.Flags().IntVar(&limit, "limit", 0, "list at most this many (0: all)")
+	var clabels []string
+	var by string
+	count := &cobra.Command{
+		Use:   "count",
+		Short: "Count registered hosts, optionally by a label",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := g.client()
+			if err != nil {
+				return err
+			}
+			defer cl.Close()
+			n, err := cl.Count(g.ctx(c), clabels, by)
+			if err != nil {
+				return err
+			}
+			return g.emit(n, func(w io.Writer) {
+				if by == "" {
+					fmt.Fprintln(w, n.Total)
+					return
+				}
+				keys := make([]string, 0, len(n.Groups))
+				for k := range n.Groups {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				fmt.Fprintf(tw, "%s\tHOSTS\n", strings.ToUpper(by))
+				for _, k := range keys {
+					name := k
+					if name == "" {
+						name = "(none)"
+					}
+					fmt.Fprintf(tw, "%s\t%d\n", name, n.Groups[k])
+				}
+				fmt.Fprintf(tw, "total\t%d\n", n.Total)
+				_ = tw.Flush()
+			})
+		},
+	}
+	count.Flags().StringArrayVar(&clabels, "label", nil, "only hosts with label k=v (repeatable)")
+	count.Flags().StringVar(&by, "by", "", "group the count by this label")
+	c.AddCommand(ls, count)
+	return c
+}
+
+func joinLabels(m map[string]string) string {
+	if len(m) == 0 {
+		return "-"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}

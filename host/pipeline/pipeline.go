@@ -74,7 +74,9 @@ type Pipeline struct {
 }
 
 // New validates cfg and returns a pipeline writing to sinks, which it owns
-// and closes on Close. A nil clock means the system clock.
+// and closes on Close. The caller names the component in log (the
+// pipeline adds no "component" field); a nil log discards, a nil clock
+// means the system clock.
 func New(cfg Config, sinks []sink.Sink, log *slog.Logger, clock Clock) (*Pipeline, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("pipeline config: %w", err)
@@ -91,7 +93,7 @@ func New(cfg Config, sinks []sink.Sink, log *slog.Logger, clock Clock) (*Pipelin
 	p := &Pipeline{
 		cfg:     cfg.WithDefaults(),
 		sinks:   sinks,
-		log:     log.With("component", "pipeline"),
+		log:     log,
 		clock:   clock,
 		byName:  map[string]*Input{},
 		wake:    make(chan struct{}, 1),
@@ -193,6 +195,9 @@ func (p *Pipeline) run(ctx context.Context) {
 	defer close(p.done)
 	idle := true
 	for {
+		if p.writeCtx.Err() != nil {
+			return // Close's deadline passed while the queues were busy
+		}
 		if p.round() {
 			idle = false
 			continue

@@ -1,9 +1,13 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vigil-hids/vigil/host/sink"
 	"github.com/vigil-hids/vigil/sdk"
 	"github.com/vigil-hids/vigil/sdk/pluginpb"
 )
@@ -487,5 +492,44 @@ func TestConfigValidate(t *testing.T) {
 	c := Config{Limits: Limits{Rate: 100}, Plugins: map[string]Limits{"procmon": {Burst: 7}}}
 	if l := c.For("procmon"); l.Rate != 100 || l.Burst != 7 || l.QueueSize != DefaultQueueSize {
 		t.Fatalf("For(procmon) = %+v", l)
+	}
+}
+
+func TestEndToEndFileSink(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.ndjson")
+	fs, err := sink.NewFile(sink.FileConfig{Path: path, MaxSizeMB: 64}, "h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPipeline(t, Config{Limits: Limits{Rate: 1000, Burst: 1000}}, newFakeClock(), fs)
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	in := p.Register("procmon", "0.1.0")
+	in.Submit(batch(0, 512, false, 512))
+	in.Submit(batch(512, 512, false, 1024)) // 488 over the burst
+	in.Submit(batch(0, 2, true, 1026))
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for l := range bytes.Lines(data) {
+		var m struct {
+			Plugin        string `json:"plugin"`
+			PluginVersion string `json:"plugin_version"`
+		}
+		if err := json.Unmarshal(l, &m); err != nil || m.Plugin != "procmon" || m.PluginVersion != "0.1.0" {
+			t.Fatalf("line %d %q: %v", n, l, err)
+		}
+		n++
+	}
+	st := statsOf(t, p, "procmon")
+	balanced(t, st)
+	if st.Delivered != 1002 || n != st.Delivered || st.Dropped[DropRateLimited] != 24 {
+		t.Fatalf("file has %d lines; stats %+v", n, st)
 	}
 }

@@ -26,7 +26,12 @@ func TestMain(m *testing.M) {
 func batchOf(plugin string, n int, ev func(i int) *sdk.Event) *Batch {
 	var recs []byte
 	for i := range n {
-		recs = sdk.AppendEventRecord(recs, ev(i), int64(i))
+		e := ev(i)
+		ts := int64(i)
+		if !e.Time.IsZero() {
+			ts = e.Time.UnixNano()
+		}
+		recs = sdk.AppendEventRecord(recs, e, ts)
 	}
 	return &Batch{Plugin: plugin, Version: "1.0.0", Count: n, Records: recs}
 }

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/plugins/catalog"
+	"github.com/vigil-hids/vigil/server"
+	"github.com/vigil-hids/vigil/server/pki"
+)
+
+// TestInitThenServeUnderRBAC runs `vigil-server init` on a fresh data
+// directory, then starts the server on it: with etcd authentication on, the
+// server (etcd user vigil-server) can still do everything it needs —
+// registration lease, election, desired-state writes with history, status.
+func TestInitThenServeUnderRBAC(t *testing.T) {
+	dir := t.TempDir()
+	pd, data := filepath.Join(dir, "pki"), filepath.Join(dir, "data")
+	ports, err := etcdtest.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"init", "--dir", pd, "--data-dir", data, "--etcd-client-url", curl, "--etcd-peer-url", purl, "--log-level", "error"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("init: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"wrote " + filepath.Join(pd, "admin.crt"), "etcd user vigil-host, role vigil-host: read /hids/server/config/, read /hids/releases/, readwrite /hids/agent/", "etcd authentication enabled"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("init output lacks %q:\n%s", want, out.String())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := server.Start(ctx, server.Config{ID: "r1", Listen: "127.0.0.1:0", DataDir: data, EtcdClientURL: curl, EtcdPeerURL: purl,
+		TLS:         pki.Files{CA: filepath.Join(pd, "ca.crt"), Cert: filepath.Join(pd, "server.crt"), Key: filepath.Join(pd, "server.key")},
+		CheckPlugin: catalog.Validate, AggregateInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for deadline := time.Now().Add(20 * time.Second); !s.IsLeader(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not elected under RBAC")
+		}
+	}
+	if _, err := s.Store().SetStop(ctx, api.Scope{Kind: api.ScopeFleet}, true, "admin", "under rbac"); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := s.Store().History(ctx, api.Scope{Kind: api.ScopeFleet}, 0); err != nil || len(h) != 1 {
+		t.Fatalf("history: %v %v", h, err)
+	}
+	st, err := s.Status(ctx)
+	if err != nil || !st.Etcd.Healthy || st.ElectionLeader != "r1" {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+}

@@ -141,12 +141,13 @@ func (in *Input) Submit(b *pluginpb.EventBatch) {
 	in.mu.Lock()
 	in.noteTotals(b)
 	n := int(b.Count)
+	in.recvInc += uint64(n)
+	in.received += uint64(n)
+	in.floorEmitted()
 	if n == 0 {
 		in.mu.Unlock()
 		return
 	}
-	in.recvInc += uint64(n)
-	in.received += uint64(n)
 	if in.p.closing.Load() {
 		in.dropped[rShutdown] += uint64(n)
 		in.mu.Unlock()
@@ -200,6 +201,18 @@ func (in *Input) noteTotals(b *pluginpb.EventBatch) {
 	}
 	if b.Counters != nil {
 		in.counters = b.Counters
+	}
+}
+
+// floorEmitted keeps the identity exact when a plugin under-reports: it
+// cannot have emitted fewer events than it sent and dropped.
+func (in *Input) floorEmitted() {
+	sent := in.recvInc
+	for _, v := range in.lastPD {
+		sent += v
+	}
+	if in.lastEmitted < sent {
+		in.lastEmitted = sent
 	}
 }
 

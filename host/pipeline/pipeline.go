@@ -57,9 +57,9 @@ type Pipeline struct {
 	ready   chan struct{}
 	errc    chan error
 	closing atomic.Bool
-	started atomic.Bool
 
-	startOnce sync.Once
+	life      sync.Mutex // orders Start against Close
+	started   bool
 	closeOnce sync.Once
 	closeErr  error
 
@@ -112,14 +112,16 @@ func New(cfg Config, sinks []sink.Sink, log *slog.Logger, clock Clock) (*Pipelin
 // taking batches and drains the queues as Close does; Close must still be
 // called to release the sinks. Start after Close returns ErrClosed.
 func (p *Pipeline) Start(ctx context.Context) error {
+	p.life.Lock()
+	defer p.life.Unlock()
 	if p.closing.Load() {
 		return ErrClosed
 	}
-	p.startOnce.Do(func() {
-		p.started.Store(true)
+	if !p.started {
+		p.started = true
 		go p.run(ctx)
 		close(p.ready)
-	})
+	}
 	return nil
 }
 
@@ -166,10 +168,13 @@ func (p *Pipeline) notify() {
 // and returns the sinks' close errors.
 func (p *Pipeline) Close() error {
 	p.closeOnce.Do(func() {
+		p.life.Lock()
 		p.closing.Store(true)
+		started := p.started
+		p.life.Unlock()
 		close(p.stop)
 		timer := time.AfterFunc(p.cfg.CloseTimeout, p.cancel)
-		if p.started.Load() {
+		if started {
 			<-p.done
 		} else {
 			p.drain()

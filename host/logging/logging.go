@@ -151,7 +151,7 @@ func New(cfg Config) (*Logger, error) {
 	if cfg.Stderr {
 		ws = append(ws, os.Stderr)
 	}
-	l := NewWriter(io.MultiWriter(ws...), cfg.Level)
+	l := NewWriter(allWriter(ws), cfg.Level)
 	l.file = file
 	return l, nil
 }
@@ -220,4 +220,21 @@ func (l *Logger) Alert(msg string, args ...any) {
 // Emergency logs at the emergency level.
 func (l *Logger) Emergency(msg string, args ...any) {
 	l.Log(context.Background(), LevelEmergency, msg, args...)
+}
+
+// allWriter writes every line to each writer even when one fails (a full
+// disk must not silence stderr), and returns the first error.
+type allWriter []io.Writer
+
+func (ws allWriter) Write(p []byte) (int, error) {
+	var first error
+	for _, w := range ws {
+		if _, err := w.Write(p); err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return 0, first
+	}
+	return len(p), nil
 }

@@ -21,6 +21,12 @@ type Config struct {
 	// QueueSize bounds the events waiting for the enrichment workers
 	// (shared out among the workers).
 	QueueSize int `json:"queue_size" vigil:"min=1024,max=1048576" desc:"events queued between the socket reader and the workers"`
+	// ReadCoalesce is the pause after a socket read that found a dozen or
+	// more messages waiting. Under load each read then drains a batch of
+	// events instead of one, which divides the reader's and the workers'
+	// wake-ups; the receive buffer holds the events meanwhile. A quiet
+	// socket is read without pausing. 0 never pauses.
+	ReadCoalesce sdk.Duration `json:"read_coalesce" vigil:"min=0s,max=100ms" desc:"pause after each socket read, to batch events"`
 	// Workers is the number of enrichment workers.
 	Workers int `json:"workers" vigil:"min=1,max=64" desc:"enrichment workers reading /proc"`
 	// CmdlineMax caps the bytes of a command line kept.
@@ -73,6 +79,7 @@ func DefaultConfig() *Config {
 	return &Config{
 		ReceiveBuffer:    8 << 20,
 		QueueSize:        16384,
+		ReadCoalesce:     sdk.Duration(2e6),
 		Workers:          2,
 		CmdlineMax:       4096,
 		ProcessTableSize: 16384,

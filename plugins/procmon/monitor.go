@@ -109,8 +109,7 @@ type Monitor struct {
 	table *procTable
 	clock clocks
 
-	queues    []chan cnproc.Event
-	highWater int
+	queues []*evQueue
 
 	cancel context.CancelFunc
 	guard  *sdk.Guard
@@ -162,10 +161,9 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 		errc:  make(chan error, 1),
 	}
 	per := max(cfg.QueueSize/cfg.Workers, 64)
-	m.highWater = per - per/8
-	m.queues = make([]chan cnproc.Event, cfg.Workers)
+	m.queues = make([]*evQueue, cfg.Workers)
 	for i := range m.queues {
-		m.queues[i] = make(chan cnproc.Event, per)
+		m.queues[i] = newEvQueue(per)
 	}
 	src, err := deps.Dial(cfg.ReceiveBuffer, readBufSize)
 	if err != nil {
@@ -188,6 +186,10 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 	close(m.ready)
 	return m, nil
 }
+
+// coalesceAbove is the read size, in bytes, from which the reader counts
+// as busy and pauses between reads: about a dozen messages.
+const coalesceAbove = 12 * 76
 
 // readBufSize holds the largest datagram the connector sends (one page of
 // messages) with room to spare.
@@ -217,10 +219,18 @@ func (m *Monitor) Close() error {
 	return nil
 }
 
-// read is the reader: it never blocks on anything but the socket.
+// read is the reader: it never blocks on anything but the socket. After
+// each read it pauses for read_coalesce, so that under load each read
+// drains a batch and each worker wakes once per batch; the socket buffer
+// holds the events meanwhile.
 func (m *Monitor) read(ctx context.Context) error {
 	var ev cnproc.Event
+	coalesce := m.cfg.ReadCoalesce.D()
+	busy := false
 	for {
+		if busy && coalesce > 0 {
+			time.Sleep(coalesce)
+		}
 		m.mu.Lock()
 		src := m.src
 		m.mu.Unlock()
@@ -239,6 +249,10 @@ func (m *Monitor) read(ctx context.Context) error {
 			}
 			continue
 		}
+		// Under load (many messages per read) pause before the next read;
+		// a quiet socket is read at once, so a short-lived process's exec
+		// reaches a worker while /proc still has it.
+		busy = len(b) >= coalesceAbove
 		for len(b) > 0 {
 			n, err := cnproc.Decode(b, &ev)
 			b = b[n:]
@@ -254,6 +268,9 @@ func (m *Monitor) read(ctx context.Context) error {
 			}
 			m.c.received.Add(1)
 			m.dispatch(&ev)
+		}
+		for _, q := range m.queues {
+			q.signal()
 		}
 	}
 }
@@ -278,13 +295,7 @@ func (m *Monitor) dispatch(ev *cnproc.Event) {
 		return // a new thread
 	}
 	q := m.queues[uint32(ev.TGID)%uint32(len(m.queues))]
-	if !isExec && len(q) >= m.highWater {
-		m.c.queueDropped.Add(1)
-		return
-	}
-	select {
-	case q <- *ev:
-	default:
+	if !q.push(ev) {
 		m.c.queueDropped.Add(1)
 		if isExec {
 			m.c.queueDroppedExec.Add(1)

@@ -30,10 +30,48 @@ type worker struct {
 	cont   procinfo.Container
 	pexe   []byte
 	gpexe  []byte
+	batch  []cnproc.Event
+	exits  map[int32]int
 }
 
-func (m *Monitor) work(ctx context.Context, q chan cnproc.Event) error {
-	w := &worker{
+func (m *Monitor) work(ctx context.Context, q *evQueue) error {
+	w := newWorker(m)
+	defer w.r.Close()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-q.wake:
+		}
+		w.batch = q.take(w.batch)
+		w.handleBatch()
+	}
+}
+
+// handleBatch handles a batch of events in order. An exec whose exit is
+// already in the same batch is not looked up in /proc: the process is
+// gone, and the reads would only fail.
+func (w *worker) handleBatch() {
+	clear(w.exits)
+	for i := range w.batch {
+		if w.batch[i].What == cnproc.Exit {
+			w.exits[w.batch[i].TGID] = i
+		}
+	}
+	for i := range w.batch {
+		ev := &w.batch[i]
+		if ev.What == cnproc.Exec {
+			if j, ok := w.exits[ev.TGID]; ok && j > i {
+				w.execGone(ev)
+				continue
+			}
+		}
+		w.handle(ev)
+	}
+}
+
+func newWorker(m *Monitor) *worker {
+	return &worker{
 		m:      m,
 		r:      procinfo.NewReader(m.deps.ProcRoot, m.cfg.CmdlineMax),
 		fields: make([]sdk.Field, 0, 32),
@@ -41,15 +79,7 @@ func (m *Monitor) work(ctx context.Context, q chan cnproc.Event) error {
 		fired:  make([]int, 0, len(rules)),
 		pexe:   make([]byte, 4096),
 		gpexe:  make([]byte, 4096),
-	}
-	defer w.r.Close()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev := <-q:
-			w.handle(&ev)
-		}
+		exits:  make(map[int32]int, 64),
 	}
 }
 
@@ -104,6 +134,22 @@ func (w *worker) handle(ev *cnproc.Event) {
 
 func (w *worker) eventTime(ev *cnproc.Event) time.Time {
 	return time.Unix(0, int64(ev.Timestamp)+w.m.clock.monoToWall)
+}
+
+// execGone emits an exec whose process is known to have exited already.
+func (w *worker) execGone(ev *cnproc.Event) {
+	m := w.m
+	m.c.execGone.Add(1)
+	f := append(w.fields[:0], sdk.Int("pid", int64(ev.TGID)), sdk.Bool("proc_gone", true))
+	if p, ok := m.table.get(ev.TGID); ok {
+		f = append(f, sdk.Int("ppid", int64(p.ppid)))
+	}
+	w.fields = f
+	if m.emit&cnproc.Exec != 0 {
+		w.ev = sdk.Event{Type: "exec", Time: w.eventTime(ev), Severity: sdk.SevInfo, Fields: f}
+		_ = m.deps.Emitter.Emit(&w.ev)
+		m.c.execEmitted.Add(1)
+	}
 }
 
 // exec enriches an exec event from /proc, runs the detections, and emits

@@ -25,6 +25,7 @@ type Conn struct {
 	buf     []byte
 	n       int
 	rerr    error
+	pending error
 	readFn  func(fd uintptr) bool
 	rcvBuf  int
 	forced  bool
@@ -108,23 +109,49 @@ func (c *Conn) subscribe(op uint32) error {
 	return nil
 }
 
+// minRoom is the free space below which read stops gathering datagrams:
+// the connector's largest datagram is far smaller.
+const minRoom = 4096
+
+// read gathers every datagram waiting on the socket, back to back, into
+// buf (each is a whole number of 4-byte aligned netlink messages, so the
+// result decodes as one stream). It asks the poller to wait only when
+// nothing at all was waiting.
 func (c *Conn) read(fd uintptr) bool {
-	n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(c.buf))), uintptr(len(c.buf)), 0, 0, 0)
-	if errno == unix.EAGAIN || errno == unix.EINTR {
-		return false
-	}
-	c.n, c.rerr = int(n), nil
-	if errno != 0 {
-		c.n, c.rerr = 0, errno
+	c.n, c.rerr = 0, nil
+	for len(c.buf)-c.n >= minRoom {
+		p := c.buf[c.n:]
+		n, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)),
+			unix.MSG_DONTWAIT, 0, 0)
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno == unix.EAGAIN:
+			return c.n > 0
+		case errno != 0:
+			if c.n == 0 {
+				c.rerr = errno
+			} else {
+				c.pending = errno // deliver what was read first
+			}
+			return true
+		}
+		c.n += (int(n) + 3) &^ 3
+		c.n = min(c.n, len(c.buf))
 	}
 	return true
 }
 
-// Read waits for the next datagram and returns it; the slice is valid until
-// the next Read. It returns unix.ENOBUFS (test with errors.Is) when the
-// socket overran and the kernel dropped messages; reading may go on after
-// it. Read does not allocate.
+// Read waits for datagrams and returns all that were waiting, as one
+// buffer of netlink messages valid until the next Read. It returns
+// unix.ENOBUFS (test with errors.Is) when the socket overran and the
+// kernel dropped messages; reading may go on after it. Read does not
+// allocate.
 func (c *Conn) Read() ([]byte, error) {
+	if err := c.pending; err != nil {
+		c.pending = nil
+		return nil, err
+	}
 	if err := c.raw.Read(c.readFn); err != nil {
 		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) || c.closing.Load() {
 			return nil, ErrClosed

@@ -141,7 +141,8 @@ type monitor struct {
 	baselineExes  map[string]bool
 
 	listeners, prevListeners map[listenerKey]listener
-	conns, prevConns         map[uint32]struct{}
+	seen                     *inodeSet // every inet socket inode, by the snapshot that last saw it
+	lastComplete             bool
 	pending                  []Socket
 	wanted                   map[uint32]bool
 	agg                      map[aggKey]*aggVal
@@ -181,8 +182,8 @@ func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) 
 		baselineExes:  map[string]bool{},
 		listeners:     map[listenerKey]listener{},
 		prevListeners: map[listenerKey]listener{},
-		conns:         map[uint32]struct{}{},
-		prevConns:     map[uint32]struct{}{},
+		seen:          newInodeSet(),
+		lastComplete:  true,
 		wanted:        map[uint32]bool{},
 		agg:           map[aggKey]*aggVal{},
 		mode:          ModeNormal,
@@ -297,8 +298,7 @@ func (m *monitor) snapshot() (Stats, error) {
 
 	m.prevListeners, m.listeners = m.listeners, m.prevListeners
 	clear(m.listeners)
-	m.prevConns, m.conns = m.conns, m.prevConns
-	clear(m.conns)
+	m.seen.begin(m.lastComplete)
 	m.pending = m.pending[:0]
 	m.newOutbound, m.unreported, m.emitted = 0, 0, 0
 
@@ -306,7 +306,7 @@ func (m *monitor) snapshot() (Stats, error) {
 	if err != nil && !errors.Is(err, ErrBudget) {
 		// Keep the previous view: nothing is reported as new or closed.
 		m.listeners, m.prevListeners = m.prevListeners, m.listeners
-		m.conns, m.prevConns = m.prevConns, m.conns
+		m.lastComplete = false
 		m.c.dumpErrors.Add(1)
 		return st, err
 	}
@@ -318,10 +318,8 @@ func (m *monitor) snapshot() (Stats, error) {
 				m.listeners[k] = v
 			}
 		}
-		for ino := range m.prevConns {
-			m.conns[ino] = struct{}{}
-		}
 	}
+	m.lastComplete = !st.Truncated
 	st.Listeners = len(m.listeners)
 	st.NewOutbound = m.newOutbound
 
@@ -387,9 +385,7 @@ func (m *monitor) onListen(s *Socket) {
 		return // SO_REUSEPORT sibling
 	}
 	m.listeners[k] = listener{inode: s.Inode, uid: s.UID}
-	if s.Inode != 0 {
-		m.conns[s.Inode] = struct{}{}
-	}
+	m.seen.see(s.Inode)
 }
 
 // onUDP takes a UDP socket: unconnected on a port outside the ephemeral
@@ -398,8 +394,8 @@ func (m *monitor) onUDP(s *Socket) {
 	if s.RemotePort == 0 {
 		if s.LocalPort != 0 && (s.LocalPort < m.ephLo || s.LocalPort > m.ephHi) {
 			m.onListen(s)
-		} else if s.Inode != 0 {
-			m.conns[s.Inode] = struct{}{}
+		} else {
+			m.seen.see(s.Inode)
 		}
 		return
 	}
@@ -410,8 +406,7 @@ func (m *monitor) onConnection(s *Socket) {
 	if s.Inode == 0 {
 		return // TIME_WAIT and request sockets belong to no process
 	}
-	m.conns[s.Inode] = struct{}{}
-	if _, old := m.prevConns[s.Inode]; old || s.RemotePort == 0 || m.inbound(s) {
+	if !m.seen.see(s.Inode) || s.RemotePort == 0 || m.inbound(s) {
 		return
 	}
 	m.newOutbound++
@@ -462,8 +457,7 @@ func (m *monitor) attribute(b *budget, st *Stats) []int32 {
 			m.wanted[m.pending[i].Inode] = true
 		}
 	}
-	isInet := func(ino uint32) bool { _, ok := m.conns[ino]; return ok }
-	r := m.res.refresh(isInet, m.wanted, b)
+	r := m.res.refresh(m.seen.current, m.wanted, b)
 	st.Scanned, st.Deferred = r.scanned, r.deferred
 	st.Misses = len(m.wanted)
 	m.c.misses.Add(uint64(len(m.wanted)))

@@ -130,6 +130,15 @@ func newInput(p *Pipeline, name, version string, l Limits) *Input {
 // Name returns the plugin's name.
 func (in *Input) Name() string { return in.name }
 
+// SetVersion sets the plugin version written on events submitted from now
+// on, e.g. once the supervisor has the running binary's Info. Events
+// already queued keep the version they were submitted under.
+func (in *Input) SetVersion(version string) {
+	in.mu.Lock()
+	in.version = version
+	in.mu.Unlock()
+}
+
 // Submit takes a batch received from the plugin. It never blocks on the
 // sinks: events that do not fit the plugin's rate or queue are dropped and
 // counted at once. The pipeline keeps b.Events and b.Counters, so the

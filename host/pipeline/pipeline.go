@@ -140,9 +140,7 @@ func (p *Pipeline) Register(plugin, version string) *Input {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if in, ok := p.byName[plugin]; ok {
-		in.mu.Lock()
-		in.version = version
-		in.mu.Unlock()
+		in.SetVersion(version)
 		return in
 	}
 	in := newInput(p, plugin, version, p.cfg.For(plugin))

@@ -505,7 +505,8 @@ func TestEndToEndFileSink(t *testing.T) {
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	in := p.Register("procmon", "0.1.0")
+	in := p.Register("procmon", "")
+	in.SetVersion("0.1.0") // as the supervisor does once it has the plugin's Info
 	in.Submit(batch(0, 512, false, 512))
 	in.Submit(batch(512, 512, false, 1024)) // 488 over the burst
 	in.Submit(batch(0, 2, true, 1026))

@@ -165,8 +165,11 @@ func New(t testing.TB, f sdk.Factory, opts ...Option) *Harness {
 	gp := &sdk.GRPCPlugin{Impl: impl, Logger: log, Batch: o.batch}
 	client, server := plugin.TestPluginGRPCConn(t, false, sdk.PluginSets(gp)[sdk.ProtocolVersion])
 	t.Cleanup(func() {
-		_ = client.Close()
+		// Stop the server first: client.Close alone asks the server to stop
+		// itself from a handler goroutine, which races with go-plugin's own
+		// bookkeeping and is not waited for.
 		server.Stop()
+		_ = client.Close()
 	})
 	raw, err := client.Dispense(sdk.PluginName)
 	if err != nil {

@@ -312,6 +312,8 @@ type Group struct {
 	rels map[string]string
 	v1   v1Handle
 	v2   v2Handle
+	// stats keeps the accounting files open between readings.
+	stats statFiles
 
 	mu      sync.Mutex
 	limits  Limits
@@ -365,13 +367,7 @@ func (g *Group) Stats() (Stats, error) {
 	if deleted {
 		return Stats{}, ErrDeleted
 	}
-	var s Stats
-	var err error
-	if g.m.version == V2 {
-		s, err = g.statsV2()
-	} else {
-		s, err = g.statsV1()
-	}
+	s, err := g.stats.read(g)
 	if err != nil {
 		return Stats{}, fmt.Errorf("reading stats of group %s: %w", g.name, err)
 	}
@@ -434,6 +430,9 @@ func (g *Group) Delete() error {
 	if err := g.waitEmpty(2 * time.Second); err != nil {
 		return fmt.Errorf("deleting group %s: %w", g.name, err)
 	}
+	g.stats.mu.Lock()
+	g.stats.close()
+	g.stats.mu.Unlock()
 	var err error
 	if g.m.version == V2 {
 		err = g.deleteV2()

@@ -112,36 +112,6 @@ func (g *Group) updateV1(l Limits) error {
 	return g.unlimitV1(l)
 }
 
-func (g *Group) statsV1() (Stats, error) {
-	m, err := g.v1.cg.Stat(cgroup1.IgnoreNotExist)
-	if err != nil {
-		return Stats{}, err
-	}
-	var s Stats
-	if m.CPU != nil {
-		if m.CPU.Usage != nil {
-			s.CPU = time.Duration(m.CPU.Usage.Total)
-		}
-		if m.CPU.Throttling != nil {
-			s.ThrottledPeriods = m.CPU.Throttling.ThrottledPeriods
-			s.Throttled = time.Duration(m.CPU.Throttling.ThrottledTime)
-		}
-	}
-	if m.Memory != nil {
-		s.MemoryRSS = m.Memory.TotalRSS
-		if m.Memory.Usage != nil {
-			s.MemoryCurrent = m.Memory.Usage.Usage
-		}
-	}
-	if m.MemoryOomControl != nil {
-		s.OOMKills = m.MemoryOomControl.OomKill
-	}
-	if m.Pids != nil {
-		s.Tasks = m.Pids.Current
-	}
-	return s, nil
-}
-
 func (g *Group) addProcV1(pid int) error {
 	return g.v1.cg.Add(cgroup1.Process{Pid: pid})
 }

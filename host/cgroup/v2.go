@@ -117,30 +117,6 @@ func (g *Group) updateV2(l Limits) error {
 	return nil
 }
 
-func (g *Group) statsV2() (Stats, error) {
-	m, err := g.v2.mgr.StatFiltered(cgroup2.StatCPU | cgroup2.StatMemory | cgroup2.StatMemoryEvents | cgroup2.StatPids)
-	if err != nil {
-		return Stats{}, err
-	}
-	var s Stats
-	if m.CPU != nil {
-		s.CPU = time.Duration(m.CPU.UsageUsec) * time.Microsecond
-		s.ThrottledPeriods = m.CPU.NrThrottled
-		s.Throttled = time.Duration(m.CPU.ThrottledUsec) * time.Microsecond
-	}
-	if m.Memory != nil {
-		s.MemoryCurrent = m.Memory.Usage
-		s.MemoryRSS = m.Memory.Anon
-	}
-	if m.MemoryEvents != nil {
-		s.OOMKills = m.MemoryEvents.OomKill
-	}
-	if m.Pids != nil {
-		s.Tasks = m.Pids.Current
-	}
-	return s, nil
-}
-
 func (g *Group) addProcV2(pid int) error { return g.v2.mgr.AddProc(uint64(pid)) }
 
 // killV2 writes cgroup.kill (Linux 5.14+), which kills every process in the

@@ -126,3 +126,79 @@ func TestBadBinariesAreRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestBinaryMisbehaves runs the real binary with the behaviours that end
+// the process, which an in-process test cannot survive, and checks the
+// host would see them.
+func TestBinaryMisbehaves(t *testing.T) {
+	tests := []struct {
+		name    string
+		config  string
+		wantLog string // in the host-side log of the process's end
+	}{
+		{name: "crash at start", config: `{"crash_at_start": 7}`, wantLog: "exit status 7"},
+		{name: "exit after", config: `{"exit_after": "100ms", "exit_code": 3}`, wantLog: "exit status 3"},
+		{name: "panic after", config: `{"panic_after": "100ms"}`, wantLog: "exit status 2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs syncBuffer
+			c := plugin.NewClient(&plugin.ClientConfig{
+				HandshakeConfig:  sdk.Handshake,
+				VersionedPlugins: sdk.PluginSets(&sdk.GRPCPlugin{}),
+				Cmd:              exec.Command(filepath.Join(binaries(t), "vigil-testplugin")),
+				AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+				StartTimeout:     5 * time.Second,
+				Logger:           hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: &logs}),
+			})
+			t.Cleanup(c.Kill)
+			rpc, err := c.Client()
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := rpc.Dispense(sdk.PluginName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc := raw.(pluginpb.PluginClient)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := pc.Configure(ctx, &pluginpb.ConfigureRequest{Config: []byte(tt.config)}); err != nil {
+				t.Fatal(err)
+			}
+			stream, err := pc.Run(ctx, &pluginpb.RunRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				if _, err := stream.Recv(); err != nil {
+					break // the process is gone
+				}
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for !c.Exited() || !strings.Contains(logs.String(), tt.wantLog) {
+				if time.Now().After(deadline) {
+					t.Fatalf("exited %t; log lacks %q:\n%s", c.Exited(), tt.wantLog, logs.String())
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,6 +1,7 @@
 package testplugin_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -257,5 +258,16 @@ func TestTasks(t *testing.T) {
 				t.Errorf("Task(%s) = %s, %v, want %s", tt.task, got, err, tt.want)
 			}
 		})
+	}
+}
+
+func TestHangConfigureIgnoresDeadline(t *testing.T) {
+	h := sdktest.New(t, testplugin.New)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := h.ConfigureContext(ctx, `{"hang_configure": true}`)
+	var rerr *sdktest.RPCError
+	if !errors.As(err, &rerr) || rerr.Code != codes.DeadlineExceeded {
+		t.Errorf("Configure with hang_configure = %v, want DeadlineExceeded", err)
 	}
 }

@@ -110,11 +110,11 @@ func (b *Backoff) Next() time.Duration {
 		b.cur = min(max(b.Initial, 0), capD)
 	}
 	d := b.cur
-	next := time.Duration(float64(b.cur) * max(b.Multiplier, 1))
-	if next < b.cur || next > capD || float64(b.cur)*max(b.Multiplier, 1) >= math.MaxInt64 {
-		next = capD
+	if grown := float64(b.cur) * max(b.Multiplier, 1); grown >= float64(capD) {
+		b.cur = capD // also keeps the float from overflowing the Duration
+	} else {
+		b.cur = time.Duration(grown)
 	}
-	b.cur = next
 	if j := min(max(b.Jitter, 0), 1); j > 0 && d > 0 {
 		d -= time.Duration(float64(d) * j * b.rng.Float64())
 	}

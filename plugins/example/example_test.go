@@ -98,7 +98,7 @@ func TestConfigureValidates(t *testing.T) {
 func TestSamplesAndAlertsOncePerEpisode(t *testing.T) {
 	h := sdktest.New(t, example.New)
 	busy, calm := procDir(t, "busy"), procDir(t, "calm")
-	if err := h.Configure(config(t, map[string]any{"proc_root": busy, "alert_load_per_cpu": 2})); err != nil {
+	if err := h.Configure(config(t, map[string]any{"proc_root": busy, "alert_load_per_cpu": 2, "interval": "1h"})); err != nil {
 		t.Fatal(err)
 	}
 	h.Start()
@@ -124,6 +124,7 @@ func TestSamplesAndAlertsOncePerEpisode(t *testing.T) {
 		t.Errorf("alert = %s", alert)
 	}
 
+	// The interval is an hour, so only Start and each Configure sample.
 	// Each Configure samples at once. Still busy: no second alert.
 	// Calm: the alert re-arms. Busy again: a second alert.
 	steps := []struct {
@@ -131,7 +132,7 @@ func TestSamplesAndAlertsOncePerEpisode(t *testing.T) {
 		wantAlerts int
 	}{{busy, 1}, {calm, 1}, {busy, 2}}
 	for i, st := range steps {
-		if err := h.Configure(config(t, map[string]any{"proc_root": st.root, "alert_load_per_cpu": 2})); err != nil {
+		if err := h.Configure(config(t, map[string]any{"proc_root": st.root, "alert_load_per_cpu": 2, "interval": "1h"})); err != nil {
 			t.Fatal(err)
 		}
 		h.WaitEvents(sdktest.OfType("loadavg"), i+2, 10*time.Second)

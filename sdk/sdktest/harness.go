@@ -535,7 +535,9 @@ func (h *Harness) wait(timeout time.Duration, cond func() bool) bool {
 // deadline, which ends Run and lets the plugin flush its queued events onto
 // the stream; then it waits for the stream to end (cancelling it if the
 // plugin has not ended it within 10s). It returns Run's error, if the plugin
-// failed rather than stopped, joined with Shutdown's.
+// failed rather than stopped, joined with Shutdown's. A Stop that follows
+// Start before the plugin's Run has begun makes Run refuse to start, and
+// Stop then returns "run: plugin is shut down"; wait for an event first.
 func (h *Harness) Stop() error {
 	h.t.Helper()
 	ctx, c := context.WithTimeout(context.Background(), 10*time.Second)

@@ -76,7 +76,7 @@ func (s *Server) session(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		actx, acancel := context.WithTimeout(ctx, s.cfg.AggregateInterval)
-		if err := s.metrics.Aggregate(actx, s.store, s.cfg.Now()); err != nil && ctx.Err() == nil {
+		if err := s.metrics.Aggregate(actx, s.store, s.index, s.cfg.Now()); err != nil && ctx.Err() == nil {
 			s.log.Warn("fleet aggregation failed", "error", err.Error())
 		}
 		acancel()

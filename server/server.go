@@ -29,6 +29,7 @@ import (
 	"github.com/vigil-hids/vigil/server/httpapi"
 	"github.com/vigil-hids/vigil/server/metrics"
 	"github.com/vigil-hids/vigil/server/pki"
+	"github.com/vigil-hids/vigil/server/registry"
 	"github.com/vigil-hids/vigil/server/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -146,6 +147,7 @@ type Server struct {
 	embed   *etcdembed.Server
 	cli     *clientv3.Client
 	store   *store.Store
+	index   *registry.Index
 	metrics *metrics.Metrics
 	http    *http.Server
 	ln      net.Listener
@@ -225,8 +227,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	}
 	s.metrics = metrics.New(cfg.Registry)
 	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.index = registry.Start(s.cli, s.ks, cfg.Logger)
 	s.store = store.New(s.cli, store.Options{Keyspace: s.ks, Validate: cfg.CheckPlugin, MaxRequestBytes: int(cfg.EtcdMaxRequestBytes),
-		Now: cfg.Now, OnWrite: s.metrics.OnWrite})
+		Now: cfg.Now, OnWrite: s.metrics.OnWrite, Index: s.index})
 	// One read proves etcd answers and that our credentials may read.
 	rctx, rcancel := context.WithTimeout(ctx, 2*DefaultDialTimeout)
 	_, err = s.cli.Get(rctx, s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet}))
@@ -312,6 +315,9 @@ func (s *Server) Close() {
 			s.cancel()
 		}
 		s.wg.Wait()
+		if s.index != nil {
+			s.index.Close()
+		}
 		if s.cli != nil {
 			_ = s.cli.Close()
 		}

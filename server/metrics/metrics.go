@@ -8,11 +8,12 @@ package metrics
 import (
 	"context"
 	"encoding/json"
-	"strings"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/registry"
 	"github.com/vigil-hids/vigil/server/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -104,8 +105,10 @@ type scopeDoc struct {
 
 // Aggregate reads every desired-state document and every registration
 // once and sets the fleet gauges. now is the clock for the lag.
-func (m *Metrics) Aggregate(ctx context.Context, s *store.Store, now time.Time) error {
-	err := m.aggregate(ctx, s, now)
+//
+// With an index (x not nil and synced) the registrations come from memory.
+func (m *Metrics) Aggregate(ctx context.Context, s *store.Store, x *registry.Index, now time.Time) error {
+	err := m.aggregate(ctx, s, x, now)
 	if err != nil {
 		m.Aggregations.WithLabelValues("error").Inc()
 	} else {
@@ -114,7 +117,7 @@ func (m *Metrics) Aggregate(ctx context.Context, s *store.Store, now time.Time) 
 	return err
 }
 
-func (m *Metrics) aggregate(ctx context.Context, s *store.Store, now time.Time) error {
+func (m *Metrics) aggregate(ctx context.Context, s *store.Store, x *registry.Index, now time.Time) error {
 	ks := s.Keyspace()
 	resp, err := s.Client().Get(ctx, ks.Configs(), clientv3.WithPrefix())
 	if err != nil {
@@ -133,13 +136,13 @@ func (m *Metrics) aggregate(ctx context.Context, s *store.Store, now time.Time) 
 	online := map[combo]float64{}
 	var unacked, mismatched float64
 	var lag time.Duration
-	err = s.Each(ctx, func(a store.Agent) error {
+	visit := func(name string, labels map[string]string, applied int64, mismatch bool) {
 		var c combo
 		for i, l := range Labels {
-			c[i] = a.Labels[l]
+			c[i] = labels[l]
 		}
 		online[c]++
-		if a.Mismatch != "" {
+		if mismatch {
 			mismatched++
 		}
 		target := docs[fleetKey]
@@ -148,22 +151,31 @@ func (m *Metrics) aggregate(ctx context.Context, s *store.Store, now time.Time) 
 				target = d
 			}
 		}
-		for k, v := range a.Labels {
+		for k, v := range labels {
 			if api.ValidName(k) && api.ValidName(v) {
 				consider(ks.ScopeKey(api.Scope{Kind: api.ScopeGroup, Label: k, Value: v}))
 			}
 		}
-		if api.ValidName(a.Name) && !strings.Contains(a.Name, "/") {
-			consider(ks.ScopeKey(api.Scope{Kind: api.ScopeHost, Host: a.Name}))
+		if api.ValidName(name) {
+			consider(ks.ScopeKey(api.Scope{Kind: api.ScopeHost, Host: name}))
 		}
-		if a.Applied.Revision < target.rev {
+		if applied < target.rev {
 			unacked++
 			if l := now.Sub(target.time); l > lag {
 				lag = l
 			}
 		}
-		return nil
-	})
+	}
+	err = registry.ErrNotSynced
+	if x != nil {
+		_, err = x.Each(func(name string, h registry.Host) { visit(name, h.Labels, h.Applied, h.Mismatch) })
+	}
+	if errors.Is(err, registry.ErrNotSynced) {
+		err = s.Each(ctx, func(a store.Agent) error {
+			visit(a.Name, a.Labels, a.Applied.Revision, a.Mismatch != "")
+			return nil
+		})
+	}
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -132,6 +134,21 @@ func (s *Store) Agents(ctx context.Context, sel Selector, limit int) ([]Agent, e
 	return out, err
 }
 
+// syncIndex brings the index up to the current etcd revision (read with
+// a single-key Get, O(1)) or rev, whichever is newer, so that an answer from
+// memory includes every write that preceded the request. It reports
+// whether the index got there within a short bound.
+func (s *Store) syncIndex(ctx context.Context, rev int64) bool {
+	resp, err := s.cli.Get(ctx, s.opts.Keyspace.Agents())
+	if err != nil {
+		return false
+	}
+	rev = max(rev, resp.Header.Revision)
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return s.opts.Index.Sync(sctx, rev)
+}
+
 // Count is the number of registrations, optionally grouped by a label.
 type Count struct {
 	Total int64 `json:"total"`
@@ -155,6 +172,19 @@ func (s *Store) Count(ctx context.Context, sel Selector, by string) (Count, erro
 	c := Count{By: by}
 	if by != "" {
 		c.Groups = map[string]int64{}
+	}
+	if x := s.opts.Index; x != nil && s.syncIndex(ctx, 0) {
+		_, err := x.Each(func(_ string, h registry.Host) {
+			if sel.Matches(h.Labels) {
+				c.Total++
+				if by != "" {
+					c.Groups[h.Labels[by]]++
+				}
+			}
+		})
+		if err == nil {
+			return c, nil
+		}
 	}
 	_, err := s.scan(ctx, func(_ string, v []byte, _ int64) error {
 		var l lite
@@ -189,6 +219,24 @@ type Progress struct {
 // Done reports whether every targeted host acknowledged.
 func (p Progress) Done() bool { return p.Acknowledged == p.Targeted }
 
+func (p *Progress) add(name string, acked bool) {
+	p.Targeted++
+	if acked {
+		p.Acknowledged++
+		return
+	}
+	p.StragglerCount++
+	p.Stragglers = append(p.Stragglers, name)
+}
+
+// finish sorts the stragglers and keeps the first MaxStragglers.
+func (p *Progress) finish() {
+	sort.Strings(p.Stragglers)
+	if len(p.Stragglers) > MaxStragglers {
+		p.Stragglers = p.Stragglers[:MaxStragglers:MaxStragglers]
+	}
+}
+
 // MaxStragglers bounds the names Progress returns.
 const MaxStragglers = 1000
 
@@ -196,20 +244,27 @@ const MaxStragglers = 1000
 func (s *Store) Progress(ctx context.Context, scope api.Scope, revision int64) (Progress, error) {
 	p := Progress{Scope: scope.String(), Revision: revision, Stragglers: []string{}}
 	sel, host := ForScope(scope)
+	if x := s.opts.Index; x != nil && host == "" {
+		if s.syncIndex(ctx, revision) {
+			rev, err := x.Each(func(name string, h registry.Host) {
+				if sel.Matches(h.Labels) {
+					p.add(name, h.Applied >= revision)
+				}
+			})
+			if err == nil {
+				p.AtRevision = rev
+				p.finish()
+				return p, nil
+			}
+			p = Progress{Scope: scope.String(), Revision: revision, Stragglers: []string{}}
+		}
+	}
 	check := func(name string, v []byte) {
 		var l lite
 		if json.Unmarshal(v, &l) != nil || !sel.Matches(l.Labels) {
 			return
 		}
-		p.Targeted++
-		if l.Applied.Revision >= revision {
-			p.Acknowledged++
-			return
-		}
-		p.StragglerCount++
-		if len(p.Stragglers) < MaxStragglers {
-			p.Stragglers = append(p.Stragglers, name)
-		}
+		p.add(name, l.Applied.Revision >= revision)
 	}
 	if host != "" {
 		resp, err := s.cli.Get(ctx, s.opts.Keyspace.Agent(host))
@@ -224,6 +279,6 @@ func (s *Store) Progress(ctx context.Context, scope api.Scope, revision int64) (
 	}
 	rev, err := s.scan(ctx, func(name string, v []byte, _ int64) error { check(name, v); return nil })
 	p.AtRevision = rev
-	sort.Strings(p.Stragglers)
+	p.finish()
 	return p, err
 }

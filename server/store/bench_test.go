@@ -8,6 +8,7 @@ import (
 
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/server/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -54,6 +55,27 @@ func BenchmarkFleet100k(b *testing.B) {
 	b.Run("progress", func(b *testing.B) {
 		for range b.N {
 			if p, err := s.Progress(ctx, api.Scope{Kind: api.ScopeFleet}, 2); err != nil || p.Targeted != hosts || p.Acknowledged != hosts/3 {
+				b.Fatal(p.Targeted, p.Acknowledged, err)
+			}
+		}
+	})
+	// The same with the registration index vigil-server keeps (list once,
+	// then watch): each call is a single-key Get for the revision and a
+	// walk over memory.
+	x := registry.Start(cli, ks, nil)
+	defer x.Close()
+	<-x.Ready()
+	si := New(cli, Options{Validate: validate, Index: x})
+	b.Run("count-by-idc-indexed", func(b *testing.B) {
+		for range b.N {
+			if c, err := si.Count(ctx, nil, "idc"); err != nil || c.Total != hosts || len(c.Groups) != 8 {
+				b.Fatal(c, err)
+			}
+		}
+	})
+	b.Run("progress-indexed", func(b *testing.B) {
+		for range b.N {
+			if p, err := si.Progress(ctx, api.Scope{Kind: api.ScopeFleet}, 2); err != nil || p.Targeted != hosts || p.Acknowledged != hosts/3 {
 				b.Fatal(p.Targeted, p.Acknowledged, err)
 			}
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/server/desired"
+	"github.com/vigil-hids/vigil/server/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -42,6 +43,9 @@ type Options struct {
 	// with the scope kind and the result ("ok", "conflict", "invalid",
 	// "error"); the server counts them in /metrics.
 	OnWrite func(kind api.ScopeKind, result string)
+	// Index, if set, answers counts and progress from memory while it is
+	// synced; otherwise they read etcd.
+	Index *registry.Index
 }
 
 // Store reads and writes Vigil's keyspace.

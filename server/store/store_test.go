@@ -14,6 +14,7 @@ import (
 	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/sdk"
 	"github.com/vigil-hids/vigil/server/desired"
+	"github.com/vigil-hids/vigil/server/registry"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 )
@@ -193,9 +194,23 @@ func register(t *testing.T, cli *clientv3.Client, name string, labels map[string
 }
 
 func TestStopProgressAndCounts(t *testing.T) {
+	for _, indexed := range []bool{false, true} {
+		t.Run(map[bool]string{false: "range reads", true: "registry index"}[indexed], func(t *testing.T) {
+			testStopProgressAndCounts(t, indexed)
+		})
+	}
+}
+
+func testStopProgressAndCounts(t *testing.T, indexed bool) {
 	e := etcdtest.StartEmbedded(t)
 	cli := e.Client(t)
-	s := New(cli, Options{Validate: validate, PageSize: 7}) // several pages
+	opts := Options{Validate: validate, PageSize: 7} // several pages
+	if indexed {
+		x := registry.Start(cli, api.NewKeyspace(""), nil)
+		t.Cleanup(x.Close)
+		opts.Index = x
+	}
+	s := New(cli, opts)
 	for i := range 20 {
 		env := "prod"
 		if i%4 == 0 {

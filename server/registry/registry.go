@@ -1,0 +1,245 @@
+// Package registry keeps an in-memory index of host registrations: it
+// lists the registration prefix once, then follows it with a watch (and
+// lists again after a compaction or a broken watch). Counting hosts by
+// label and computing acknowledgement progress then cost a walk over
+// small structs in memory instead of a full range read and JSON decoding of
+// every registration on each poll.
+package registry
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/vigil-hids/vigil/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Host is what the index keeps of one registration.
+type Host struct {
+	// Labels are the registration's labels.
+	Labels map[string]string
+	// Applied is the acknowledged desired-state revision.
+	Applied int64
+	// Mismatch is true when the value names another host than the key,
+	// or does not decode.
+	Mismatch bool
+}
+
+// Index is a live index of one keyspace's registrations.
+type Index struct {
+	cli    *clientv3.Client
+	prefix string
+	log    *slog.Logger
+
+	mu     sync.RWMutex
+	hosts  map[string]Host
+	rev    int64 // etcd revision the index reflects
+	synced bool
+	cond   chan struct{} // closed and replaced on each change
+
+	ready     chan struct{}
+	readyOnce sync.Once
+	cancel    context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+// Start lists the registrations and follows them until Close. It returns
+// at once; Ready is closed after the first complete list.
+func Start(cli *clientv3.Client, ks api.Keyspace, log *slog.Logger) *Index {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	x := &Index{cli: cli, prefix: ks.Agents(), log: log.With("component", "registry"), hosts: map[string]Host{},
+		cond: make(chan struct{}), ready: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	go x.run(ctx)
+	return x
+}
+
+// Ready is closed once the index has listed every registration.
+func (x *Index) Ready() <-chan struct{} { return x.ready }
+
+// Close stops following etcd; it may be called more than once.
+func (x *Index) Close() {
+	x.closeOnce.Do(func() {
+		x.cancel()
+		<-x.done
+	})
+}
+
+func (x *Index) run(ctx context.Context) {
+	defer close(x.done)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		rev, err := x.list(ctx)
+		if err == nil {
+			backoff = 100 * time.Millisecond
+			err = x.follow(ctx, rev)
+		}
+		x.mu.Lock()
+		x.synced = false
+		x.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		x.log.Warn("registration index resyncing", "error", err.Error(), "backoff", backoff.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// list reads the prefix in pages at one revision and replaces the index.
+func (x *Index) list(ctx context.Context) (int64, error) {
+	end := clientv3.GetPrefixRangeEnd(x.prefix)
+	key := x.prefix
+	hosts := map[string]Host{}
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(5000)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := x.cli.Get(ctx, key, opts...)
+		if err != nil {
+			return 0, fmt.Errorf("listing registrations: %w", err)
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			name := string(kv.Key[len(x.prefix):])
+			hosts[name] = decode(name, kv.Value)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(append(bytes.Clone(resp.Kvs[len(resp.Kvs)-1].Key), 0))
+	}
+	x.mu.Lock()
+	x.hosts, x.rev, x.synced = hosts, rev, true
+	x.signal()
+	x.mu.Unlock()
+	x.readyOnce.Do(func() { close(x.ready) })
+	return rev, nil
+}
+
+func (x *Index) follow(ctx context.Context, rev int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := x.cli.Watch(wctx, x.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			return fmt.Errorf("watching registrations: %w", err)
+		}
+		x.mu.Lock()
+		for _, ev := range resp.Events {
+			name := string(ev.Kv.Key[len(x.prefix):])
+			if ev.Type == clientv3.EventTypeDelete {
+				delete(x.hosts, name)
+			} else {
+				x.hosts[name] = decode(name, ev.Kv.Value)
+			}
+		}
+		if resp.Header.Revision > x.rev {
+			x.rev = resp.Header.Revision
+		}
+		x.signal()
+		x.mu.Unlock()
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errors.New("registry: watch closed")
+}
+
+// signal wakes WaitRevision callers; x.mu must be held.
+func (x *Index) signal() {
+	close(x.cond)
+	x.cond = make(chan struct{})
+}
+
+func decode(name string, v []byte) Host {
+	var l struct {
+		Host    string            `json:"host"`
+		Labels  map[string]string `json:"labels"`
+		Applied struct {
+			Revision int64 `json:"revision"`
+		} `json:"applied"`
+	}
+	if err := json.Unmarshal(v, &l); err != nil {
+		return Host{Mismatch: true}
+	}
+	return Host{Labels: l.Labels, Applied: l.Applied.Revision, Mismatch: l.Host != name}
+}
+
+// ErrNotSynced means the index is (re)listing; callers read etcd instead.
+var ErrNotSynced = errors.New("registry: index not synced")
+
+// WaitRevision waits until the index reflects etcd revision rev or later,
+// or ctx ends. Changes outside the registration prefix do not advance the
+// index, so callers bound the wait.
+func (x *Index) WaitRevision(ctx context.Context, rev int64) bool {
+	for {
+		x.mu.RLock()
+		ok, ch := x.synced && x.rev >= rev, x.cond
+		x.mu.RUnlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-ch:
+		}
+	}
+}
+
+// Each calls fn for every host under a read lock, with the revision the
+// index reflects; fn must not block.
+func (x *Index) Each(fn func(name string, h Host)) (rev int64, err error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if !x.synced {
+		return 0, ErrNotSynced
+	}
+	for name, h := range x.hosts {
+		fn(name, h)
+	}
+	return x.rev, nil
+}
+
+// Get returns one host.
+func (x *Index) Get(name string) (Host, int64, bool, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	if !x.synced {
+		return Host{}, 0, false, ErrNotSynced
+	}
+	h, ok := x.hosts[name]
+	return h, x.rev, ok, nil
+}
+
+// Sync waits (within ctx) until the index reflects revision rev, asking
+// etcd for a watch progress notification if no registration changed since
+// rev. It reports whether the index got there.
+func (x *Index) Sync(ctx context.Context, rev int64) bool {
+	x.mu.RLock()
+	ok := x.synced && x.rev >= rev
+	x.mu.RUnlock()
+	if ok {
+		return true
+	}
+	_ = x.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
+	return x.WaitRevision(ctx, rev)
+}

@@ -71,7 +71,7 @@ func parseLoadavg(r io.Reader, s *Sample) error {
 	loads := [3]*float64{&s.Load1, &s.Load5, &s.Load15}
 	for i, p := range loads {
 		v, err := strconv.ParseFloat(f[i], 64)
-		if err != nil || v < 0 || v != v {
+		if err != nil || !(v >= 0 && v < 1e9) { // also refuses NaN and Inf
 			return fmt.Errorf("%w: load %q", errFormat, f[i])
 		}
 		*p = v

@@ -57,6 +57,8 @@ func TestParsersRejectMalformedInput(t *testing.T) {
 		{"loadavg too short", parseLoadavg, "0.1 0.2 0.3\n"},
 		{"loadavg negative", parseLoadavg, "-1 0.2 0.3 1/2 3\n"},
 		{"loadavg NaN", parseLoadavg, "NaN 0.2 0.3 1/2 3\n"},
+		{"loadavg infinite", parseLoadavg, "0.1 +Inf 0.3 1/2 3\n"},
+		{"loadavg absurd", parseLoadavg, "0.1 0.2 1e300 1/2 3\n"},
 		{"loadavg without slash", parseLoadavg, "0.1 0.2 0.3 12 3\n"},
 		{"loadavg bad total", parseLoadavg, "0.1 0.2 0.3 1/x 3\n"},
 		{"meminfo missing MemAvailable", parseMeminfo, "MemTotal: 100 kB\n"},
@@ -92,7 +94,7 @@ func TestLoadPerCPU(t *testing.T) {
 }
 
 // FuzzParseProc feeds arbitrary bytes to each /proc parser: none may
-// panic, and an accepted loadavg never has negative values.
+// panic, and an accepted loadavg has only finite, non-negative values.
 func FuzzParseProc(f *testing.F) {
 	for _, dir := range []string{"calm", "busy", "broken"} {
 		for _, name := range []string{"loadavg", "meminfo", "stat"} {
@@ -107,7 +109,7 @@ func FuzzParseProc(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s Sample
 		if err := parseLoadavg(strings.NewReader(string(b)), &s); err == nil {
-			if s.Load1 < 0 || s.Load5 < 0 || s.Load15 < 0 || s.Runnable < 0 || s.Procs < 0 {
+			if !(s.Load1 >= 0 && s.Load1 < 1e9) || !(s.Load5 >= 0 && s.Load5 < 1e9) || !(s.Load15 >= 0 && s.Load15 < 1e9) || s.Runnable < 0 || s.Procs < 0 {
 				t.Errorf("accepted negative values %+v from %q", s, b)
 			}
 		}

@@ -39,12 +39,18 @@ func (p *Plugin) Attach(pid int, group *cgroup.Group) {
 	p.AttachSource(pid, src)
 }
 
-// AttachSource starts watching a plugin process through src.
+// AttachSource starts watching a plugin process through src. It reads src
+// once as the baseline, so the first sample after it already judges the
+// plugin and a hog trips N × interval after it starts, not one interval
+// later.
 func (p *Plugin) AttachSource(pid int, src Source) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.pid, p.src, p.prev, p.last, p.errors = pid, src, prev{}, breaker.Sample{}, 0
 	p.drops.Store(0)
+	if r, err := src.Read(); err == nil {
+		p.prev.advance(p.g.clock.Now(), r)
+	}
 }
 
 // Detach stops watching the plugin after its process exited. Call it before

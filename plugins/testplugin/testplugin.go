@@ -294,41 +294,44 @@ func (p *Plugin) allocate(ctx context.Context, cfg *Config) {
 
 // flood emits cfg.FloodTotal events (forever if -1) at cfg.FloodRate per
 // second (as fast as possible if 0). Every cfg.AlertEvery-th is an alert.
-// Each event carries its sequence number n from 1.
+// Each event carries its sequence number n from 1. A paced flood wakes at
+// most every millisecond and catches up to rate × elapsed time, so high
+// rates are met on average.
 func flood(ctx context.Context, em sdk.Emitter, cfg *Config) {
 	fields := make([]sdk.Field, 2)
 	ev := sdk.Event{Type: "flood", Fields: fields}
-	var tick *time.Ticker
-	perTick := 1
-	if cfg.FloodRate > 0 {
-		// At most 1000 ticks a second; emit a share of the rate per tick.
-		interval := time.Second / time.Duration(cfg.FloodRate)
-		if interval < time.Millisecond {
-			interval = time.Millisecond
-			perTick = max(cfg.FloodRate/1000, 1)
+	more := func(n int) bool { return cfg.FloodTotal < 0 || n <= cfg.FloodTotal }
+	emit := func(n int) {
+		alert := cfg.AlertEvery > 0 && n%cfg.AlertEvery == 0
+		ev.Alert, ev.Severity = alert, sdk.SevInfo
+		if alert {
+			ev.Severity = sdk.SevWarning
 		}
-		tick = time.NewTicker(interval)
-		defer tick.Stop()
+		fields[0] = sdk.Int("n", int64(n))
+		fields[1] = sdk.Bool("alert", alert)
+		_ = em.Emit(&ev)
 	}
-	for n := 1; cfg.FloodTotal < 0 || n <= cfg.FloodTotal; {
-		if tick != nil {
-			select {
-			case <-ctx.Done():
+	if cfg.FloodRate == 0 {
+		for n := 1; more(n); n++ {
+			if n%1024 == 0 && ctx.Err() != nil {
 				return
-			case <-tick.C:
 			}
-		} else if n%1024 == 0 && ctx.Err() != nil {
-			return
+			emit(n)
 		}
-		for i := 0; i < perTick && (cfg.FloodTotal < 0 || n <= cfg.FloodTotal); i, n = i+1, n+1 {
-			alert := cfg.AlertEvery > 0 && n%cfg.AlertEvery == 0
-			ev.Alert, ev.Severity = alert, sdk.SevInfo
-			if alert {
-				ev.Severity = sdk.SevWarning
-			}
-			fields[0] = sdk.Int("n", int64(n))
-			fields[1] = sdk.Bool("alert", alert)
-			_ = em.Emit(&ev)
+		return
+	}
+	tick := time.NewTicker(max(time.Second/time.Duration(cfg.FloodRate), time.Millisecond))
+	defer tick.Stop()
+	start := time.Now()
+	for n := 1; more(n); {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		due := int(time.Since(start).Seconds() * float64(cfg.FloodRate))
+		for ; n <= due && more(n); n++ {
+			emit(n)
 		}
 	}
 }

@@ -44,6 +44,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vigil-hids/vigil/host/breaker"
@@ -157,6 +158,8 @@ type Governor struct {
 	errc     chan error
 	buf      []*Plugin
 	fire     []func()
+
+	callbackPanics atomic.Uint64
 }
 
 // prev is the previous cumulative reading of a source.
@@ -394,9 +397,24 @@ func (g *Governor) Sample() {
 	fire := g.fire
 	g.mu.Unlock()
 	for _, f := range fire {
-		f()
+		g.call(f)
 	}
 }
+
+// call runs a callback; a panic in it is logged and counted, and does not
+// stop the governor.
+func (g *Governor) call(f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			g.callbackPanics.Add(1)
+			g.log.Error("governor callback panicked", "panic", r)
+		}
+	}()
+	f()
+}
+
+// CallbackPanics counts the OnTrip and OnAgentTrip callbacks that panicked.
+func (g *Governor) CallbackPanics() uint64 { return g.callbackPanics.Load() }
 
 // advance records a cumulative reading and returns the CPU percentage of
 // one core used since the previous one, and the new OOM kills.

@@ -314,6 +314,22 @@ func TestOOMKillSeenAtDetach(t *testing.T) {
 	}
 }
 
+func TestCallbackPanicIsContained(t *testing.T) {
+	g, clock, _ := newGov(t, Config{})
+	g.OnTrip(func(string, breaker.Trip) { panic("supervisor bug") })
+	g.Add("procmon", limits(t, breaker.ProfileNormal)).AttachSource(1, newSource(clock, 90))
+	for range 5 {
+		clock.Advance(g.Config().Interval)
+		g.Sample()
+	}
+	if g.CallbackPanics() != 1 {
+		t.Errorf("CallbackPanics = %d, want 1", g.CallbackPanics())
+	}
+	if g.Plugin("procmon").Status().Breaker.State != breaker.Open {
+		t.Error("breaker not open after the trip whose callback panicked")
+	}
+}
+
 func TestSummary(t *testing.T) {
 	g, clock, _ := newGov(t, Config{})
 	p := g.Add("netmon", limits(t, breaker.ProfileStrict))

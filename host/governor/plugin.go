@@ -80,7 +80,7 @@ func (p *Plugin) Detach() {
 	fn := p.g.onTrip
 	p.g.mu.Unlock()
 	if fn != nil {
-		fn(p.name, trip)
+		p.g.call(func() { fn(p.name, trip) })
 	}
 }
 
@@ -115,6 +115,11 @@ func (p *Plugin) sample(now time.Time, observe bool) (float64, breaker.Trip, boo
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.src == nil {
+		return 0, breaker.Trip{}, false
+	}
+	if p.prev.ok && now.Sub(p.prev.at) < p.g.cfg.Interval/10 {
+		// Attached a moment ago: too short a window to judge; the next
+		// cycle will.
 		return 0, breaker.Trip{}, false
 	}
 	r, err := p.src.Read()

@@ -3,6 +3,8 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"hash/fnv"
+	"math/rand/v2"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -15,6 +17,11 @@ import (
 // replaced after a capped backoff.
 func (s *Server) replicaLoop(ctx context.Context) {
 	backoff := time.Second
+	// Jitter seeded by the replica id, so replicas that lost etcd together
+	// do not come back in step.
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(s.cfg.ID))
+	rng := rand.New(rand.NewPCG(h.Sum64(), 0))
 	for ctx.Err() == nil {
 		err := s.session(ctx)
 		s.leader.Store(false)
@@ -23,11 +30,12 @@ func (s *Server) replicaLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		s.log.Warn("replica session ended; retrying", "error", errString(err), "backoff", backoff.String())
+		wait := backoff/2 + time.Duration(rng.Int64N(int64(backoff/2)+1))
+		s.log.Warn("replica session ended; retrying", "error", errString(err), "backoff", wait.String())
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, 30*time.Second)
 	}

@@ -86,6 +86,9 @@ func (g *globals) stopCmd(stop bool) *cobra.Command {
 			if err := g.emit(out, func(w io.Writer) {
 				fmt.Fprintf(w, "%s: %s at revision %d: %d/%d hosts acknowledged in %s\n", res.Scope, use, res.Revision,
 					p.Acknowledged, p.Targeted, out.Elapsed)
+				if p.Targeted == 0 {
+					fmt.Fprintf(w, "no registered host is targeted by %s; hosts that register later read the new state first\n", res.Scope)
+				}
 				if p.StragglerCount > 0 {
 					fmt.Fprintf(w, "%d stragglers:\n", p.StragglerCount)
 					for _, s := range p.Stragglers {

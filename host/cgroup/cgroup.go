@@ -500,3 +500,43 @@ func (m *Manager) ParentDirs() []string {
 	slices.Sort(out)
 	return out
 }
+
+// RemoveAll deletes every group under the parent, this Manager's and stale
+// ones alike, killing their processes, and then the parent itself: for
+// uninstalling, and for tests. The host's own group is kept while the host
+// is in it, and the parent with it.
+func (m *Manager) RemoveAll() error {
+	m.mu.Lock()
+	groups := make([]*Group, 0, len(m.groups))
+	for _, g := range m.groups {
+		groups = append(groups, g)
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, g := range groups {
+		if g.name == HostGroup {
+			if pids, _ := g.Procs(); containsSelf(pids) {
+				continue
+			}
+		}
+		errs = append(errs, g.Delete())
+	}
+	_, err := m.CleanupStale()
+	errs = append(errs, err)
+	for _, d := range m.ParentDirs() {
+		if entries, err := os.ReadDir(d); err == nil && hasDir(entries) {
+			continue // the host's group is still there
+		}
+		errs = append(errs, rmdir(d))
+	}
+	return errors.Join(errs...)
+}
+
+func hasDir(entries []os.DirEntry) bool {
+	for _, e := range entries {
+		if e.IsDir() {
+			return true
+		}
+	}
+	return false
+}

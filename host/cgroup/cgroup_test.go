@@ -135,20 +135,12 @@ func newTestManager(t *testing.T, version string) *Manager {
 		t.Fatalf("NewManager: %v", err)
 	}
 	t.Cleanup(func() {
-		m.mu.Lock()
-		groups := make([]*Group, 0, len(m.groups))
-		for _, g := range m.groups {
-			groups = append(groups, g)
+		if err := m.RemoveAll(); err != nil {
+			t.Errorf("cleanup: %v", err)
 		}
-		m.mu.Unlock()
-		for _, g := range groups {
-			if err := g.Delete(); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
-		for _, h := range m.hiers {
-			if err := rmdir(filepath.Join(h.mount, h.base)); err != nil {
-				t.Errorf("cleanup: %v", err)
+		for _, d := range m.ParentDirs() {
+			if _, err := os.Stat(d); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("cleanup: %s left behind (%v)", d, err)
 			}
 		}
 	})

@@ -65,11 +65,8 @@ func newCgroups(t testing.TB) *cgroup.Manager {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if _, err := m.CleanupStale(); err != nil {
+		if err := m.RemoveAll(); err != nil {
 			t.Error(err)
-		}
-		for _, d := range m.ParentDirs() {
-			os.Remove(d)
 		}
 	})
 	return m

@@ -67,12 +67,7 @@ func run(rounds, iters, cpu int, quota float64) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		m.CleanupStale()
-		for _, d := range m.ParentDirs() {
-			os.Remove(d)
-		}
-	}()
+	defer m.RemoveAll()
 	group, err := m.Create("spinner", cgroup.Limits{CPUQuotaPercent: quota})
 	if err != nil {
 		return err

@@ -29,6 +29,7 @@ func main() {
 	duration := flag.Duration("duration", 60*time.Second, "run time (run)")
 	interval := flag.Duration("interval", 5*time.Second, "snapshot interval (run)")
 	attribution := flag.Bool("attribution", true, "attribute sockets to processes (run)")
+	budget := flag.Duration("budget", netmon.DefaultSnapshotBudget, "snapshot CPU budget (run)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *profile != "" {
@@ -45,7 +46,7 @@ func main() {
 	case "compare":
 		compare(*reps)
 	case "run":
-		run(*duration, *interval, *attribution)
+		run(*duration, *interval, *attribution, *budget)
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}
@@ -216,9 +217,9 @@ func cpuNow() time.Duration {
 
 // run runs the plugin's loop (snapshot, then wait as Pace says) for
 // duration and reports the CPU share after the first snapshot and the RSS.
-func run(duration, interval time.Duration, attribution bool) {
+func run(duration, interval time.Duration, attribution bool, budget time.Duration) {
 	cfg := config(attribution)
-	cfg.SnapshotBudget = sdk.Duration(netmon.DefaultSnapshotBudget)
+	cfg.SnapshotBudget = sdk.Duration(budget)
 	if attribution {
 		cfg.AttributionFDs = netmon.DefaultAttributionFDs
 	}
@@ -239,6 +240,7 @@ func run(duration, interval time.Duration, attribution bool) {
 	cpu0, t0 := cpuNow(), time.Now()
 	snaps, truncated := 0, 0
 	var maxCPU time.Duration
+	var cpus series
 	for time.Since(start) < duration {
 		time.Sleep(wait)
 		if st, err = m.Snapshot(); err != nil {
@@ -249,13 +251,19 @@ func run(duration, interval time.Duration, attribution bool) {
 			truncated++
 		}
 		maxCPU = max(maxCPU, st.CPU)
+		cpus = append(cpus, sample{st.Wall, st.CPU})
 		wait = m.Pace(st)
 	}
 	cpu, wall := cpuNow()-cpu0, time.Since(t0)
 	rss, hwm := status("VmRSS"), status("VmHWM")
-	fmt.Printf("run: %d sockets, attribution %t, interval %s, %s\n", st.Sockets, attribution, interval, duration)
-	fmt.Printf("first snapshot: wall %s cpu %s, scanned %d processes, truncated %t\n", ms(first.Wall), ms(first.CPU), first.Scanned, first.Truncated)
+	fmt.Printf("run: %d sockets, attribution %t, interval %s, snapshot budget %s, %s\n", st.Sockets, attribution, interval, budget, duration)
+	fmt.Printf("first snapshot: %d sockets, wall %s cpu %s, scanned %d processes, %d unattributed, truncated %t\n", first.Sockets, ms(first.Wall), ms(first.CPU), first.Scanned, first.Misses, first.Truncated)
 	fmt.Printf("steady: %d snapshots in %s, max snapshot cpu %s, truncated %d, last interval %s\n", snaps, wall.Round(time.Millisecond), ms(maxCPU), truncated, wait)
+	if len(cpus) > 0 {
+		md := cpus.median()
+		fmt.Printf("steady snapshot: median cpu %s, wall %s = %.3f%% of one core at a fixed %s interval\n",
+			ms(md.cpu), ms(md.wall), 100*float64(md.cpu)/float64(interval), interval)
+	}
 	fmt.Printf("steady process CPU: %s over %s = %.3f%% of one core (target <= 1%% at 10,000 connections)\n",
 		cpu.Round(time.Millisecond), wall.Round(time.Millisecond), 100*float64(cpu)/float64(wall))
 	fmt.Printf("RSS now %s, peak (VmHWM) %s (target <= 30 MB at 100,000 connections); events emitted %d\n", rss, hwm, em.n)

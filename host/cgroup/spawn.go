@@ -24,9 +24,11 @@ import (
 //
 // v1: moves the calling thread into the group in every hierarchy (the child
 // inherits the forking thread's cgroups); restore moves it back to the
-// cgroups it was in. The thread being locked before its first move matters:
-// Go starts new threads from a template thread once any thread is locked,
-// so no runtime thread is born inside a plugin's group.
+// cgroups it was in. The thread being locked before its first move
+// matters: a locked thread never clones new runtime threads itself (Go asks
+// a template thread, which LockOSThread starts while the spawner thread is
+// still in the host's groups), so no runtime thread is born inside a
+// plugin's group.
 func (g *Group) PrepareSpawn(cmd *exec.Cmd) (restore func() error, err error) {
 	g.mu.Lock()
 	deleted := g.deleted

@@ -9,7 +9,7 @@ GOFLAGS_B := -trimpath -ldflags '$(LDFLAGS)'
 BIN       := bin
 
 # Every binary: cmd/* plus each plugin's cmd/*.
-CMDS := $(sort $(dir $(wildcard cmd/*/main.go plugins/*/cmd/*/main.go)))
+CMDS := $(sort $(dir $(filter-out plugins/testplugin/cmd/badcookie/% plugins/testplugin/cmd/garbage/% plugins/testplugin/cmd/oldapi/%,$(wildcard cmd/*/main.go plugins/*/cmd/*/main.go))))
 
 .PHONY: all build test test-short run bench lint fuzz proto clean
 

@@ -61,6 +61,7 @@ var DefaultBatchOptions = BatchOptions{MaxEvents: 512, MaxBytes: 256 << 10, Flus
 type lane struct {
 	buf   []byte
 	count uint32
+	last  int // bytes in the lane's previous batch, to size the next buffer
 	out   chan *pluginpb.EventBatch
 }
 
@@ -101,7 +102,9 @@ func (b *batcher) Emit(ev *Event) error {
 		l = &b.alert
 	}
 	if l.buf == nil {
-		l.buf = make([]byte, 0, b.opts.MaxBytes+b.opts.MaxBytes/8)
+		// Size the buffer like the previous batch: a quiet plugin does not
+		// allocate a full batch's worth every flush, a busy one grows once.
+		l.buf = make([]byte, 0, min(max(l.last+l.last/8, 1024), b.opts.MaxBytes+b.opts.MaxBytes/8))
 	}
 	l.buf = AppendEventRecord(l.buf, ev, ts)
 	l.count++
@@ -119,6 +122,7 @@ func (b *batcher) flushLocked(l *lane) error {
 	b.seq++
 	batch := &pluginpb.EventBatch{Seq: b.seq, Count: l.count, Alerts: l == &b.alert, Events: l.buf}
 	n := l.count
+	l.last = len(l.buf)
 	l.buf, l.count = nil, 0
 	select {
 	case l.out <- batch:

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/vigil-hids/vigil/internal/memtrim"
 	"github.com/vigil-hids/vigil/sdk/pluginpb"
 )
 
@@ -57,6 +58,9 @@ func Serve(f Factory) {
 		JSONFormat: true, // go-plugin relays JSON log lines into the host's log
 	})
 	go exitWithParent(os.Getppid(), log)
+	// Keep resident memory near the working set: drop the file pages that
+	// start-up touched, then now and again (see internal/memtrim).
+	memtrim.Schedule(nil, 15*time.Second, 5*time.Minute)
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: PluginSets(&GRPCPlugin{Impl: f(log), Logger: log}),

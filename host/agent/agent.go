@@ -31,6 +31,7 @@ import (
 	"github.com/vigil-hids/vigil/host/spawn"
 	"github.com/vigil-hids/vigil/host/status"
 	"github.com/vigil-hids/vigil/host/supervisor"
+	"github.com/vigil-hids/vigil/internal/memtrim"
 )
 
 // Options are what the caller injects.
@@ -180,6 +181,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		a.heartbeat()
 	}()
 	close(a.ready)
+	// Drop the file pages start-up touched once the plugins are up, then
+	// now and again (see package memtrim).
+	memtrim.Schedule(a.ctx.Done(), 15*time.Second, 5*time.Minute)
 	a.log.Info("host started", "host", cfg.HostName, "version", opts.Version, "plugins", len(cfg.Plugins), "sinks", strings.Join(a.sinks, ","))
 	return a, nil
 }

@@ -85,6 +85,8 @@ type EventSink interface {
 	// Restarted tells the sink a new plugin process has started, whose
 	// cumulative counters begin again at zero.
 	Restarted()
+	// SetVersion records the version the running plugin reported.
+	SetVersion(version string)
 }
 
 // Hooks let resource governance take part in a plugin's life. Every field is
@@ -424,6 +426,7 @@ func (p *Plugin) start(ctx context.Context, spec Spec) (*instance, error) {
 		return fail(fmt.Errorf("%s: run: %w", name, err))
 	}
 	inst.cancel = runCancel
+	p.events.SetVersion(info.Version)
 	p.events.Restarted()
 	go p.read(inst, stream)
 	p.mu.Lock()

@@ -96,9 +96,11 @@ type Trip struct {
 // Status is a snapshot of a breaker for status output and the heartbeat.
 type Status struct {
 	State State `json:"state"`
-	// Trips counts every trip since the breaker was made.
-	Trips    int   `json:"trips"`
-	LastTrip *Trip `json:"last_trip,omitempty"`
+	// Trips counts every trip since the breaker was made; ByReason splits
+	// the count by reason.
+	Trips    int            `json:"trips"`
+	ByReason map[Reason]int `json:"by_reason,omitempty"`
+	LastTrip *Trip          `json:"last_trip,omitempty"`
 	// CooldownLeft is how long until an open breaker lets a restart in.
 	CooldownLeft time.Duration `json:"cooldown_left,omitempty"`
 	// NextCooldown is how long the next trip would stop the plugin.
@@ -129,6 +131,7 @@ type Breaker struct {
 	halfOpenAt time.Time
 	closedAt   time.Time
 	trips      int
+	byReason   map[Reason]int
 	history    []Trip
 }
 
@@ -226,6 +229,10 @@ func (b *Breaker) trip(reason Reason, detail string) Trip {
 	t := Trip{At: now, Reason: reason, Detail: detail, From: b.state, Cooldown: b.cooldown(b.level)}
 	b.level++
 	b.trips++
+	if b.byReason == nil {
+		b.byReason = map[Reason]int{}
+	}
+	b.byReason[reason]++
 	b.state = Open
 	b.openUntil = now.Add(t.Cooldown)
 	b.resetCounts()
@@ -285,6 +292,12 @@ func (b *Breaker) Status() Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := Status{State: b.state, Trips: b.trips, NextCooldown: b.cooldown(b.level)}
+	if len(b.byReason) > 0 {
+		s.ByReason = make(map[Reason]int, len(b.byReason))
+		for r, n := range b.byReason {
+			s.ByReason[r] = n
+		}
+	}
 	if n := len(b.history); n > 0 {
 		t := b.history[n-1]
 		s.LastTrip = &t

@@ -190,7 +190,7 @@ func TestOpenIgnoresSamples(t *testing.T) {
 		}
 	}
 	st := b.Status()
-	if st.Trips != 1 || st.LastTrip == nil || st.LastTrip.Reason != ReasonFlood || st.CooldownLeft != 15*time.Second {
+	if st.Trips != 1 || st.ByReason[ReasonFlood] != 1 || st.LastTrip == nil || st.LastTrip.Reason != ReasonFlood || st.CooldownLeft != 15*time.Second {
 		t.Fatalf("status = %+v", st)
 	}
 	if len(b.History()) != 1 {

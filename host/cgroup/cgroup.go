@@ -23,10 +23,13 @@
 // inherits the thread's cgroups at fork, and restore moves the thread back
 // where it was. Verify checks afterwards that a pid sits in the group.
 //
-// containerd/cgroups does the file work (create, limits, stats, freeze,
-// delete); this package adds the layout detection, the spawn-time
-// placement, killing a whole group, and removing the groups a previous run
-// left behind (CleanupStale).
+// containerd/cgroups creates the groups, writes the limits, moves processes
+// and removes directories; this package adds the layout detection, the
+// spawn-time placement, killing a whole group (with a bounded freeze on v1),
+// allocation-free accounting from files kept open (Stats), and removing the
+// groups a previous run left behind (CleanupStale). The host must hold its
+// single-instance lock before CleanupStale: it kills whatever it finds in
+// Vigil's groups.
 //
 // Where cgroups cannot be used (not root, no cpu or memory controller, a
 // read-only mount) NewManager returns an error wrapping ErrUnavailable: the

@@ -28,6 +28,12 @@ type Config struct {
 	AttributionFDs int `json:"attribution_fds" vigil:"min=0,max=10000000" desc:"most /proc fd links read per snapshot for process attribution (0: off)"`
 	// UDP includes UDP sockets.
 	UDP bool `json:"udp" desc:"watch UDP sockets as well as TCP"`
+	// SkipTimeWait leaves TIME_WAIT and SYN_RECV request sockets out of
+	// the dump. They belong to no process and netmon reports nothing about
+	// them, but a busy server can hold several times more of them than of
+	// established connections, and the kernel's time to dump them counts
+	// against the snapshot budget.
+	SkipTimeWait bool `json:"skip_time_wait" desc:"leave TIME_WAIT and request sockets out of the TCP dump"`
 	// LearningPeriod is how long after start listeners are learned as the
 	// baseline instead of alerting.
 	LearningPeriod sdk.Duration `json:"learning_period" vigil:"min=0s,max=720h" desc:"time after start during which listeners form the baseline"`

@@ -238,7 +238,9 @@ func readPortRange(procRoot string) (lo, hi uint16, ok bool) {
 const (
 	tcpListenMask = 1 << stateListen
 	tcpConnMask   = ^uint32(tcpListenMask)
-	allStates     = ^uint32(0)
+	// TIME_WAIT and NEW_SYN_RECV (12), for skip_time_wait.
+	tcpNoProcessMask = 1<<stateTimeWait | 1<<12
+	allStates        = ^uint32(0)
 )
 
 // snapshot takes one snapshot, diffs it and emits what changed.
@@ -308,13 +310,17 @@ func (m *monitor) collect(b *budget, st *Stats) error {
 		states        uint32
 		fn            func(*Socket)
 	}
+	conn := uint32(tcpConnMask)
+	if m.cfg.SkipTimeWait {
+		conn &^= tcpNoProcessMask
+	}
 	steps := [...]step{
 		{afInet, protoTCP, tcpListenMask, m.onListenFn},
 		{afInet6, protoTCP, tcpListenMask, m.onListenFn},
 		{afInet, protoUDP, allStates, m.onUDPFn},
 		{afInet6, protoUDP, allStates, m.onUDPFn},
-		{afInet, protoTCP, tcpConnMask, m.onConn},
-		{afInet6, protoTCP, tcpConnMask, m.onConn},
+		{afInet, protoTCP, conn, m.onConn},
+		{afInet6, protoTCP, conn, m.onConn},
 	}
 	for _, s := range steps {
 		if s.proto == protoUDP && !m.cfg.UDP {

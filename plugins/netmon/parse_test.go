@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "capture new parser fixtures from this machine into testdata")
@@ -261,5 +262,54 @@ func golden(t *testing.T, name, got string) {
 	want := string(readFixture(t, name))
 	if got != want {
 		t.Fatalf("parsed %s differs from %s:\ngot:\n%s\nwant:\n%s", name, name, got, want)
+	}
+}
+
+// TestDumpStateMask checks the kernel honours the state mask: with
+// TIME_WAIT left out, a socket just closed first does not appear.
+func TestDumpStateMask(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	srv, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := uint16(c.LocalAddr().(*net.TCPAddr).Port)
+	srv.Close() // the server closes first: its end goes to TIME_WAIT
+	c.Close()
+	d, err := newDumper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	stateOf := func(mask uint32) (state uint8) {
+		var s Socket
+		if _, err := d.dump(afInet, protoTCP, mask, &s, func(s *Socket) {
+			if s.LocalPort == uint16(portOf(l.Addr())) && s.RemotePort == client {
+				state = s.State
+			}
+		}, nil); err != nil {
+			t.Fatal(err)
+		}
+		return state
+	}
+	var st uint8
+	for i := 0; i < 100 && st != stateTimeWait; i++ {
+		st = stateOf(tcpConnMask)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st != stateTimeWait {
+		t.Fatalf("server end in state %d, want TIME_WAIT", st)
+	}
+	if st := stateOf(tcpConnMask &^ tcpNoProcessMask); st != 0 {
+		t.Fatalf("TIME_WAIT socket dumped (state %d) with TIME_WAIT masked out", st)
 	}
 }

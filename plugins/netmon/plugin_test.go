@@ -62,7 +62,7 @@ func TestConfigValidate(t *testing.T) {
 		want   []string // substrings of the error; none means valid
 	}{
 		{name: "defaults", config: `{}`},
-		{name: "all keys", config: `{"interval":"10s","max_interval":"10m","cpu_percent":2,"snapshot_budget":"200ms","attribution_fds":1000,"udp":false,"learning_period":"1h","baseline_ports":[22,443],"baseline_exes":["/usr/sbin/sshd"],"blocklist":["203.0.113.0/24","2001:db8::/32"],"shells":["bash"],"max_events_per_snapshot":50,"proc_root":"/proc"}`},
+		{name: "all keys", config: `{"interval":"10s","max_interval":"10m","cpu_percent":2,"snapshot_budget":"200ms","attribution_fds":1000,"udp":false,"skip_time_wait":true,"learning_period":"1h","baseline_ports":[22,443],"baseline_exes":["/usr/sbin/sshd"],"blocklist":["203.0.113.0/24","2001:db8::/32"],"shells":["bash"],"max_events_per_snapshot":50,"proc_root":"/proc"}`},
 		{name: "interval too short", config: `{"interval":"100ms"}`, want: []string{"netmon.interval must be between 1s and 1h (got 100ms)"}},
 		{name: "max below interval", config: `{"interval":"10s","max_interval":"5s"}`, want: []string{"netmon.max_interval must be at least netmon.interval (10s) (got 5s)"}},
 		{name: "bad cidr", config: `{"blocklist":["10.0.0.0/8","10.0.0.300/32"]}`, want: []string{`netmon.blocklist[1] must be a CIDR such as 203.0.113.0/24 or 2001:db8::/32 (got "10.0.0.300/32")`}},

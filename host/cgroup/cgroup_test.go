@@ -84,7 +84,21 @@ func (s spawner) do(f func()) {
 
 // start starts the test binary in a child mode inside g, from the spawner
 // thread, and checks that the spawner thread went back to its cgroups.
-func start(t *testing.T, s spawner, g *Group, mode string) *exec.Cmd {
+// child is a started process reaped in the background, so tests and their
+// cleanup can both wait for it.
+type child struct {
+	*exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Wait waits for the process to exit and returns its exit error.
+func (c *child) Wait() error {
+	<-c.done
+	return c.err
+}
+
+func start(t *testing.T, s spawner, g *Group, mode string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+mode)
@@ -110,11 +124,16 @@ func start(t *testing.T, s spawner, g *Group, mode string) *exec.Cmd {
 		}
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	c := &child{Cmd: cmd, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		c.err = cmd.Wait()
+	}()
+	t.Cleanup(func() { cmd.Process.Kill(); c.Wait() })
 	if err := g.Verify(cmd.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
-	return cmd
+	return c
 }
 
 func requireRoot(t *testing.T) {
@@ -299,8 +318,7 @@ func TestDeleteKillsRemaining(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cmd := start(t, newSpawner(t), g, "sleep")
-			go cmd.Wait() // reap it as the supervisor would
+			start(t, newSpawner(t), g, "sleep")
 			if err := g.Delete(); err != nil {
 				t.Fatal(err)
 			}
@@ -322,7 +340,6 @@ func TestCleanupStale(t *testing.T) {
 				t.Fatal(err)
 			}
 			cmd := start(t, newSpawner(t), old, "sleep")
-			go cmd.Wait()
 			if _, err := m.Create("nested", Limits{}); err != nil {
 				t.Fatal(err)
 			}

@@ -52,7 +52,7 @@ func TestMain(m *testing.M) {
 
 // hostConfig returns a config with fast supervision for tests, writing
 // events and the socket under t's temp dir.
-func hostConfig(t *testing.T, plugins ...config.Plugin) config.Config {
+func hostConfig(t testing.TB, plugins ...config.Plugin) config.Config {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := config.Default()
@@ -75,7 +75,7 @@ func testplugin(name string, conf map[string]any) config.Plugin {
 	return config.Plugin{Name: name, Path: filepath.Join(binDir, "vigil-testplugin"), Config: conf}
 }
 
-func start(t *testing.T, cfg config.Config) *agent.Agent {
+func start(t testing.TB, cfg config.Config) *agent.Agent {
 	t.Helper()
 	log, err := logging.New(cfg.Log)
 	if err != nil {

@@ -23,12 +23,14 @@ import (
 type recorder struct {
 	mu      sync.Mutex
 	stopped bool
+	at      time.Time // when the last Apply happened
 }
 
 func (r *recorder) Apply(_ context.Context, _ int64, ds api.DesiredState) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.stopped = ds.Stop != nil && *ds.Stop
+	r.at = time.Now()
 	return nil
 }
 

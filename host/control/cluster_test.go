@@ -30,7 +30,13 @@ func startClusterHosts(t *testing.T, c *etcdtest.Cluster) map[string]*fakeApplie
 		cfg.StateDir = t.TempDir()
 		a := &fakeApplier{}
 		appliers[host] = a
-		startLoop(t, cfg, a)
+		l := startLoop(t, cfg, a)
+		t.Cleanup(func() {
+			if t.Failed() {
+				last, _ := a.last()
+				t.Logf("%s: %+v; last apply rev %d at %s", host, l.Status(), last.rev, last.at.Format("15:04:05.000"))
+			}
+		})
 	}
 	cli := c.Client(t)
 	waitAllRegs(t, cli, "every host registered", func(api.Registration) bool { return true })

@@ -248,30 +248,39 @@ func TestApplyRejectionReported(t *testing.T) {
 	}
 }
 
-func TestCompactionRereads(t *testing.T) {
+func TestCompactionWhileDisconnectedRereads(t *testing.T) {
 	e := etcdtest.StartEmbedded(t)
 	cli := e.Client(t)
-	cfg := testConfig(e.Endpoints(), "h1")
+	proxy := etcdtest.NewProxy(t, e.URL)
 	hostKey := ks.ScopeKey(api.Scope{Kind: api.ScopeHost, Host: "h1"})
 	putDoc(t, cli, hostKey, api.DesiredState{LogLevel: "info"})
-	gate := make(chan struct{})
-	a := &fakeApplier{gate: gate}
+
+	// The host reaches etcd through a proxy, with a lease that outlives
+	// the outage so that only the watch has to recover.
+	cfg := testConfig([]string{proxy.URL}, "h1")
+	cfg.LeaseTTL = time.Minute
+	a := &fakeApplier{}
 	l := startLoop(t, cfg, a)
-	// The loop has read revision R and is held inside Apply: change the
-	// state and compact past R so that its watch from R+1 is refused.
-	time.Sleep(300 * time.Millisecond)
+	eventually(t, 10*time.Second, "registered", func() bool { return l.Status().Connected })
+	before := l.Status().Resyncs
+
+	// While the host is cut off the state changes and history is
+	// compacted: the watch it resumes afterwards starts below the
+	// compaction and is refused.
+	proxy.Cut()
 	rev := putDoc(t, cli, hostKey, api.DesiredState{LogLevel: "debug"})
 	putDoc(t, cli, "/unrelated", api.DesiredState{})
 	etcdtest.Compact(t, cli)
-	close(gate)
-	<-l.Ready()
-	eventually(t, 10*time.Second, "state re-read after compaction", func() bool {
+	proxy.Heal()
+	eventually(t, 30*time.Second, "state re-read after compaction", func() bool {
 		got, _ := a.last()
 		return got.ds.LogLevel == "debug" && got.rev >= rev
 	})
-	// And the new watch works.
+	if st := l.Status(); st.Resyncs == before || !strings.Contains(st.LastResync, "compacted") {
+		t.Fatalf("the host converged without a fresh read after compaction (resyncs %d, last %q)", st.Resyncs, st.LastResync)
+	}
 	rev = putDoc(t, cli, hostKey, api.DesiredState{LogLevel: "warning"})
-	eventually(t, 10*time.Second, "watch after re-read", func() bool {
+	eventually(t, 10*time.Second, "watch works after the re-read", func() bool {
 		got, _ := a.last()
 		return got.ds.LogLevel == "warning" && got.rev == rev
 	})

@@ -71,6 +71,11 @@ type Status struct {
 	FromDisk bool
 	// LastError is the most recent connection or registration error.
 	LastError string
+	// Resyncs counts fresh reads of the whole desired state after a watch
+	// ended (compaction, lost leader, closed stream).
+	Resyncs int
+	// LastResync is why the last fresh read happened.
+	LastResync string
 }
 
 // Loop is the running control loop of one host.
@@ -100,10 +105,16 @@ type Loop struct {
 	kick chan struct{} // a task finished: rewrite the registration
 
 	applyMu sync.Mutex // serialises Apply and everything it decides
+
+	// spare is a lease granted for a registration that failed, reused by
+	// the next attempt while young (owned by the run goroutine).
+	spare   clientv3.LeaseID
+	spareAt time.Time
 	saveMu  sync.Mutex // serialises writes of tasks.json
 
 	mu        sync.Mutex // guards the fields below
 	layers    map[string]api.DesiredState
+	layerRev  map[string]int64 // revision each layer is known at
 	layerErrs map[string]string
 	merged    api.DesiredState
 	hasMerged bool
@@ -172,6 +183,7 @@ func Start(ctx context.Context, cfg Config, applier Applier, log *slog.Logger, o
 		errc:      make(chan error, 1),
 		kick:      make(chan struct{}, 1),
 		layers:    map[string]api.DesiredState{},
+		layerRev:  map[string]int64{},
 		layerErrs: map[string]string{},
 		doneSet:   map[string]bool{},
 		scheduled: map[string]bool{},

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vigil-hids/vigil/api"
+)
+
+// agentEvent is one change of a registration as the "server" sees it.
+type agentEvent struct {
+	host    string
+	deleted bool
+	reg     api.Registration
+	at      time.Time
+}
+
+// watchAgents watches registrations under prefix (a single key if exact)
+// from rev and sends decoded events until ctx ends.
+func (s *Sim) watchAgents(ctx context.Context, key string, prefix bool, rev int64) <-chan agentEvent {
+	out := make(chan agentEvent, 4096)
+	opts := []clientv3.OpOption{clientv3.WithRev(rev), clientv3.WithCreatedNotify()}
+	if prefix {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	wch := s.admin.Watch(clientv3.WithRequireLeader(ctx), key, opts...)
+	// Wait until the server has created the watch, so that no measured
+	// event is delivered late as part of a catch-up.
+	select {
+	case <-wch:
+	case <-ctx.Done():
+	}
+	go func() {
+		defer close(out)
+		for resp := range wch {
+			now := time.Now()
+			for _, ev := range resp.Events {
+				e := agentEvent{host: strings.TrimPrefix(string(ev.Kv.Key), s.ks.Agents()), at: now}
+				if ev.Type == clientv3.EventTypeDelete {
+					e.deleted = true
+				} else if json.Unmarshal(ev.Kv.Value, &e.reg) != nil {
+					continue
+				}
+				select {
+				case out <- e:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out
+}
+
+func (s *Sim) currentRev(ctx context.Context) (int64, error) {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := s.admin.Get(rctx, "/vigil-sim-rev-probe")
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
+// waitHosts consumes events until every host in want satisfies ok or the
+// timeout passes; it returns each done host's latency from t0.
+func waitHosts(ctx context.Context, evs <-chan agentEvent, want map[string]bool, t0 time.Time, timeout time.Duration, ok func(agentEvent) bool) []time.Duration {
+	lat := make([]time.Duration, 0, len(want))
+	done := map[string]bool{}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for len(done) < len(want) {
+		select {
+		case e, open := <-evs:
+			if !open {
+				return lat
+			}
+			if want[e.host] && !done[e.host] && ok(e) {
+				done[e.host] = true
+				lat = append(lat, e.at.Sub(t0))
+			}
+		case <-deadline.C:
+			return lat
+		case <-ctx.Done():
+			return lat
+		}
+	}
+	return lat
+}
+
+func (s *Sim) allHosts() map[string]bool {
+	m := make(map[string]bool, len(s.hosts))
+	for _, h := range s.hosts {
+		if h.killed.IsZero() {
+			m[h.name] = true
+		}
+	}
+	return m
+}
+
+func result(name string, hosts, count int, lat []time.Duration, total time.Duration, target string, met bool, note string) Result {
+	p50, p99, mx := percentiles(lat)
+	return Result{Scenario: name, Hosts: hosts, Count: count, Done: len(lat), TotalMS: ms(total),
+		P50MS: p50, P99MS: p99, MaxMS: mx, Target: target, Met: met, Note: note}
+}
+
+// register starts every host at once and waits until each has registered
+// and acknowledged its first desired state.
+func (s *Sim) register(ctx context.Context) (Result, error) {
+	rev, err := s.currentRev(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	evs := s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
+	t0 := time.Now()
+	if err := s.startHosts(ctx); err != nil {
+		return Result{}, err
+	}
+	started := time.Since(t0)
+	want := s.allHosts()
+	lat := waitHosts(ctx, evs, want, t0, 120*time.Second, func(e agentEvent) bool {
+		return !e.deleted && e.reg.Applied.Revision > 0
+	})
+	total := time.Since(t0)
+	return result("register", len(want), len(want), lat, total, "all registered and acknowledged", len(lat) == len(want),
+		fmt.Sprintf("registration storm: %d control loops started in %s, each grants a lease, creates its key in a Txn, reads its state and acknowledges", len(want), started.Round(time.Millisecond))), nil
+}
+
+// fleetStop writes the fleet key's stop flag and waits until every host's
+// registration shows the new revision applied.
+func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
+	name := "resume"
+	if stop {
+		name = "stop"
+	}
+	rev, err := s.currentRev(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	evs := s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
+	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
+	t0 := time.Now()
+	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim emergency "+name))
+	if err != nil {
+		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
+	}
+	want := s.allHosts()
+	lat := waitHosts(ctx, evs, want, t0, 60*time.Second, func(e agentEvent) bool {
+		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
+	})
+	total := time.Since(t0)
+	if len(lat) < len(want) {
+		total = 0
+	}
+	met := len(lat) == len(want) && total <= 5*time.Second
+	return result(name, len(want), len(want), lat, total, "all acknowledged within 5s", met,
+		fmt.Sprintf("one write of the fleet key (stop=%v) at revision %d; latency = write start to the registration showing that revision", stop, wrote)), nil
+}
+
+// push changes one host's config at a time and measures until the host's
+// applier has it and until its registration acknowledges it.
+func (s *Sim) push(ctx context.Context) ([]Result, error) {
+	rng := rand.New(rand.NewPCG(s.opts.Seed, 42))
+	var applyLat, ackLat []time.Duration
+	for i := 0; i < s.opts.Pushes; i++ {
+		h := s.hosts[rng.IntN(len(s.hosts))]
+		if !h.killed.IsZero() {
+			continue
+		}
+		rev, err := s.currentRev(ctx)
+		if err != nil {
+			return nil, err
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		evs := s.watchAgents(wctx, s.ks.Agent(h.name), false, rev+1)
+		key := s.ks.ScopeKey(api.Scope{Kind: api.ScopeHost, Host: h.name})
+		cfg := json.RawMessage(`{"sim_seq":` + strconv.Itoa(i) + `}`)
+		ds := api.DesiredState{Plugins: map[string]api.PluginState{"procmon": {Config: cfg}}}
+		t0 := time.Now()
+		wrote, err := s.put(ctx, key, docValue("host:"+h.name, ds, "vigil-sim push"))
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		timeout := time.NewTimer(10 * time.Second)
+	applied:
+		for {
+			select {
+			case r := <-h.applier.notify:
+				if r >= wrote {
+					applyLat = append(applyLat, time.Since(t0))
+					break applied
+				}
+			case <-timeout.C:
+				break applied
+			}
+		}
+		timeout.Stop()
+		lat := waitHosts(ctx, evs, map[string]bool{h.name: true}, t0, 10*time.Second, func(e agentEvent) bool {
+			return !e.deleted && e.reg.Applied.Revision >= wrote
+		})
+		ackLat = append(ackLat, lat...)
+		cancel()
+	}
+	_, p99, _ := percentiles(applyLat)
+	hosts := len(s.allHosts())
+	return []Result{
+		result("push-apply", hosts, s.opts.Pushes, applyLat, 0, "p99 within 200ms", len(applyLat) == s.opts.Pushes && p99 <= 200,
+			"one host's key written; latency = write start to that host's Apply with the new revision"),
+		result("push-ack", hosts, s.opts.Pushes, ackLat, 0, "(informational)", len(ackLat) == s.opts.Pushes,
+			"latency = write start to the host's registration showing the new revision"),
+	}, nil
+}
+
+// offline stops the keepalive of some hosts without revoking (a crash) and
+// measures until their registrations disappear.
+func (s *Sim) offline(ctx context.Context) (Result, error) {
+	n := s.opts.Offline
+	victims := s.hosts[len(s.hosts)-n:]
+	rev, err := s.currentRev(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	evs := s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
+	killedAt := make(map[string]time.Time, n)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, h := range victims {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			at := time.Now()
+			h.loop.Abandon()
+			mu.Lock()
+			killedAt[h.name] = at
+			h.killed = at
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	want := map[string]bool{}
+	for _, h := range victims {
+		want[h.name] = true
+	}
+	ttl := s.opts.LeaseTTL
+	limit := ttl + ttl/3
+	var lat []time.Duration
+	done := map[string]bool{}
+	deadline := time.NewTimer(3*ttl + time.Duration(n/500+1)*time.Second)
+	defer deadline.Stop()
+wait:
+	for len(done) < n {
+		select {
+		case e, open := <-evs:
+			if !open {
+				break wait
+			}
+			if e.deleted && want[e.host] && !done[e.host] {
+				done[e.host] = true
+				lat = append(lat, e.at.Sub(killedAt[e.host]))
+			}
+		case <-deadline.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		}
+	}
+	_, _, mx := percentiles(lat)
+	met := len(lat) == n && mx <= ms(limit)
+	return result("offline", len(s.hosts), n, lat, 0, fmt.Sprintf("each within TTL+TTL/3 = %s", limit), met,
+		fmt.Sprintf("%d hosts stop renewing their %s leases without revoking; latency = stop to the key's deletion", n, ttl)), nil
+}
+
+// Run runs the scenarios in order. The register scenario always runs
+// first (the others need hosts).
+func (s *Sim) Run(ctx context.Context) (Report, error) {
+	r, err := s.register(ctx)
+	if err != nil {
+		return s.report, err
+	}
+	s.report.Results = append(s.report.Results, r)
+	for _, sc := range s.opts.Scenarios {
+		var res []Result
+		switch sc {
+		case "register":
+			continue
+		case "stop", "resume":
+			r, err := s.fleetStop(ctx, sc == "stop")
+			if err != nil {
+				return s.report, err
+			}
+			res = []Result{r}
+		case "push":
+			res, err = s.push(ctx)
+			if err != nil {
+				return s.report, err
+			}
+		case "offline":
+			r, err := s.offline(ctx)
+			if err != nil {
+				return s.report, err
+			}
+			res = []Result{r}
+		}
+		s.report.Results = append(s.report.Results, res...)
+	}
+	s.report.Goroutines = runtime.NumGoroutine()
+	s.report.MaxRSSMB = maxRSSMB()
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		s.report.CPUSeconds = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+	}
+	return s.report, nil
+}
+
+func maxRSSMB() float64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}()
+	var ports []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

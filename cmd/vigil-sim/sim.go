@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/host/control"
+)
+
+// Options configure one simulation run.
+type Options struct {
+	Hosts     int
+	Clients   int
+	Groups    int // group labels per host (0 to 3)
+	Endpoints []string
+	// DataDir of the embedded etcd when Endpoints is empty ("" = temp dir).
+	DataDir        string
+	NoFsync        bool
+	Prefix         string
+	LeaseTTL       time.Duration
+	RequestTimeout time.Duration
+	StatusInterval time.Duration
+	Scenarios      []string
+	Pushes         int
+	Offline        int
+	Seed           uint64
+	Log            *slog.Logger
+}
+
+// DefaultOptions are the flags' defaults: the figures of docs/scale.md.
+func DefaultOptions() Options {
+	return Options{
+		Hosts:          10000,
+		Clients:        16,
+		Groups:         2,
+		LeaseTTL:       15 * time.Second,
+		RequestTimeout: 10 * time.Second,
+		StatusInterval: 10 * time.Second,
+		Scenarios:      []string{"register", "stop", "resume", "push", "offline"},
+		Pushes:         200,
+		Offline:        1000,
+		Seed:           1,
+	}
+}
+
+// Validate names every bad option.
+func (o Options) Validate() error {
+	var errs []error
+	if o.Hosts < 1 || o.Hosts > 1_000_000 {
+		errs = append(errs, fmt.Errorf("-hosts must be between 1 and 1000000 (got %d)", o.Hosts))
+	}
+	if o.Clients < 1 || o.Clients > o.Hosts {
+		errs = append(errs, fmt.Errorf("-clients must be between 1 and -hosts (got %d)", o.Clients))
+	}
+	if o.Groups < 0 || o.Groups > 3 {
+		errs = append(errs, fmt.Errorf("-groups must be between 0 and 3 (got %d)", o.Groups))
+	}
+	if o.Offline < 0 || o.Offline > o.Hosts {
+		errs = append(errs, fmt.Errorf("-offline must be between 0 and -hosts (got %d)", o.Offline))
+	}
+	if o.Pushes < 0 {
+		errs = append(errs, fmt.Errorf("-pushes must be at least 0 (got %d)", o.Pushes))
+	}
+	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true}
+	for _, s := range o.Scenarios {
+		if !known[s] {
+			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline)", s))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Result is one scenario's measurement. Durations are in milliseconds.
+type Result struct {
+	Scenario string  `json:"scenario"`
+	Hosts    int     `json:"hosts"`
+	Count    int     `json:"count"` // hosts or pushes measured
+	Done     int     `json:"done"`  // of Count, how many completed
+	TotalMS  float64 `json:"total_ms"`
+	P50MS    float64 `json:"p50_ms"`
+	P99MS    float64 `json:"p99_ms"`
+	MaxMS    float64 `json:"max_ms"`
+	Target   string  `json:"target"`
+	Met      bool    `json:"met"`
+	Note     string  `json:"note,omitempty"`
+}
+
+// Report is the whole run.
+type Report struct {
+	Hosts      int       `json:"hosts"`
+	Clients    int       `json:"clients"`
+	Groups     int       `json:"groups"`
+	LeaseTTL   string    `json:"lease_ttl"`
+	Etcd       string    `json:"etcd"`
+	Results    []Result  `json:"results"`
+	Goroutines int       `json:"goroutines"`
+	MaxRSSMB   float64   `json:"max_rss_mb"`
+	CPUSeconds float64   `json:"cpu_seconds"`
+	Started    time.Time `json:"started"`
+}
+
+// host is one simulated host: the real control loop and an applier that
+// does nothing but remember what it was told.
+type host struct {
+	name    string
+	loop    *control.Loop
+	applier *noopApplier
+	killed  time.Time
+}
+
+// noopApplier acknowledges every state at once; it has no plugins.
+type noopApplier struct {
+	rev    atomic.Int64
+	notify chan int64 // latest applied revision, for the push scenario
+}
+
+func newNoopApplier() *noopApplier { return &noopApplier{notify: make(chan int64, 1)} }
+
+func (a *noopApplier) Apply(_ context.Context, rev int64, _ api.DesiredState) error {
+	a.rev.Store(rev)
+	select {
+	case a.notify <- rev:
+	default:
+		select { // replace a stale value
+		case <-a.notify:
+		default:
+		}
+		select {
+		case a.notify <- rev:
+		default:
+		}
+	}
+	return nil
+}
+
+func (a *noopApplier) Status() map[string]api.PluginStatus { return nil }
+
+// Sim is a running simulation.
+type Sim struct {
+	opts    Options
+	log     *slog.Logger
+	etcd    *embed.Etcd
+	eps     []string
+	clients []*clientv3.Client
+	admin   *clientv3.Client // the "server": writes documents, watches agents
+	ks      api.Keyspace
+	hosts   []*host
+	report  Report
+}
+
+// NewSim starts etcd (unless endpoints are given) and the clients.
+func NewSim(ctx context.Context, o Options) (*Sim, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Prefix == "" {
+		o.Prefix = fmt.Sprintf("/vigil-sim-%d", time.Now().UnixNano())
+	}
+	s := &Sim{opts: o, log: o.Log, ks: api.NewKeyspace(o.Prefix)}
+	s.report = Report{Hosts: o.Hosts, Clients: o.Clients, Groups: o.Groups, LeaseTTL: o.LeaseTTL.String(), Started: time.Now().UTC()}
+	s.eps = o.Endpoints
+	if len(s.eps) == 0 {
+		if err := s.startEtcd(); err != nil {
+			return nil, err
+		}
+		s.report.Etcd = "embedded 3.7.3, single member, " + map[bool]string{true: "no fsync", false: "fsync"}[o.NoFsync]
+	} else {
+		s.report.Etcd = "external " + strings.Join(s.eps, ",")
+	}
+	for i := 0; i <= o.Clients; i++ {
+		cli, err := clientv3.New(clientv3.Config{
+			Endpoints:            s.eps,
+			DialTimeout:          10 * time.Second,
+			DialKeepAliveTime:    10 * time.Second,
+			DialKeepAliveTimeout: 5 * time.Second,
+			Logger:               zap.NewNop(),
+			MaxCallRecvMsgSize:   64 << 20,
+		})
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("etcd client: %w", err)
+		}
+		if i == o.Clients {
+			s.admin = cli
+		} else {
+			s.clients = append(s.clients, cli)
+		}
+	}
+	return s, nil
+}
+
+func (s *Sim) startEtcd() error {
+	dir := s.opts.DataDir
+	if dir == "" {
+		d, err := os.MkdirTemp("", "vigil-sim-etcd-")
+		if err != nil {
+			return err
+		}
+		dir = d
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "vigil-sim"
+	cfg.Dir = dir
+	cfg.UnsafeNoFsync = s.opts.NoFsync
+	cfg.Logger = "zap"
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.QuotaBackendBytes = 8 << 30
+	u := func(s string) url.URL { v, _ := url.Parse(s); return *v }
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	c := u(fmt.Sprintf("http://127.0.0.1:%d", ports[0]))
+	p := u(fmt.Sprintf("http://127.0.0.1:%d", ports[1]))
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{c}, []url.URL{c}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{p}, []url.URL{p}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("starting embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return errors.New("embedded etcd not ready after 60s")
+	}
+	s.etcd = e
+	s.eps = []string{c.String()}
+	return nil
+}
+
+// Close stops every host, the clients and the embedded etcd.
+func (s *Sim) Close() {
+	var wg sync.WaitGroup
+	for _, h := range s.hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.loop.Abandon() // leases expire with etcd; no revoke storm
+		}()
+	}
+	wg.Wait()
+	for _, c := range s.clients {
+		_ = c.Close()
+	}
+	if s.admin != nil {
+		_ = s.admin.Close()
+	}
+	if s.etcd != nil {
+		s.etcd.Close()
+	}
+}
+
+func (s *Sim) hostName(i int) string { return fmt.Sprintf("sim-%06d", i) }
+
+func (s *Sim) labels(i int) map[string]string {
+	all := []struct{ k, v string }{
+		{"env", []string{"prod", "staging", "dev"}[i%3]},
+		{"idc", fmt.Sprintf("idc-%d", i%10)},
+		{"group", fmt.Sprintf("svc-%d", i%100)},
+	}
+	m := map[string]string{}
+	for _, kv := range all[:s.opts.Groups] {
+		m[kv.k] = kv.v
+	}
+	return m
+}
+
+// startHosts starts every simulated host's control loop.
+func (s *Sim) startHosts(ctx context.Context) error {
+	for i := 0; i < s.opts.Hosts; i++ {
+		name := s.hostName(i)
+		a := newNoopApplier()
+		cfg := control.Config{
+			Endpoints:      s.eps,
+			Prefix:         s.opts.Prefix,
+			Host:           name,
+			Labels:         s.labels(i),
+			Version:        "sim",
+			LeaseTTL:       s.opts.LeaseTTL,
+			RequestTimeout: s.opts.RequestTimeout,
+			StatusInterval: s.opts.StatusInterval,
+		}
+		l, err := control.Start(ctx, cfg, a, s.log, control.WithClient(s.clients[i%len(s.clients)]))
+		if err != nil {
+			return fmt.Errorf("host %s: %w", name, err)
+		}
+		s.hosts = append(s.hosts, &host{name: name, loop: l, applier: a})
+	}
+	return nil
+}
+
+// docValue encodes a desired-state document as the server writes it.
+func docValue(scope string, ds api.DesiredState, comment string) string {
+	b, _ := json.Marshal(api.Document{Scope: scope, Author: "vigil-sim", Time: time.Now().UTC(), Comment: comment, State: ds})
+	return string(b)
+}
+
+func (s *Sim) put(ctx context.Context, key, val string) (int64, error) {
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := s.admin.Put(rctx, key, val)
+	if err != nil {
+		return 0, err
+	}
+	return resp.Header.Revision, nil
+}
+
+// percentiles returns p50, p99 and max of ds in milliseconds.
+func percentiles(ds []time.Duration) (p50, p99, mx float64) {
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	at := func(q float64) float64 {
+		i := int(q*float64(len(s))+0.5) - 1
+		i = min(max(i, 0), len(s)-1)
+		return ms(s[i])
+	}
+	return at(0.50), at(0.99), ms(s[len(s)-1])
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

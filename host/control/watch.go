@@ -1,0 +1,275 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vigil-hids/vigil/api"
+)
+
+// watchMsg is one watch response, or the end of a watch channel.
+type watchMsg struct {
+	resp   clientv3.WatchResponse
+	closed bool
+}
+
+// watchSet is the host's watches on its desired-state keys, fanned in to
+// one channel.
+//
+// Each host watches its own keys only (fleet, one per group, its host key),
+// so the etcd server fans a fleet-wide change out to N watchers and a
+// host's change to one; a single watch on the whole config prefix would
+// send every host every other host's changes.
+//
+// The watches are created at the current revision (no start revision) and
+// the state is then read at the revision the server reported when creating
+// them: a watch created with an older start revision is "unsynced" in etcd
+// and has to be caught up by a scan of the history, which is what makes a
+// reconnect storm of thousands of hosts expensive. Events at or below a
+// layer's known revision are dropped, so the overlap between the read and
+// the watches cannot apply an older value.
+type watchSet struct {
+	events chan watchMsg
+	rev    int64
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// close cancels the watches and waits for their goroutines. It is safe on
+// a nil or empty set and idempotent.
+func (w *watchSet) close() {
+	if w == nil || w.cancel == nil {
+		return
+	}
+	w.cancel()
+	w.wg.Wait()
+}
+
+// openAndRead opens the watches and reads and applies the desired state at
+// their start revision.
+func (l *Loop) openAndRead(ctx context.Context) (*watchSet, error) {
+	ws, err := l.openWatches(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.readAt(ctx, ws.rev); err != nil {
+		ws.close()
+		return nil, err
+	}
+	return ws, nil
+}
+
+func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	ws := &watchSet{events: make(chan watchMsg, len(l.keys)), cancel: cancel}
+	chans := make([]clientv3.WatchChan, len(l.keys))
+	for i, key := range l.keys {
+		chans[i] = l.cli.Watch(wctx, key, clientv3.WithCreatedNotify())
+	}
+	timeout := l.clockAfter(wctx, l.cfg.RequestTimeout)
+	for i, wch := range chans {
+		select {
+		case resp, ok := <-wch:
+			if !ok || !resp.Created || resp.Err() != nil {
+				ws.close()
+				return nil, fmt.Errorf("watching %s: %v", l.keys[i], resp.Err())
+			}
+			ws.rev = max(ws.rev, resp.Header.Revision)
+		case <-timeout:
+			ws.close()
+			return nil, fmt.Errorf("watching %s: no answer within %s", l.keys[i], l.cfg.RequestTimeout)
+		}
+	}
+	for _, wch := range chans {
+		ws.wg.Add(1)
+		go func() {
+			defer ws.wg.Done()
+			for resp := range wch {
+				select {
+				case ws.events <- watchMsg{resp: resp}:
+				case <-wctx.Done():
+					return
+				}
+			}
+			select {
+			case ws.events <- watchMsg{closed: true}:
+			case <-wctx.Done():
+			}
+		}()
+	}
+	return ws, nil
+}
+
+// clockAfter returns a channel closed after d on the loop's clock, or when
+// ctx ends.
+func (l *Loop) clockAfter(ctx context.Context, d time.Duration) <-chan struct{} {
+	c := make(chan struct{})
+	go func() {
+		_ = l.clock.Sleep(ctx, d)
+		close(c)
+	}()
+	return c
+}
+
+// follow acknowledges the state read, then applies and acknowledges watch
+// events until something breaks: the lease or the registration is lost, or
+// a watch ends (compaction, lost leader, closed channel).
+func (l *Loop) follow(ctx context.Context, reg *registration, ka <-chan *clientv3.LeaseKeepAliveResponse, ws *watchSet) error {
+	if err := l.ack(ctx, reg); err != nil {
+		return err
+	}
+	sctx, scancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer scancel()
+	statusTick := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for l.clock.Sleep(sctx, l.cfg.StatusInterval) == nil {
+			select {
+			case statusTick <- struct{}{}:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case _, ok := <-ka:
+			if !ok {
+				return errLeaseLost
+			}
+		case m := <-ws.events:
+			batch := []watchMsg{m}
+		drain:
+			for len(batch) < 256 {
+				select {
+				case m := <-ws.events:
+					batch = append(batch, m)
+				default:
+					break drain
+				}
+			}
+			broken := l.handleWatch(ctx, batch)
+			if err := l.ack(ctx, reg); err != nil {
+				return err
+			}
+			if broken != nil {
+				return broken
+			}
+		case <-l.kick:
+			if err := l.ack(ctx, reg); err != nil {
+				return err
+			}
+		case <-statusTick:
+			if err := l.ack(ctx, reg); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// handleWatch folds a batch of watch responses into the layers and applies
+// the result once. A closed, cancelled or compacted watch is returned as
+// errResync after what arrived before it is applied.
+func (l *Loop) handleWatch(ctx context.Context, batch []watchMsg) error {
+	var maxRev int64
+	var broken error
+	changed := false
+	for _, m := range batch {
+		var why error
+		switch {
+		case m.closed:
+			why = fmt.Errorf("%w: watch channel closed", errResync)
+		case m.resp.CompactRevision != 0:
+			why = fmt.Errorf("%w: revision compacted at %d", errResync, m.resp.CompactRevision)
+		case m.resp.Canceled || m.resp.Err() != nil:
+			why = fmt.Errorf("%w: %v", errResync, m.resp.Err())
+		}
+		if why != nil {
+			if broken == nil { // the first reason is the cause
+				broken = why
+			}
+			continue
+		}
+		for _, ev := range m.resp.Events {
+			var value []byte
+			if ev.Type != clientv3.EventTypeDelete {
+				value = ev.Kv.Value
+			}
+			if l.setLayer(string(ev.Kv.Key), value, ev.Kv.ModRevision, false) {
+				maxRev = max(maxRev, ev.Kv.ModRevision)
+				changed = true
+			}
+		}
+	}
+	if changed {
+		l.applyMu.Lock()
+		l.applyLayersLocked(ctx, maxRev, false)
+		l.applyMu.Unlock()
+	}
+	return broken
+}
+
+// readAt reads every desired-state key at revision rev in one Txn, and
+// applies the merge.
+func (l *Loop) readAt(ctx context.Context, rev int64) error {
+	rctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
+	defer cancel()
+	ops := make([]clientv3.Op, len(l.keys))
+	for i, k := range l.keys {
+		ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev))
+	}
+	resp, err := l.cli.Txn(rctx).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("reading desired state at revision %d: %w", rev, err)
+	}
+	for i, k := range l.keys {
+		var value []byte
+		if kvs := resp.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 {
+			value = kvs[0].Value
+		}
+		l.setLayer(k, value, rev, true)
+	}
+	l.applyMu.Lock()
+	l.applyLayersLocked(ctx, rev, true)
+	l.applyMu.Unlock()
+	return nil
+}
+
+// setLayer records one scope's document as of rev. Unless force (a read of
+// the whole state), a value at or below the layer's known revision is a
+// repeat and is dropped. A document that does not decode keeps the scope's
+// last good layer and records why. It reports whether the layer was
+// considered.
+func (l *Loop) setLayer(key string, value []byte, rev int64, force bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !force && rev <= l.layerRev[key] {
+		return false
+	}
+	l.layerRev[key] = rev
+	if len(value) == 0 {
+		delete(l.layers, key)
+		delete(l.layerErrs, key)
+		return true
+	}
+	var doc api.Document
+	err := json.Unmarshal(value, &doc)
+	if err == nil {
+		delete(l.layerErrs, key)
+		l.layers[key] = doc.State
+		return true
+	}
+	l.layerErrs[key] = fmt.Sprintf("%s at revision %d: not a desired-state document (%v); keeping the last good one", key, rev, err)
+	return true
+}

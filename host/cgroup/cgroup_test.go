@@ -513,3 +513,44 @@ func readFile(t *testing.T, path string) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+// TestRestoreFromAnotherGoroutine: with go-plugin the spawner only regains
+// control after the handshake, so restore may be called from elsewhere; it
+// still moves the spawner thread back, and only once.
+func TestRestoreFromAnotherGoroutine(t *testing.T) {
+	m := newTestManager(t, "")
+	g, err := m.Create("restore", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSpawner(t)
+	cmd := exec.Command("sleep", "1000")
+	var restore func() error
+	var tid int
+	var before []byte
+	s.do(func() {
+		tid = unix.Gettid()
+		before, _ = os.ReadFile(fmt.Sprintf("/proc/self/task/%d/cgroup", tid))
+		if restore, err = g.PrepareSpawn(cmd); err == nil {
+			err = cmd.Start()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if err := g.Verify(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := restore(); err != nil {
+		t.Fatal(err)
+	}
+	if err := restore(); err != nil {
+		t.Fatalf("second restore: %v", err)
+	}
+	var after []byte
+	s.do(func() { after, _ = os.ReadFile(fmt.Sprintf("/proc/self/task/%d/cgroup", tid)) })
+	if string(before) != string(after) {
+		t.Fatalf("spawner thread not restored:\nbefore %s\nafter %s", before, after)
+	}
+}

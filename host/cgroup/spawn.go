@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -15,9 +16,15 @@ import (
 // PrepareSpawn arranges for the next process cmd starts to begin life inside
 // the group. It must run on the host's spawner thread (a goroutine locked to
 // its OS thread with runtime.LockOSThread before its first PrepareSpawn, and
-// never unlocked), and restore must be called on that same thread as soon as
-// cmd.Start (or go-plugin's Client.Start) has returned, whether it failed or
-// not.
+// never unlocked), and restore must be called as soon as cmd.Start (or
+// go-plugin's Client.Start) has returned, whether it failed or not. restore
+// may run on any goroutine (it names the spawner thread by its id), and a
+// second call does nothing and returns the first call's result.
+//
+// go-plugin's Client.Start returns only after the plugin's handshake, so on
+// v1 the spawner thread stays in the plugin's groups until then. That is
+// harmless: the thread only waits, its little CPU time counts against the
+// plugin's quota, and it takes one of the plugin's tasks (pids).
 //
 // v2: sets cmd.SysProcAttr.UseCgroupFD and CgroupFD (clone3 with
 // CLONE_INTO_CGROUP); restore closes the descriptor.
@@ -52,14 +59,7 @@ func (g *Group) prepareV2(cmd *exec.Cmd) (func() error, error) {
 	}
 	cmd.SysProcAttr.UseCgroupFD = true
 	cmd.SysProcAttr.CgroupFD = fd
-	closed := false
-	return func() error {
-		if closed {
-			return nil
-		}
-		closed = true
-		return unix.Close(fd)
-	}, nil
+	return sync.OnceValue(func() error { return unix.Close(fd) }), nil
 }
 
 func (g *Group) prepareV1() (func() error, error) {
@@ -92,7 +92,7 @@ func (g *Group) prepareV1() (func() error, error) {
 		}
 		moved = append(moved, move{ctl, back})
 	}
-	return restore, nil
+	return sync.OnceValue(restore), nil
 }
 
 func writeTask(dir string, tid int) error {

@@ -330,6 +330,24 @@ func TestCallbackPanicIsContained(t *testing.T) {
 	}
 }
 
+func TestAddAgainKeepsState(t *testing.T) {
+	g, clock, _ := newGov(t, Config{})
+	p := g.Add("procmon", limits(t, breaker.ProfileNormal))
+	p.AttachSource(1, newSource(clock, 50))
+	for range 4 {
+		clock.Advance(g.Config().Interval)
+		g.Sample()
+	}
+	again := g.Add("procmon", limits(t, breaker.ProfileStrict))
+	if again != p || p.Limits().CPUPercent != 5 || p.Status().Breaker.State != breaker.Open {
+		t.Fatalf("Add again: same handle %v, limits %+v, state %s", again == p, p.Limits(), p.Status().Breaker.State)
+	}
+	g.Remove("procmon")
+	if g.Plugin("procmon") != nil || len(g.Status().Plugins) != 0 {
+		t.Fatal("plugin still registered after Remove")
+	}
+}
+
 func TestSummary(t *testing.T) {
 	g, clock, _ := newGov(t, Config{})
 	p := g.Add("netmon", limits(t, breaker.ProfileStrict))

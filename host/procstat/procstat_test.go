@@ -107,6 +107,18 @@ func TestTreeFixture(t *testing.T) {
 	if got != want {
 		t.Errorf("Tree = %+v, want %+v", got, want)
 	}
+	p, err := Open("testdata/proc", 4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	one, err := p.Sample()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wantOne := (Sample{CPU: 3100 * time.Millisecond, Own: 3 * time.Second, RSS: 2560 * pageSize, Procs: 1}); one != wantOne {
+		t.Errorf("Proc.Sample = %+v, want %+v", one, wantOne)
+	}
 }
 
 // TestProcRealProcess samples a real busy child and checks that its CPU time

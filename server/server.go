@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/internal/version"
 	"github.com/vigil-hids/vigil/server/auth"
@@ -67,6 +68,10 @@ type Config struct {
 	EtcdMaxRequestBytes uint
 	// TLS is the API's CA (for client certificates), certificate and key.
 	TLS pki.Files
+	// MetricsListen, if set, also serves /metrics alone over plain HTTP
+	// there, for a Prometheus without a client certificate. The metrics
+	// carry label values and counts, never host names.
+	MetricsListen string
 	// Insecure serves plain HTTP without authentication, treating every
 	// caller as an admin named "anonymous". Loopback addresses only.
 	Insecure bool
@@ -92,6 +97,11 @@ func (c Config) Validate() error {
 	if c.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			errs = append(errs, fmt.Errorf("listen must be HOST:PORT (got %q)", c.Listen))
+		}
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			errs = append(errs, fmt.Errorf("metrics-listen must be HOST:PORT (got %q)", c.MetricsListen))
 		}
 	}
 	if len(c.EtcdEndpoints) == 0 && c.DataDir == "" {
@@ -151,6 +161,8 @@ type Server struct {
 	metrics *metrics.Metrics
 	http    *http.Server
 	ln      net.Listener
+	mhttp   *http.Server
+	mln     net.Listener
 	started time.Time
 
 	leader    atomic.Bool
@@ -254,6 +266,14 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		}
 		s.ln = tls.NewListener(s.ln, tc)
 	}
+	if cfg.MetricsListen != "" {
+		if s.mln, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			return s, fmt.Errorf("server: listening on %s for metrics: %w", cfg.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+		s.mhttp = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(3)
@@ -264,6 +284,15 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		}
 	}()
 	go func() { defer s.wg.Done(); s.replicaLoop(runCtx) }()
+	if s.mhttp != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.mhttp.Serve(s.mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.errc <- fmt.Errorf("server: serving metrics: %w", err)
+			}
+		}()
+	}
 	go func() { defer s.wg.Done(); s.healthLoop(runCtx) }()
 	if s.embed != nil {
 		s.wg.Add(1)
@@ -279,6 +308,14 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	close(s.ready)
 	s.log.Info("serving", "listen", s.Addr(), "insecure", cfg.Insecure, "etcd", endpoints)
 	return s, nil
+}
+
+// MetricsAddr is the plain /metrics address, "" if not enabled.
+func (s *Server) MetricsAddr() string {
+	if s.mln == nil {
+		return ""
+	}
+	return s.mln.Addr().String()
 }
 
 // Addr is the API's address (useful with port 0).
@@ -310,6 +347,11 @@ func (s *Server) Close() {
 			cancel()
 		} else if s.ln != nil {
 			_ = s.ln.Close()
+		}
+		if s.mhttp != nil {
+			_ = s.mhttp.Close()
+		} else if s.mln != nil {
+			_ = s.mln.Close()
 		}
 		if s.cancel != nil {
 			s.cancel()

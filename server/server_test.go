@@ -22,7 +22,7 @@ func startReplica(t *testing.T, id string, endpoints []string) *Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := Start(ctx, Config{ID: id, Listen: "127.0.0.1:0", EtcdEndpoints: endpoints, Insecure: true,
+	s, err := Start(ctx, Config{ID: id, Listen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", EtcdEndpoints: endpoints, Insecure: true,
 		CheckPlugin: catalog.Validate, LeaseTTL: 2 * time.Second, AggregateInterval: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +42,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func scrape(t *testing.T, s *Server) string {
 	t.Helper()
-	resp, err := http.Get("http://" + s.Addr() + "/metrics")
+	resp, err := http.Get("http://" + s.MetricsAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +81,11 @@ func TestReplicasElectOneLeader(t *testing.T) {
 	m := scrape(t, b)
 	if strings.Contains(m, "vigil_hosts_online{") || !strings.Contains(m, "vigil_server_leader 0") {
 		t.Fatalf("follower exports fleet gauges:\n%s", m)
+	}
+	if resp, err := http.Get("http://" + a.Addr() + "/metrics"); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/metrics on the API address: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	if strings.Contains(scrape(t, a), "web-1") {
 		t.Fatal("a host name appears in /metrics")

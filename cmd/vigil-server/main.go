@@ -105,6 +105,7 @@ func newRoot() *cobra.Command {
 	fs := root.Flags()
 	fs.StringVar(&f.cfg.Listen, "listen", server.DefaultListen, "API address")
 	fs.StringVar(&f.cfg.ID, "id", "", "replica id (default host name and pid)")
+	fs.StringVar(&f.cfg.MetricsListen, "metrics-listen", "", "also serve /metrics alone over plain HTTP on this address (no client certificate needed)")
 	fs.BoolVar(&f.cfg.Insecure, "insecure", false, "development only: plain HTTP on loopback, every caller an admin named anonymous")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", server.DefaultLeaseTTL, "replica registration lease")
 	fs.DurationVar(&f.cfg.AggregateInterval, "aggregate-interval", server.DefaultAggregateInterval, "fleet aggregation and health check interval")

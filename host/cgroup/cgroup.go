@@ -218,12 +218,19 @@ func NewManager(cfg Config, log *slog.Logger) (*Manager, error) {
 			m.hiers[ctl] = hierarchy{mount: mount, base: m.basePath(own[ctl])}
 		}
 	}
-	for _, h := range m.hiers {
+	for ctl, h := range m.hiers {
 		if err := os.MkdirAll(filepath.Join(h.mount, h.base), 0o755); err != nil {
+			if ctl == ctlPids || ctl == ctlFreezer || (ctl == ctlCPUAcct && m.hiers[ctlCPU] != (hierarchy{})) {
+				// Optional on v1: go on without it.
+				m.log.Warn("cgroup controller unusable; going on without it", "controller", ctl, "err", err)
+				delete(m.hiers, ctl)
+				continue
+			}
 			return nil, fmt.Errorf("%w: creating parent group: %w", ErrUnavailable, err)
 		}
 	}
-	m.log.Info("cgroups in use", "mode", sys.Mode.String(), "version", m.version.String(), "parent", m.cfg.Parent)
+	m.log.Info("cgroups in use", "mode", sys.Mode.String(), "version", m.version.String(), "parent", m.cfg.Parent,
+		"controllers", m.controllers())
 	return m, nil
 }
 
@@ -542,4 +549,14 @@ func hasDir(entries []os.DirEntry) bool {
 		}
 	}
 	return false
+}
+
+// controllers lists the v1 hierarchies in use, or the v2 controllers.
+func (m *Manager) controllers() []string {
+	if m.version == V2 {
+		return m.sys.V2Controllers
+	}
+	out := keys(m.hiers)
+	slices.Sort(out)
+	return out
 }

@@ -61,7 +61,22 @@ func (g *Group) subsystems() ([]cgroup1.Subsystem, cgroup1.Path) {
 	}
 }
 
+// checkV1Controllers refuses a limit whose controller is not mounted, rather
+// than silently not applying it.
+func (g *Group) checkV1Controllers(l Limits) error {
+	need := map[string]bool{ctlCPU: l.CPUQuotaPercent > 0, ctlMemory: l.MemoryBytes > 0, ctlPids: l.Pids > 0}
+	for _, c := range []string{ctlCPU, ctlMemory, ctlPids} {
+		if _, ok := g.m.hiers[c]; need[c] && !ok {
+			return fmt.Errorf("%w: the %s controller is not mounted as cgroup v1", ErrUnavailable, c)
+		}
+	}
+	return nil
+}
+
 func (g *Group) createV1(l Limits) error {
+	if err := g.checkV1Controllers(l); err != nil {
+		return err
+	}
 	subs, p := g.subsystems()
 	_, memsw := os.Stat(filepath.Join(filepath.Dir(g.dirs[ctlMemory]), "memory.memsw.limit_in_bytes"))
 	g.v1.swapFile = memsw == nil
@@ -106,6 +121,9 @@ func (g *Group) unlimitV1(l Limits) error {
 }
 
 func (g *Group) updateV1(l Limits) error {
+	if err := g.checkV1Controllers(l); err != nil {
+		return err
+	}
 	if err := g.v1.cg.Update(g.resourcesV1(l)); err != nil {
 		return err
 	}

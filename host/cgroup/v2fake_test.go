@@ -169,3 +169,45 @@ func TestUnavailable(t *testing.T) {
 		})
 	}
 }
+
+// TestV1FakeMissingCPU: a v1 host with memory and cpuacct but no cpu
+// controller. A quota cannot be applied there, and saying so beats silently
+// running the plugin unthrottled. Faked because this machine has every v1
+// controller.
+func TestV1FakeMissingCPU(t *testing.T) {
+	root := t.TempDir()
+	proc := filepath.Join(root, "proc")
+	for _, d := range []string{filepath.Join(root, "memory"), filepath.Join(root, "cpuacct"), filepath.Join(proc, "self")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mountinfo := "30 25 0:26 / " + root + "/memory rw - cgroup cgroup rw,memory\n" +
+		"31 25 0:27 / " + root + "/cpuacct rw - cgroup cgroup rw,cpuacct\n"
+	if err := os.WriteFile(filepath.Join(proc, "self", "mountinfo"), []byte(mountinfo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(proc, "self", "cgroup"), []byte("4:memory:/\n2:cpuacct:/\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := NewManager(Config{ProcRoot: proc}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Version() != V1 || m.System().Mode != ModeLegacy {
+		t.Fatalf("version %s mode %s", m.Version(), m.System().Mode)
+	}
+	if _, err := m.Create("quota", Limits{CPUQuotaPercent: 5}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("quota without the cpu controller: %v, want ErrUnavailable", err)
+	}
+	g, err := m.Create("mem", Limits{MemoryBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(root, "memory", "vigil", "mem", "memory.limit_in_bytes")); got != "67108864" {
+		t.Errorf("memory.limit_in_bytes = %q, want 67108864", got)
+	}
+	if err := g.Update(Limits{CPUQuotaPercent: 1}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Update with a quota: %v, want ErrUnavailable", err)
+	}
+}

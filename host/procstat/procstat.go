@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"time"
@@ -134,6 +135,27 @@ func ParseStat(b []byte, withComm bool) (Stat, error) {
 		return s, fmt.Errorf("%w: %d fields, want at least 24", ErrFormat, field)
 	}
 	return s, nil
+}
+
+// ReadStat reads and parses a stat file from r (at most 4 KiB are read; a
+// stat line is well under 1 KiB).
+func ReadStat(r io.Reader) (Stat, error) {
+	var buf [4096]byte
+	n, err := io.ReadFull(r, buf[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return Stat{}, fmt.Errorf("reading stat: %w", err)
+	}
+	return ParseStat(buf[:n], true)
+}
+
+// ReadStatm reads and parses a statm file from r.
+func ReadStatm(r io.Reader) (Statm, error) {
+	var buf [512]byte
+	n, err := io.ReadFull(r, buf[:])
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return Statm{}, fmt.Errorf("reading statm: %w", err)
+	}
+	return ParseStatm(buf[:n])
 }
 
 // Statm holds /proc/PID/statm, in pages.

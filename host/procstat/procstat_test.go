@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -52,6 +53,22 @@ func TestParseStat(t *testing.T) {
 				t.Errorf("ParseStat = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestReadFromReader(t *testing.T) {
+	f, err := os.Open("testdata/proc/4250/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := ReadStat(f)
+	if err != nil || st.PID != 4250 || st.Comm != "sh" || st.UTime != time.Second {
+		t.Fatalf("ReadStat = %+v, %v", st, err)
+	}
+	m, err := ReadStatm(strings.NewReader("500 256 100 5 0 50 0\n"))
+	if err != nil || m != (Statm{500, 256, 100}) {
+		t.Fatalf("ReadStatm = %+v, %v", m, err)
 	}
 }
 

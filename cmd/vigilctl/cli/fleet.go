@@ -137,7 +137,7 @@ func (b *bar) draw(p store.Progress, elapsed time.Duration) {
 		return
 	}
 	const width = 30
-	filled := width
+	filled := 0
 	if p.Targeted > 0 {
 		filled = int(int64(width) * p.Acknowledged / p.Targeted)
 	}

@@ -259,15 +259,12 @@ func (m *monitor) snapshot() (Stats, error) {
 
 	err := m.collect(b, &st)
 	if err != nil && !errors.Is(err, ErrBudget) {
-		// Keep the previous view: nothing is reported as new or closed.
-		m.listeners, m.prevListeners = m.prevListeners, m.listeners
-		m.lastComplete = false
 		m.c.dumpErrors.Add(1)
-		return st, err
 	}
-	st.Truncated = errors.Is(err, ErrBudget)
+	// A dump cut short, by the budget or an error, still reports what it
+	// saw; sockets it did not reach are not gone: they keep their state.
+	st.Truncated = err != nil
 	if st.Truncated {
-		// Sockets not reached this time are not gone: carry them over.
 		for k, v := range m.prevListeners {
 			if _, ok := m.listeners[k]; !ok {
 				m.listeners[k] = v
@@ -294,7 +291,10 @@ func (m *monitor) snapshot() (Stats, error) {
 		m.c.truncated.Add(1)
 	}
 	m.first = false
-	return st, nil
+	if errors.Is(err, ErrBudget) {
+		err = nil
+	}
+	return st, err
 }
 
 // collect dumps listeners, then UDP, then TCP connections, so a
@@ -417,6 +417,9 @@ func (m *monitor) attribute(b *budget, st *Stats) []int32 {
 		}
 	}
 	r := m.res.refresh(m.seen.current, m.wanted, b)
+	if !st.Truncated {
+		m.res.prune(m.seen.current, m.seen.live)
+	}
 	st.Scanned, st.Deferred = r.scanned, r.deferred
 	st.Misses = len(m.wanted)
 	m.c.misses.Add(uint64(len(m.wanted)))

@@ -176,6 +176,21 @@ func (r *resolver) refresh(isInet func(uint32) bool, wanted map[uint32]bool, b *
 	return res
 }
 
+// prune forgets inodes that are no longer sockets of the snapshot (a
+// process that closed them was not rescanned), once they are more than
+// half of the index, so a stale inode can never be reused for a wrong
+// answer and the index stays bounded.
+func (r *resolver) prune(isInet func(uint32) bool, live int) {
+	if len(r.owner) <= 2*live+1024 {
+		return
+	}
+	for ino := range r.owner {
+		if !isInet(ino) {
+			delete(r.owner, ino)
+		}
+	}
+}
+
 // listPids calls fn for every numeric entry of the procfs root.
 func (r *resolver) listPids(fn func(int32)) {
 	if _, err := unix.Seek(r.rootFD, 0, 0); err != nil {

@@ -80,6 +80,9 @@ type Config struct {
 	// AggregateInterval is how often the leader aggregates the fleet and
 	// every replica checks etcd's health.
 	AggregateInterval time.Duration
+	// DialTimeout bounds connecting to etcd; Start fails if etcd does not
+	// answer a read within twice this.
+	DialTimeout time.Duration
 	// ShutdownTimeout bounds graceful shutdown before connections are cut.
 	ShutdownTimeout time.Duration
 	// CheckPlugin checks plugin configs (plugins/catalog.Validate).
@@ -194,6 +197,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
 	if cfg.EtcdMaxRequestBytes == 0 {
 		cfg.EtcdMaxRequestBytes = etcdembed.DefaultMaxRequestBytes
 	}
@@ -227,7 +233,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		endpoints = []string{s.embed.Endpoint()}
 		s.log.Info("embedded etcd started", "endpoint", s.embed.Endpoint(), "data_dir", cfg.DataDir)
 	}
-	cc := clientv3.Config{Endpoints: endpoints, DialTimeout: DefaultDialTimeout, Logger: zap.NewNop(),
+	cc := clientv3.Config{Endpoints: endpoints, DialTimeout: cfg.DialTimeout, Logger: zap.NewNop(),
 		MaxCallSendMsgSize: int(cfg.EtcdMaxRequestBytes) + 64<<10}
 	if !etcdTLS.Empty() {
 		if cc.TLS, err = etcdTLS.ClientConfig(); err != nil {
@@ -243,7 +249,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	s.store = store.New(s.cli, store.Options{Keyspace: s.ks, Validate: cfg.CheckPlugin, MaxRequestBytes: int(cfg.EtcdMaxRequestBytes),
 		Now: cfg.Now, OnWrite: s.metrics.OnWrite, Index: s.index})
 	// One read proves etcd answers and that our credentials may read.
-	rctx, rcancel := context.WithTimeout(ctx, 2*DefaultDialTimeout)
+	rctx, rcancel := context.WithTimeout(ctx, 2*cfg.DialTimeout)
 	_, err = s.cli.Get(rctx, s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet}))
 	rcancel()
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/plugins/catalog"
+	"github.com/vigil-hids/vigil/server/etcdembed"
+	"github.com/vigil-hids/vigil/server/pki"
 	"go.uber.org/goleak"
 )
 
@@ -135,7 +138,7 @@ func TestStartValidatesAndCleansUp(t *testing.T) {
 	defer cancel()
 	ports, _ := etcdtest.FreePorts(1)
 	_, err := Start(ctx, Config{Listen: "127.0.0.1:0", EtcdEndpoints: []string{"http://127.0.0.1:" + itoa(ports[0])}, Insecure: true,
-		CheckPlugin: catalog.Validate})
+		CheckPlugin: catalog.Validate, DialTimeout: time.Second})
 	if err == nil || !strings.Contains(err.Error(), "reading etcd") {
 		t.Fatalf("Start without etcd = %v", err)
 	}
@@ -147,4 +150,44 @@ func TestStartValidatesAndCleansUp(t *testing.T) {
 func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// TestExternalEtcdWithTLS points the server at an etcd it did not start,
+// which requires client certificates, with --etcd-ca/--etcd-cert/--etcd-key.
+func TestExternalEtcdWithTLS(t *testing.T) {
+	dir := t.TempDir()
+	pd := filepath.Join(dir, "pki")
+	if _, err := pki.Init(pd, pki.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	files := func(n string) pki.Files {
+		return pki.Files{CA: filepath.Join(pd, "ca.crt"), Cert: filepath.Join(pd, n+".crt"), Key: filepath.Join(pd, n+".key")}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ext, err := etcdembed.Start(ctx, etcdembed.Config{DataDir: filepath.Join(dir, "etcd"), ClientURL: "http://127.0.0.1:0",
+		PeerURL: "http://127.0.0.1:0", TLS: files("server")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ext.Close()
+	// Without a client certificate the external etcd refuses the server.
+	_, err = Start(ctx, Config{Listen: "127.0.0.1:0", EtcdEndpoints: []string{ext.Endpoint()}, EtcdTLS: pki.Files{CA: files("server").CA},
+		TLS: files("server"), CheckPlugin: catalog.Validate, DialTimeout: time.Second})
+	if err == nil {
+		t.Fatal("started against a TLS etcd without a client certificate")
+	}
+	s, err := Start(ctx, Config{ID: "ext", Listen: "127.0.0.1:0", EtcdEndpoints: []string{ext.Endpoint()}, EtcdTLS: files("server"),
+		TLS: files("server"), CheckPlugin: catalog.Validate})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Store().SetStop(ctx, api.Scope{Kind: api.ScopeFleet}, true, "t", ""); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Status(ctx)
+	if err != nil || !st.Etcd.Healthy || !strings.HasPrefix(st.Etcd.Endpoints[0].Endpoint, "https://") {
+		t.Fatalf("status: %+v %v", st, err)
+	}
 }

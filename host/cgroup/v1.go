@@ -152,7 +152,9 @@ func (g *Group) killV1() error {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if frozen {
+	if g.v1.freezer {
+		// Thaw even when freezing timed out half way (FREEZING): a frozen
+		// task only dies of its SIGKILL once thawed.
 		err = errors.Join(err, setFreezer(g.dirs[ctlFreezer], "THAWED", time.Second))
 	}
 	return err

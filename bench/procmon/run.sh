@@ -11,16 +11,25 @@
 #    CPU and RSS.
 # 3. The same storm at the first rate with read_coalesce 0, the setting
 #    that favours enrichment of very short-lived processes over CPU.
-# 4. A soak at SOAK_RATE for SOAK (procmon only) for steady RSS.
+# 4. A storm of a dynamically linked /bin/true copy at DYN_RATE, a child
+#    that lives about a millisecond like real short commands, in both modes.
+# 5. An overload run: a 128 KiB socket buffer, one worker, a 1024-event
+#    queue and 50 ms pauses between reads, so events are lost on purpose and
+#    the loss counters can be checked against the generated execs.
+# 6. A soak at SOAK_RATE for SOAK (procmon only) for steady RSS.
 #
-# Environment: RATES (default "5000 20000"), DURATION (20s), SOAK (10m,
-# empty to skip), SOAK_RATE (2000), STORM_WORKERS (2).
+# Environment: RATES (default "5000 20000"), DURATION (20s), DYN_RATE
+# (1000), SOAK (10m, empty to skip), SOAK_RATE (2000), STORM_WORKERS (2),
+# ONLY (run only the named parts: micro rates coalesce dyn overload soak).
 set -eu
 
 RATES=${RATES:-"5000 20000"}
 DURATION=${DURATION:-20s}
 SOAK=${SOAK-10m}
 SOAK_RATE=${SOAK_RATE:-2000}
+DYN_RATE=${DYN_RATE:-1000}
+ONLY=${ONLY:-"micro rates coalesce dyn overload soak"}
+want() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 STORM_WORKERS=${STORM_WORKERS:-2}
 
 if [ "$(id -u)" != 0 ]; then
@@ -41,31 +50,43 @@ go build -o "$work/vigil-procmon" ./plugins/procmon/cmd/vigil-procmon
 go build -o "$work/driver" ./bench/procmon/driver
 cc -O2 -Wall -o "$work/storm" "$here/storm/storm.c"
 cc -O2 -static -nostdlib -o "$work/stormchild" "$here/storm/child.c"
+cp /bin/true "$work/dyntrue"
+drive() { "$work/driver" -plugin "$work/vigil-procmon" -storm "$work/storm" -workers "$STORM_WORKERS" "$@"; }
 uname -r
 nproc
 uptime
 
-echo "== micro-benchmarks =="
-go test -run '^$' -bench 'BenchmarkDecode' -benchtime 2s ./plugins/procmon/cnproc | grep -E '^Benchmark'
-go test -run '^$' -bench 'BenchmarkReadProcess' -benchtime 3000x ./plugins/procmon/procinfo | grep -E '^Benchmark'
-go test -run '^$' -bench 'BenchmarkExecEnrich' -benchtime 3000x ./plugins/procmon | grep -E '^Benchmark'
+if want micro; then
+	echo "== micro-benchmarks =="
+	go test -run '^$' -bench 'BenchmarkDecode' -benchtime 2s ./plugins/procmon/cnproc | grep -E '^Benchmark'
+	go test -run '^$' -bench 'BenchmarkReadProcess' -benchtime 3000x ./plugins/procmon/procinfo | grep -E '^Benchmark'
+	go test -run '^$' -bench 'BenchmarkExecEnrich' -benchtime 3000x ./plugins/procmon | grep -E '^Benchmark'
+fi
 
-first=""
-for rate in $RATES; do
-	[ -n "$first" ] || first=$rate
+first=${RATES%% *}
+if want rates; then
+	for rate in $RATES; do
+		echo
+		drive -target "$work/stormchild" -rate "$rate" -duration "$DURATION"
+	done
+fi
+if want coalesce; then
 	echo
-	"$work/driver" -plugin "$work/vigil-procmon" -storm "$work/storm" -target "$work/stormchild" \
-		-rate "$rate" -duration "$DURATION" -workers "$STORM_WORKERS"
-done
-
-echo
-echo "-- read_coalesce 0 (no batching of socket reads) --"
-"$work/driver" -plugin "$work/vigil-procmon" -storm "$work/storm" -target "$work/stormchild" \
-	-rate "$first" -duration "$DURATION" -workers "$STORM_WORKERS" -config '{"read_coalesce": "0s"}'
-
-if [ -n "$SOAK" ]; then
+	drive -target "$work/stormchild" -rate "$first" -duration "$DURATION" -config '{"read_coalesce": "0s"}'
+fi
+if want dyn; then
+	echo
+	drive -target "$work/dyntrue" -rate "$DYN_RATE" -duration "$DURATION"
+	echo
+	drive -target "$work/dyntrue" -rate "$DYN_RATE" -duration "$DURATION" -config '{"read_coalesce": "0s"}'
+fi
+if want overload; then
+	echo
+	drive -target "$work/stormchild" -rate "$first" -duration "$DURATION" -forkstat=false \
+		-config '{"receive_buffer": 65536, "workers": 1, "queue_size": 1024, "read_coalesce": "50ms"}'
+fi
+if want soak && [ -n "$SOAK" ]; then
 	echo
 	echo "-- soak: $SOAK at $SOAK_RATE execs/s, procmon only --"
-	"$work/driver" -plugin "$work/vigil-procmon" -storm "$work/storm" -target "$work/stormchild" \
-		-rate "$SOAK_RATE" -duration "$SOAK" -workers "$STORM_WORKERS" -forkstat=false -sample 10s
+	drive -target "$work/stormchild" -rate "$SOAK_RATE" -duration "$SOAK" -forkstat=false -sample 10s
 fi

@@ -274,6 +274,21 @@ func TestProcTableBounded(t *testing.T) {
 	if _, ok := tb.get(10000); ok {
 		t.Error("removed entry still there")
 	}
+	// A pid that exited and came back holds a new slot: its old slot
+	// coming round must not evict it.
+	tb = newProcTable(256)
+	tb.put(1, 0, []byte("/a"))
+	tb.remove(1)
+	for i := range 200 {
+		tb.put(int32(100+i), 1, []byte("/b"))
+	}
+	tb.put(1, 0, []byte("/c")) // slot 201
+	for i := range 100 {       // wraps past slot 0, where pid 1 used to be
+		tb.put(int32(1000+i), 1, []byte("/b"))
+	}
+	if e, ok := tb.get(1); !ok || e.exe != "/c" {
+		t.Errorf("re-added pid 1 evicted by its old slot: %+v %v", e, ok)
+	}
 }
 
 type discard struct{ recorder }

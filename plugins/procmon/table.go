@@ -20,6 +20,7 @@ type procTable struct {
 type procEntry struct {
 	ppid int32
 	exe  string
+	slot int32 // index in ring, so an old slot does not evict a newer entry
 }
 
 const maxInterned = 4096
@@ -52,11 +53,16 @@ func (t *procTable) put(pid, ppid int32, exe []byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e := procEntry{ppid: ppid, exe: t.intern(exe)}
-	if _, ok := t.entries[pid]; !ok {
+	if cur, ok := t.entries[pid]; ok {
+		e.slot = cur.slot
+	} else {
 		if old := t.ring[t.next]; old != 0 {
-			delete(t.entries, old)
+			if o, ok := t.entries[old]; ok && o.slot == int32(t.next) {
+				delete(t.entries, old)
+			}
 		}
 		t.ring[t.next] = pid
+		e.slot = int32(t.next)
 		t.next = (t.next + 1) % t.cap
 	}
 	t.entries[pid] = e

@@ -190,7 +190,7 @@ wait:
 	stormTime := time.Since(start)
 	cpu1, _ := cpuTicks(pid)
 	usr1, sys1, _ := cpuSplit(pid)
-	fmt.Printf("procmon CPU split during the storm: user %.2fs, system %.2fs\n", float64(usr1-usr0)/100, float64(sys1-sys0)/100)
+	bg.user, bg.sys = float64(usr1-usr0)/100, float64(sys1-sys0)/100
 	var fsCPU1 uint64
 	if fs != nil {
 		fsCPU1, _ = cpuTicks(fs.Process.Pid)
@@ -305,6 +305,8 @@ func parseForkstat(r io.Reader) []fsRec {
 type background struct {
 	cpuPct float64 // of one core
 	execs  float64 // per second
+	// user and sys are procmon's CPU seconds during the storm.
+	user, sys float64
 }
 
 type genRec struct {
@@ -410,7 +412,7 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 	fsCPUPct := 100 * float64(fsTicks) / 100 / stormTime.Seconds()
 	rssSteady, rssMax := steady(rss)
 	anonSteady, anonMax := steady(anon)
-	fmt.Printf("== procmon vs forkstat: asked %.0f execs/s for %s ==\n", *rate, duration.String())
+	fmt.Printf("== procmon vs forkstat: asked %.0f execs/s of %s for %s, config %s ==\n", *rate, filepath.Base(*target), duration.String(), *config)
 	fmt.Print(indent(stormOut))
 	fmt.Printf("%-44s %10d  (%.0f execs/s achieved)\n", "generated execs", n, achieved)
 	fmt.Printf("%-44s %10d  (%.3f%%)\n", "procmon captured", captured, pct(captured, n))
@@ -433,6 +435,7 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 	fmt.Printf("%-44s %9.1f%%  (%.2f%% per 1000 execs/s: %.0f/s storm + background)\n", "procmon CPU during the storm (of one core)",
 		cpuPct, cpuPct/(allExecs/1000), allExecs)
 	fmt.Printf("%-44s %9.2f%%  per 1000 storm execs/s\n", "procmon CPU for the storm alone", (cpuPct-bg.cpuPct)/(achieved/1000))
+	fmt.Printf("%-44s %7.2fs user, %.2fs system\n", "procmon CPU split during the storm", bg.user, bg.sys)
 	fmt.Printf("%-44s %7.1f MB before, %.1f MB steady (median of 2nd half), %.1f MB max, %d samples\n", "procmon RSS",
 		float64(rss0)/1024, float64(rssSteady)/1024, float64(rssMax)/1024, len(rss))
 	fmt.Printf("%-44s %7.1f MB steady, %.1f MB max\n", "procmon RssAnon (private memory)", float64(anonSteady)/1024, float64(anonMax)/1024)

@@ -25,6 +25,7 @@ import (
 
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/host/config"
+	"github.com/vigil-hids/vigil/host/control"
 	"github.com/vigil-hids/vigil/host/pipeline"
 	"github.com/vigil-hids/vigil/host/procstat"
 	"github.com/vigil-hids/vigil/host/sink"
@@ -32,6 +33,7 @@ import (
 	"github.com/vigil-hids/vigil/host/status"
 	"github.com/vigil-hids/vigil/host/supervisor"
 	"github.com/vigil-hids/vigil/internal/memtrim"
+	"github.com/vigil-hids/vigil/sdk"
 )
 
 // Options are what the caller injects.
@@ -58,6 +60,7 @@ type Agent struct {
 	metrics *http.Server
 	hb      *pipeline.HostEmitter
 	sinks   []string
+	ctl     *control.Loop
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -69,6 +72,10 @@ type Agent struct {
 	mu      sync.Mutex
 	desired api.DesiredState
 	rev     int64
+	// waiting holds the plugins at start while the fleet's desired state
+	// (or the persisted copy) is not yet known, so that a host under an
+	// emergency stop does not start its plugins for a moment at boot.
+	waiting bool
 	usage   map[string]usage // last CPU/RSS sample by plugin
 	self    usage
 }
@@ -172,6 +179,25 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		a.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = a.metrics.Serve(ln) }()
 	}
+	if cfg.Control != nil {
+		a.waiting = true
+		cc := cfg.ControlConfig(opts.Version)
+		a.ctl, err = control.Start(a.ctx, cc, a, opts.Log.With("component", "control"))
+		if err != nil {
+			return nil, err
+		}
+		// Neither etcd nor a persisted state after the grace period: run
+		// what the config file says, and converge when etcd answers.
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			select {
+			case <-a.ctx.Done():
+			case <-time.After(cc.OfflineGrace + 2*time.Second):
+				a.release()
+			}
+		}()
+	}
 	if err := a.sup.Set(a.specs()); err != nil {
 		return nil, err
 	}
@@ -199,6 +225,9 @@ func (a *Agent) Err() <-chan error { return a.errc }
 func (a *Agent) Close() error {
 	var errs []error
 	a.once.Do(func() {
+		if a.ctl != nil {
+			a.ctl.Close()
+		}
 		a.cancel()
 		if a.sup != nil {
 			a.sup.Close()
@@ -227,14 +256,29 @@ func (a *Agent) Close() error {
 	return errors.Join(errs...)
 }
 
-// gate holds every plugin while the emergency stop is in force.
+// gate holds every plugin while the emergency stop is in force, and at
+// boot until the desired state is known.
 func (a *Agent) gate(string) (string, time.Duration) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.desired.Stop != nil && *a.desired.Stop {
 		return "emergency stop", 0
 	}
+	if a.waiting {
+		return "waiting for the fleet's desired state", 0
+	}
 	return "", 0
+}
+
+// release lets the plugins start on whatever state is known now.
+func (a *Agent) release() {
+	a.mu.Lock()
+	was := a.waiting
+	a.waiting = false
+	a.mu.Unlock()
+	if was {
+		a.sup.Poke()
+	}
 }
 
 // specs lays the desired state over the config file's plugins.
@@ -279,7 +323,7 @@ func (a *Agent) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
 		}
 	}
 	a.mu.Lock()
-	a.desired, a.rev = ds, rev
+	a.desired, a.rev, a.waiting = ds, rev, false
 	a.mu.Unlock()
 	if err := a.sup.Set(a.specs()); err != nil {
 		errs = append(errs, err)
@@ -299,6 +343,23 @@ func (a *Agent) Status() map[string]api.PluginStatus {
 		out[s.Name] = api.PluginStatus{Version: s.Version, State: string(s.State), LastError: last, Restarts: s.Restarts}
 	}
 	return out
+}
+
+// RunTask runs a one-shot task from the fleet on its plugin (the control
+// loop's TaskRunner).
+func (a *Agent) RunTask(ctx context.Context, t api.Task) error {
+	p := a.sup.Plugin(t.Plugin)
+	if p == nil {
+		return fmt.Errorf("task %s: this host has no plugin %q", t.ID, t.Plugin)
+	}
+	res, err := p.Task(ctx, t.ID, t.Name, t.Args)
+	if err != nil {
+		return err
+	}
+	_ = a.hb.Emit(&sdk.Event{Type: "task_result", Severity: sdk.SevInfo, Fields: []sdk.Field{
+		sdk.String("task_id", t.ID), sdk.String("plugin", t.Plugin), sdk.String("task", t.Name), sdk.String("result", string(res)),
+	}})
+	return nil
 }
 
 // Supervisor returns the plugin supervisor (for tasks).
@@ -321,6 +382,13 @@ func (a *Agent) Snapshot() status.Snapshot {
 	snap := status.Snapshot{
 		Host: a.cfg.HostName, Version: a.opts.Version, PID: os.Getpid(), StartedAt: a.started,
 		Labels: a.cfg.Labels, CPUPercent: self.pct, RSSBytes: self.rss, Stopped: stopped, Sinks: a.sinks,
+	}
+	if a.ctl != nil {
+		cs := a.ctl.Status()
+		snap.Control = map[string]any{
+			"endpoints": a.cfg.Control.Endpoints, "connected": cs.Connected, "applied_revision": cs.Applied.Revision,
+			"applied_error": cs.Applied.Error, "from_disk": cs.FromDisk, "last_error": cs.LastError, "resyncs": cs.Resyncs,
+		}
 	}
 	for _, s := range a.sup.Status() {
 		st := stats[s.Name]

@@ -19,6 +19,7 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/host/control"
 	"github.com/vigil-hids/vigil/host/logging"
 	"github.com/vigil-hids/vigil/host/pipeline"
 	"github.com/vigil-hids/vigil/host/sink"
@@ -41,6 +42,10 @@ type Config struct {
 	Sinks      Sinks           `yaml:"sinks"`
 	Heartbeat  Heartbeat       `yaml:"heartbeat"`
 	Metrics    Metrics         `yaml:"metrics"`
+	// Control connects the host to its fleet (etcd); absent, the host runs
+	// standalone on this file alone. Its host, labels and state_dir default
+	// to the ones above.
+	Control *control.Config `yaml:"control"`
 }
 
 // Plugin is one plugin to run.
@@ -223,6 +228,11 @@ func (c Config) Validate() error {
 	if s.QuarantineAfter < 1 || s.QuarantineAfter > 100 {
 		bad("supervisor.quarantine_after must be between 1 and 100 (got %d)", s.QuarantineAfter)
 	}
+	if c.Control != nil {
+		if err := c.ControlConfig("").Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := c.Pipeline.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -238,6 +248,23 @@ func (c Config) Validate() error {
 		bad("sinks: set sinks.file or sinks.stdout: true, or events have nowhere to go")
 	}
 	return errors.Join(errs...)
+}
+
+// ControlConfig returns the control section with the host's name, labels,
+// state dir and version filled in where it leaves them empty.
+func (c Config) ControlConfig(version string) control.Config {
+	cc := *c.Control
+	if cc.Host == "" {
+		cc.Host = c.HostName
+	}
+	if cc.Labels == nil {
+		cc.Labels = c.Labels
+	}
+	if cc.StateDir == "" {
+		cc.StateDir = c.StateDir
+	}
+	cc.Version = version
+	return cc
 }
 
 // PluginConfigJSON returns a plugin's config as JSON (nil when absent).

@@ -26,10 +26,16 @@ func (l *Loop) applyLayersLocked(ctx context.Context, rev int64, force bool) {
 }
 
 // applyLocked applies merged at rev (unless unchanged and not forced),
-// records the acknowledgement, persists a state from etcd that the applier
-// fully accepted and schedules its tasks. Callers hold applyMu.
+// records the acknowledgement, persists the state from etcd and schedules
+// its tasks. Callers hold applyMu.
+//
+// The state is persisted even when the applier rejected part of it: the
+// rest is in force, and a host that reboots while etcd is down must come
+// back to what it was running, not to an older state (say, an emergency
+// stop since lifted) because a later document also named something it
+// refused. The rejected part is refused again on replay.
 func (l *Loop) applyLocked(ctx context.Context, rev int64, merged api.DesiredState, force, fromDisk bool, layerErrs ...string) {
-	persist := !fromDisk && len(layerErrs) == 0
+	persist := !fromDisk
 	l.mu.Lock()
 	changed := !l.hasMerged || !reflect.DeepEqual(l.merged, merged) || l.fromDisk != fromDisk
 	prevErr := l.applied.Error
@@ -57,7 +63,7 @@ func (l *Loop) applyLocked(ctx context.Context, rev int64, merged api.DesiredSta
 	}
 	l.mu.Unlock()
 
-	if persist && applyErr == "" && l.cfg.StateDir != "" && (changed || force) {
+	if persist && l.cfg.StateDir != "" && (changed || force) {
 		p := persisted{Revision: rev, SavedAt: l.clock.Now().UTC(), State: merged}
 		if err := saveDesired(l.cfg.StateDir, p); err != nil {
 			l.log.Error("persisting desired state", "err", err)

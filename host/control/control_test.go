@@ -243,8 +243,10 @@ func TestApplyRejectionReported(t *testing.T) {
 		r, _, _ := getReg(t, cli, ks.Agent("h1"))
 		return r.Applied.Revision == rev && strings.Contains(r.Applied.Error, "got loud")
 	})
-	if p, ok, _ := loadDesired(cfg.StateDir); ok && p.State.LogLevel == "loud" {
-		t.Fatalf("a rejected state was persisted as the last good one")
+	// What is in force is persisted, rejection and all: a reboot while etcd
+	// is down must come back to the newest state, not an older one.
+	if p, ok, _ := loadDesired(cfg.StateDir); !ok || p.Revision != rev {
+		t.Fatalf("persisted state is %+v (found %v), want revision %d", p, ok, rev)
 	}
 }
 

@@ -38,18 +38,18 @@ func TestPlugin(t *testing.T) {
 	})
 	al := h.WaitEvents(func(e sdktest.Event) bool {
 		return e.Type == RuleListenerUnexpected && e.Int("local_port") == port
-	}, 1, 20*time.Second)
+	}, 1, 30*time.Second)
 	if !al[0].Alert || al[0].Severity != sdk.SevWarning || al[0].Int("pid") != int64(os.Getpid()) {
 		t.Fatalf("alert: %v", al[0])
 	}
 	dial(t, "tcp6", l.Addr().String())
 	bl := h.WaitEvents(func(e sdktest.Event) bool {
 		return e.Type == RuleOutboundBlocklisted && e.Int("remote_port") == port
-	}, 1, 20*time.Second)
+	}, 1, 30*time.Second)
 	if bl[0].Severity != sdk.SevCritical || bl[0].Str("remote_addr") != "::1" || bl[0].Int("pid") != int64(os.Getpid()) {
 		t.Fatalf("blocklist alert: %v", bl[0])
 	}
-	h.WaitFor("snapshot counters", 10*time.Second, func() bool { return h.Counters()[CounterSnapshots] >= 2 })
+	h.WaitFor("snapshot counters", 30*time.Second, func() bool { return h.Counters()[CounterSnapshots] >= 2 })
 	if err := h.Stop(); err != nil {
 		t.Fatal(err)
 	}

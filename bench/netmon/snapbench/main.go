@@ -230,6 +230,7 @@ func run(duration, interval time.Duration, attribution bool, budget time.Duratio
 		log.Fatal(err)
 	}
 	defer m.Close()
+	fmt.Printf("established sockets before the run (ss -Htan state established): %d\n", established())
 	start := time.Now()
 	st, err := m.Snapshot()
 	if err != nil {
@@ -266,7 +267,17 @@ func run(duration, interval time.Duration, attribution bool, budget time.Duratio
 	}
 	fmt.Printf("steady process CPU: %s over %s = %.3f%% of one core (target <= 1%% at 10,000 connections)\n",
 		cpu.Round(time.Millisecond), wall.Round(time.Millisecond), 100*float64(cpu)/float64(wall))
+	fmt.Printf("established sockets after the run: %d\n", established())
 	fmt.Printf("RSS now %s, peak (VmHWM) %s (target <= 30 MB at 100,000 connections); events emitted %d\n", rss, hwm, em.n)
+}
+
+// established counts the established TCP sockets with ss.
+func established() int {
+	out, err := exec.Command("ss", "-Htan", "state", "established").Output()
+	if err != nil {
+		log.Fatalf("ss: %v", err)
+	}
+	return strings.Count(string(out), "\n")
 }
 
 func status(key string) string {

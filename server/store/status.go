@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 )
 
 // Member is one etcd member as the cluster lists it.
@@ -43,11 +45,16 @@ type ClusterStatus struct {
 	Healthy     bool   `json:"healthy"`
 }
 
+// EndpointTimeout bounds each endpoint's status request.
+const EndpointTimeout = 3 * time.Second
+
 // Status asks every endpoint for its status and the cluster for its
 // members and alarms. Unreachable endpoints are reported, not fatal.
 func (s *Store) Status(ctx context.Context) (ClusterStatus, error) {
 	st := ClusterStatus{Alarms: []string{}}
-	ml, err := s.cli.MemberList(ctx)
+	mctx, mcancel := context.WithTimeout(ctx, EndpointTimeout)
+	ml, err := s.cli.MemberList(mctx)
+	mcancel()
 	if err != nil {
 		return st, fmt.Errorf("listing etcd members: %w", err)
 	}
@@ -57,31 +64,51 @@ func (s *Store) Status(ctx context.Context) (ClusterStatus, error) {
 		st.Members = append(st.Members, Member{ID: fmt.Sprintf("%x", m.ID), Name: m.Name,
 			ClientURLs: m.ClientURLs, PeerURLs: m.PeerURLs, Learner: m.IsLearner})
 	}
-	for _, ep := range s.cli.Endpoints() {
-		e := Endpoint{Endpoint: ep}
-		r, err := s.cli.Status(ctx, ep)
-		if err != nil {
-			e.Err = err.Error()
-		} else {
-			e.MemberID = fmt.Sprintf("%x", r.Header.MemberId)
-			e.Version = r.Version
-			e.DBSize = r.DbSize
-			e.DBSizeUsed = r.DbSizeInUse
-			e.Leader = fmt.Sprintf("%x", r.Leader)
-			e.RaftTerm = r.RaftTerm
-			e.Revision = r.Header.Revision
-			e.Errors = r.Errors
-			if r.Leader != 0 {
-				st.Leader = names[r.Leader]
-				st.Healthy = true
+	// Each endpoint is asked in parallel with its own bound: a dead member
+	// must not use up the caller's deadline for the living ones.
+	eps := s.cli.Endpoints()
+	st.Endpoints = make([]Endpoint, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ectx, cancel := context.WithTimeout(ctx, EndpointTimeout)
+			defer cancel()
+			e := Endpoint{Endpoint: ep}
+			if r, err := s.cli.Status(ectx, ep); err != nil {
+				e.Err = err.Error()
+			} else {
+				e.MemberID = fmt.Sprintf("%x", r.Header.MemberId)
+				e.Version = r.Version
+				e.DBSize = r.DbSize
+				e.DBSizeUsed = r.DbSizeInUse
+				e.Leader = fmt.Sprintf("%x", r.Leader)
+				e.RaftTerm = r.RaftTerm
+				e.Revision = r.Header.Revision
+				e.Errors = r.Errors
 			}
-			if r.DbSize > st.DBSize {
-				st.DBSize = r.DbSize
-			}
-		}
-		st.Endpoints = append(st.Endpoints, e)
+			st.Endpoints[i] = e
+		}()
 	}
-	al, err := s.cli.AlarmList(ctx)
+	wg.Wait()
+	ids := map[string]uint64{}
+	for id := range names {
+		ids[fmt.Sprintf("%x", id)] = id
+	}
+	for _, e := range st.Endpoints {
+		if e.Err != "" {
+			continue
+		}
+		if id := ids[e.Leader]; id != 0 {
+			st.Leader = names[id]
+			st.Healthy = true
+		}
+		st.DBSize = max(st.DBSize, e.DBSize)
+	}
+	actx, cancel := context.WithTimeout(ctx, EndpointTimeout)
+	defer cancel()
+	al, err := s.cli.AlarmList(actx)
 	if err != nil {
 		st.AlarmsError = err.Error()
 	} else {

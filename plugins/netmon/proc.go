@@ -34,6 +34,7 @@ import (
 type proc struct {
 	start   uint64   // start time in clock ticks, to notice a reused pid
 	fdCount int64    // open files at the last scan (-1: never scanned)
+	size    int64    // open files now, for ordering scans
 	seen    uint32   // generation of the last /proc listing that had it
 	inodes  []uint32 // inet socket inodes it held at the last scan
 	exe     string
@@ -61,6 +62,7 @@ type resolver struct {
 	pathBuf []byte
 	found   []uint32
 	order   []int32
+	changed []int32
 
 	// cumulative statistics
 	scans   uint64
@@ -111,7 +113,6 @@ func (r *resolver) lookup(inode uint32) (int32, *proc) {
 type refreshResult struct {
 	scanned  int     // processes scanned
 	deferred int     // processes left for a later snapshot
-	fds      int     // fd links read
 	shells   []int32 // shells newly found holding inet sockets
 }
 
@@ -122,8 +123,7 @@ type refreshResult struct {
 func (r *resolver) refresh(isInet func(uint32) bool, wanted map[uint32]bool, b *budget) refreshResult {
 	var res refreshResult
 	r.gen++
-	r.order = r.order[:0]
-	newPids := 0
+	r.order, r.changed = r.order[:0], r.changed[:0]
 	r.listPids(func(pid int32) {
 		p := r.procs[pid]
 		if p == nil {
@@ -131,16 +131,17 @@ func (r *resolver) refresh(isInet func(uint32) bool, wanted map[uint32]bool, b *
 			r.procs[pid] = p
 		}
 		p.seen = r.gen
-		if p.fdCount < 0 {
-			r.order = append(r.order, pid)
-			newPids++
-			return
+		n, ok := r.fdCount(pid)
+		if !ok {
+			return // gone already
 		}
-		if n, ok := r.fdCount(pid); ok && n != p.fdCount {
+		p.size = n
+		switch {
+		case p.fdCount < 0:
+			r.order = append(r.order, pid)
+		case n != p.fdCount || p.dirty:
 			p.dirty = true
-		}
-		if p.dirty {
-			r.order = append(r.order, pid)
+			r.changed = append(r.changed, pid)
 		}
 	})
 	// Forget processes that are gone.
@@ -150,12 +151,13 @@ func (r *resolver) refresh(isInet func(uint32) bool, wanted map[uint32]bool, b *
 			delete(r.procs, pid)
 		}
 	}
-	// New processes first, then changed ones, smallest first, so a giant
-	// process does not starve the rest.
-	changed := r.order[newPids:]
-	slices.SortFunc(changed, func(a, b int32) int {
-		return int(r.procs[a].fdCount - r.procs[b].fdCount)
-	})
+	// New processes first, then changed ones, each smallest first, so a
+	// giant process does not starve the rest.
+	bySize := func(a, b int32) int { return int(r.procs[a].size - r.procs[b].size) }
+	slices.SortFunc(r.order, bySize)
+	slices.SortFunc(r.changed, bySize)
+	newPids := len(r.order)
+	r.order = append(r.order, r.changed...)
 	for i, pid := range r.order {
 		p := r.procs[pid]
 		if i >= newPids && !p.shell && len(wanted) == 0 {

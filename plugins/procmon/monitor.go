@@ -198,8 +198,10 @@ const readBufSize = 64 << 10
 // Ready is closed once the socket is subscribed.
 func (m *Monitor) Ready() <-chan struct{} { return m.ready }
 
-// Err delivers an error that stopped the monitor. Socket errors do not:
-// they are retried.
+// Err is closed when the monitor has stopped. Nothing but Close stops it:
+// socket errors are retried with backoff and worker panics restart the
+// worker, so no error is ever sent; the channel exists so an owner can
+// select on a monitor like on any other component.
 func (m *Monitor) Err() <-chan error { return m.errc }
 
 // Close stops the reader and the workers and waits for them. Events still

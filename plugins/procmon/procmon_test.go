@@ -423,3 +423,34 @@ func TestAllowRule(t *testing.T) {
 		}
 	}
 }
+
+func TestReconfigureWhileRunning(t *testing.T) {
+	h := startPlugin(t, `{}`)
+	// An invalid config is refused and the running one stays.
+	err := h.Configure(`{"queue_size": 12}`)
+	if err == nil || !strings.Contains(err.Error(), "procmon.queue_size must be between 1024 and 1048576 (got 12)") {
+		t.Fatalf("invalid config: err = %v", err)
+	}
+	pid := run(t, exec.Command("/bin/sleep", "0.1"))
+	h.WaitEvents(execOf(pid), 1, 10*time.Second)
+	// A valid one takes effect: exits are now emitted.
+	if err := h.Configure(`{"emit": ["exec", "exit"]}`); err != nil {
+		t.Fatal(err)
+	}
+	// Events arrive in batches, so look for the exit of any process
+	// started since the change.
+	pids := map[int64]bool{}
+	h.WaitFor("exit events after the config change", 10*time.Second, func() bool {
+		cmd := exec.Command("/bin/true")
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		pids[int64(cmd.Process.Pid)] = true
+		for _, e := range h.Events() {
+			if e.Type == "exit" && pids[e.Int("pid")] {
+				return e.Int("exit_code") == 0
+			}
+		}
+		return false
+	})
+}

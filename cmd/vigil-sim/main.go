@@ -24,6 +24,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -53,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed choosing the pushed hosts")
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file ('-' for stdout only)")
 	verbose := fs.Bool("v", false, "log the control loops' warnings to stderr")
+	gogc := fs.Int("gogc", 400, "garbage collector target percentage of the simulator process (memory is cheaper than CPU here)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -64,6 +68,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		o.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 
+	debug.SetGCPercent(*gogc)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sim, err := NewSim(ctx, o)

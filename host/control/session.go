@@ -1,11 +1,12 @@
 package control
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -20,7 +21,7 @@ import (
 type registration struct {
 	lease     clientv3.LeaseID
 	createRev int64
-	lastAck   []byte // the registration last written, without UpdatedAt
+	lastAck   *api.Registration // the registration last written
 }
 
 // session follows the desired state and holds the registration until the
@@ -164,7 +165,8 @@ func (l *Loop) register(ctx context.Context) (*registration, error) {
 }
 
 func (l *Loop) tryRegister(ctx context.Context, lease clientv3.LeaseID) (*registration, error) {
-	val, bare := l.registrationValue()
+	r := l.registrationValue()
+	val, _ := json.Marshal(r)
 	resp, err := l.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", 0)).
 		Then(clientv3.OpPut(l.key, string(val), clientv3.WithLease(lease))).
@@ -174,7 +176,7 @@ func (l *Loop) tryRegister(ctx context.Context, lease clientv3.LeaseID) (*regist
 		return nil, fmt.Errorf("registering %s: %w", l.key, err)
 	}
 	if resp.Succeeded {
-		return &registration{lease: lease, createRev: resp.Header.Revision, lastAck: bare}, nil
+		return &registration{lease: lease, createRev: resp.Header.Revision, lastAck: r}, nil
 	}
 	kvs := resp.Responses[0].GetResponseRange().Kvs
 	if len(kvs) == 0 {
@@ -200,7 +202,7 @@ func (l *Loop) tryRegister(ctx context.Context, lease clientv3.LeaseID) (*regist
 		l.revokeQuietly(clientv3.LeaseID(kv.Lease))
 	}
 	l.log.Info("reclaimed registration of an earlier run", "previous_pid", holder.Instance.PID)
-	return &registration{lease: lease, createRev: kv.CreateRevision, lastAck: bare}, nil
+	return &registration{lease: lease, createRev: kv.CreateRevision, lastAck: r}, nil
 }
 
 func (l *Loop) nameTaken(ctx context.Context, holder api.Registration, lease int64) error {
@@ -223,35 +225,45 @@ func (l *Loop) revokeQuietly(id clientv3.LeaseID) {
 	_, _ = l.cli.Revoke(ctx, id)
 }
 
-// registrationValue returns the registration to write and the same without
-// UpdatedAt (to tell whether anything changed).
-func (l *Loop) registrationValue() (val, bare []byte) {
+// registrationValue returns the registration to write.
+func (l *Loop) registrationValue() *api.Registration {
 	status := l.applier.Status()
 	l.mu.Lock()
-	r := api.Registration{
+	defer l.mu.Unlock()
+	return &api.Registration{
 		Host:      l.cfg.Host,
 		Version:   l.cfg.Version,
 		Labels:    l.cfg.Labels,
 		StartedAt: l.startedAt.UTC(),
+		UpdatedAt: l.clock.Now().UTC(),
 		Applied:   l.applied,
 		Stopped:   l.hasMerged && isStopped(l.merged),
 		Plugins:   status,
 		Instance:  l.instance,
 		Tasks:     append([]api.TaskResult(nil), l.results...),
 	}
-	l.mu.Unlock()
-	bare, _ = json.Marshal(r)
-	r.UpdatedAt = l.clock.Now().UTC()
-	val, _ = json.Marshal(r)
-	return val, bare
+}
+
+// sameReport reports whether two registrations say the same thing (all
+// but UpdatedAt; the rest of the value never changes within a run).
+func sameReport(a, b *api.Registration) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	return a.Applied == b.Applied && a.Stopped == b.Stopped &&
+		slices.Equal(a.Tasks, b.Tasks) && maps.Equal(a.Plugins, b.Plugins)
 }
 
 // ack writes the registration if it changed since the last write, only if
 // the key is still the one this session created, with the lease.
 func (l *Loop) ack(ctx context.Context, reg *registration) error {
-	val, bare := l.registrationValue()
-	if bytes.Equal(bare, reg.lastAck) {
+	r := l.registrationValue()
+	if sameReport(r, reg.lastAck) {
 		return nil
+	}
+	val, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("acknowledging: %w", err)
 	}
 	rctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
 	defer cancel()
@@ -267,6 +279,6 @@ func (l *Loop) ack(ctx context.Context, reg *registration) error {
 	case !resp.Succeeded:
 		return errRegistrationLost
 	}
-	reg.lastAck = bare
+	reg.lastAck = r
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/vigil-hids/vigil/api"
 )
@@ -65,7 +66,11 @@ func (l *Loop) openAndRead(ctx context.Context) (*watchSet, error) {
 }
 
 func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	// The host name in the metadata gives this host's watches a gRPC
+	// stream of their own even when the client is shared (vigil-sim), as
+	// on a real host: watch creations on one stream are serialised.
+	wctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(
+		clientv3.WithRequireLeader(ctx), "vigil-host", l.cfg.Host))
 	ws := &watchSet{events: make(chan watchMsg, len(l.keys)), cancel: cancel}
 	chans := make([]clientv3.WatchChan, len(l.keys))
 	for i, key := range l.keys {

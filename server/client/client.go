@@ -144,6 +144,12 @@ func (c *Client) Get(ctx context.Context, scope api.Scope) (store.Current, error
 	return out, c.do(ctx, "GET", "/v1/config", scopeQ(scope), nil, &out)
 }
 
+// Effective returns the desired state host derives (fleet ⊕ groups ⊕ host).
+func (c *Client) Effective(ctx context.Context, host string) (store.Effective, error) {
+	var out store.Effective
+	return out, c.do(ctx, "GET", "/v1/config/effective", url.Values{"host": {host}}, nil, &out)
+}
+
 // Set writes a JSON or YAML document to a scope. ifRevision, if not nil,
 // makes the write conditional on the scope's revision.
 func (c *Client) Set(ctx context.Context, scope api.Scope, doc []byte, comment string, ifRevision *int64) (store.Result, error) {

@@ -62,6 +62,7 @@ func New(opts Options) http.Handler {
 	h.mux.HandleFunc("GET /v1/agents/count", h.count)
 	h.mux.HandleFunc("GET /v1/config", h.configGet)
 	h.mux.HandleFunc("PUT /v1/config", h.configSet)
+	h.mux.HandleFunc("GET /v1/config/effective", h.effective)
 	h.mux.HandleFunc("GET /v1/config/history", h.history)
 	h.mux.HandleFunc("GET /v1/config/diff", h.diff)
 	h.mux.HandleFunc("POST /v1/config/rollback", h.rollback)
@@ -226,6 +227,28 @@ func (h *handler) configGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, cur)
+}
+
+// effective shows the desired state a host derives from its layers.
+func (h *handler) effective(w http.ResponseWriter, r *http.Request) {
+	host := r.URL.Query().Get("host")
+	var err error
+	if !api.ValidName(host) {
+		err = badRequest("host %q is not a valid host name", host)
+	}
+	if err == nil {
+		_, err = h.allow(r, auth.Read, api.Scope{Kind: api.ScopeHost, Host: host})
+	}
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	eff, err := h.opts.Store.Effective(r.Context(), host)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, eff)
 }
 
 // configSet reads a JSON or YAML document from the body. The optional

@@ -317,3 +317,31 @@ func TestWritesSurviveLeaderKill(t *testing.T) {
 		t.Fatalf("after restart: %+v %v", cur, err)
 	}
 }
+
+func TestEffective(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	cli := e.Client(t)
+	s := newStore(t, cli)
+	set := func(sc api.Scope, doc string) {
+		if _, err := s.Set(ctx(t), Write{Scope: sc, State: mustParse(t, doc), Author: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(api.Scope{Kind: api.ScopeFleet}, "log_level: info\nplugins: {procmon: {enabled: true, config: {queue_size: 2048}}}")
+	set(api.Scope{Kind: api.ScopeGroup, Label: "env", Value: "canary"}, "plugins: {procmon: {config: {queue_size: 8192}}}")
+	set(api.Scope{Kind: api.ScopeGroup, Label: "env", Value: "prod"}, "log_level: warning")
+	set(api.Scope{Kind: api.ScopeHost, Host: "web-1"}, "log_level: debug")
+	register(t, cli, "web-1", map[string]string{"env": "canary"}, 3)
+	eff, err := s.Effective(ctx(t), "web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !eff.Registered || eff.Applied != 3 || len(eff.Layers) != 3 || eff.Layers[1].Scope != "group:env=canary" ||
+		eff.State.LogLevel != "debug" || string(eff.State.Plugins["procmon"].Config) != `{"queue_size":8192}` || eff.Revision != eff.Layers[2].Revision {
+		t.Fatalf("effective = %+v", eff)
+	}
+	eff, err = s.Effective(ctx(t), "unregistered")
+	if err != nil || eff.Registered || len(eff.Layers) != 1 || eff.State.LogLevel != "info" {
+		t.Fatalf("unregistered = %+v %v", eff, err)
+	}
+}

@@ -136,6 +136,12 @@ func TestConfigSetHistoryDiffRollback(t *testing.T) {
 	if cur.Document.Author != "operator" {
 		t.Fatalf("author = %q", cur.Document.Author)
 	}
+	register(t, f, "web-9", map[string]string{"env": "canary"}, 0)
+	out = f.mustRun(t, "auditor", "", "config", "get", "--scope", "host:web-9", "--effective")
+	if !strings.Contains(out, "#   fleet seq 3") || !strings.Contains(out, "#   group:env=canary seq 1") ||
+		!strings.Contains(out, `"log_level": "debug"`) || !strings.Contains(out, `"interval": "10s"`) {
+		t.Fatalf("effective: %q", out)
+	}
 }
 
 func TestBadInputChangesNothing(t *testing.T) {

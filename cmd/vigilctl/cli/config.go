@@ -22,18 +22,40 @@ func (g *globals) configCmd() *cobra.Command {
 	c := &cobra.Command{Use: "config", Short: "Desired state per scope: get, set, history, diff, rollback"}
 	var scope string
 
+	var effective bool
 	get := &cobra.Command{
-		Use: "get", Short: "Show a scope's document", Args: cobra.NoArgs,
+		Use: "get", Short: "Show a scope's document (--effective: what a host derives from all its scopes)", Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			sc, err := api.ParseScope(scope)
 			if err != nil {
 				return err
+			}
+			if effective && sc.Kind != api.ScopeHost {
+				return errors.New("--effective needs --scope host:NAME")
 			}
 			cl, err := g.client()
 			if err != nil {
 				return err
 			}
 			defer cl.Close()
+			if effective {
+				eff, err := cl.Effective(g.ctx(c), sc.Host)
+				if err != nil {
+					return err
+				}
+				return g.emit(eff, func(w io.Writer) {
+					fmt.Fprintf(w, "# %s effective at revision %d (host applied %d", sc, eff.Revision, eff.Applied)
+					if !eff.Registered {
+						fmt.Fprint(w, "; not registered, so no group documents apply")
+					}
+					fmt.Fprintln(w, ")")
+					for _, l := range eff.Layers {
+						fmt.Fprintf(w, "#   %s seq %d revision %d\n", l.Scope, l.Seq, l.Revision)
+					}
+					b, _ := json.MarshalIndent(eff.State, "", "  ")
+					fmt.Fprintln(w, string(b))
+				})
+			}
 			cur, err := cl.Get(g.ctx(c), sc)
 			if err != nil {
 				return err
@@ -55,6 +77,7 @@ func (g *globals) configCmd() *cobra.Command {
 		},
 	}
 	scopeFlag(get, &scope)
+	get.Flags().BoolVar(&effective, "effective", false, "merge fleet, the host's groups and the host, as the host does")
 
 	var file, comment string
 	var ifRev int64

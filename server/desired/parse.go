@@ -24,8 +24,8 @@ var ErrInvalid = errors.New("desired: invalid document")
 // in an etcd request anyway.
 const MaxInput = 8 << 20
 
-// Parse decodes a desired-state document written as JSON (the first
-// non-blank character is '{') or YAML. Decoding is strict: unknown keys,
+// Parse decodes a desired-state document written as JSON (it starts with
+// '{' and a quoted key, see isJSON) or YAML. Decoding is strict: unknown keys,
 // duplicate keys, trailing data and several YAML documents are errors.
 func Parse(data []byte) (api.DesiredState, error) {
 	var st api.DesiredState
@@ -36,7 +36,7 @@ func Parse(data []byte) (api.DesiredState, error) {
 	if len(t) == 0 {
 		return st, fmt.Errorf("%w: empty document", ErrInvalid)
 	}
-	if t[0] == '{' {
+	if isJSON(t) {
 		if err := decodeJSON(t, &st); err != nil {
 			return api.DesiredState{}, fmt.Errorf("%w: JSON: %w", ErrInvalid, err)
 		}
@@ -50,6 +50,18 @@ func Parse(data []byte) (api.DesiredState, error) {
 		return api.DesiredState{}, fmt.Errorf("%w: YAML: %w", ErrInvalid, err)
 	}
 	return st, nil
+}
+
+// isJSON tells JSON from YAML: a JSON document starts with '{' followed by
+// a quoted key or '}'. A YAML flow mapping ({log_level: info}) has an
+// unquoted key and is read as YAML; a broken JSON document that YAML would
+// happen to accept ({"a": 1,}) is still refused as JSON.
+func isJSON(t []byte) bool {
+	if len(t) == 0 || t[0] != '{' {
+		return false
+	}
+	rest := bytes.TrimLeft(t[1:], " \t\r\n")
+	return len(rest) == 0 || rest[0] == '"' || rest[0] == '}'
 }
 
 func decodeJSON(data []byte, st *api.DesiredState) error {

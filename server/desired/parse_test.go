@@ -70,6 +70,16 @@ func TestParseFixtures(t *testing.T) {
 	}
 }
 
+func TestParseYAMLFlowMapping(t *testing.T) {
+	st, err := Parse([]byte("{log_level: debug, plugins: {procmon: {enabled: true}}}"))
+	if err != nil || st.LogLevel != "debug" || st.Plugins["procmon"].Enabled == nil {
+		t.Fatalf("flow mapping: %+v %v", st, err)
+	}
+	if _, err := Parse([]byte(`{"log_level": "debug",}`)); err == nil || !strings.Contains(err.Error(), "JSON: line 1 column") {
+		t.Fatalf("broken JSON must report the JSON error: %v", err)
+	}
+}
+
 func TestParseYAMLEqualsJSON(t *testing.T) {
 	y, err := Parse([]byte("plugins:\n  procmon:\n    config: {queue_size: 2048, mode: safe}\ntasks:\n- {id: a, plugin: procmon, name: n, spread: 1m}\n"))
 	if err != nil {

@@ -27,9 +27,9 @@ type Conn struct {
 	rerr    error
 	pending error
 	// recvmmsg state: one slot per datagram, gathered into buf.
-	slots []byte
-	iovs  [mmsgSlots]unix.Iovec
-	msgs  [mmsgSlots]unix.Mmsghdr
+	slots   []byte
+	iovs    [mmsgSlots]unix.Iovec
+	msgs    [mmsgSlots]unix.Mmsghdr
 	readFn  func(fd uintptr) bool
 	rcvBuf  int
 	forced  bool

@@ -30,7 +30,8 @@ trap cleanup EXIT
 in_ns() { ip netns exec "$NS" "$@"; }
 
 echo "== building"
-(cd "$REPO" && CGO_ENABLED=0 go build -o "$TMP/holder" ./bench/netmon/holder && CGO_ENABLED=0 go build -o "$TMP/snapbench" ./bench/netmon/snapbench)
+(cd "$REPO" && CGO_ENABLED=0 go build -o "$TMP/holder" ./bench/netmon/holder && CGO_ENABLED=0 go build -o "$TMP/snapbench" ./bench/netmon/snapbench &&
+	CGO_ENABLED=0 go build -o "$TMP/vigil-netmon" ./plugins/netmon/cmd/vigil-netmon)
 
 # netns makes a fresh namespace (so no TIME_WAIT sockets of an earlier
 # phase are left in the figures).
@@ -79,15 +80,17 @@ netns
 hold "$N"
 echo "== snapshot time at $N connections ($((2 * N)) established sockets on loopback)"
 in_ns "$TMP/snapbench" -mode compare -reps "$REPS"
-echo "== plugin loop at $N connections, ${DURATION}s, 5s interval, budget lifted so every snapshot is whole (RSS)"
+echo "== vigil-netmon plugin process at $N connections, default config, ${DURATION}s (RSS)"
+in_ns "$TMP/snapbench" -mode plugin -plugin "$TMP/vigil-netmon" -duration "${DURATION}s" -interval 5s
+echo "== in-process loop at $N connections, budget lifted so every snapshot is whole, ${DURATION}s"
 in_ns "$TMP/snapbench" -mode run -duration "${DURATION}s" -interval 5s -budget 1m
-echo "== plugin loop at $N connections, ${DURATION}s, 5s interval, default budget (what the plugin does on such a host)"
-in_ns "$TMP/snapbench" -mode run -duration "${DURATION}s" -interval 5s
 
 stop_holders
 netns
 hold "$STEADY_N"
-echo "== plugin loop at $STEADY_N connections, ${DURATION}s, 5s interval (steady CPU)"
+echo "== vigil-netmon plugin process at $STEADY_N connections, default config (5s interval), ${DURATION}s (steady CPU)"
+in_ns "$TMP/snapbench" -mode plugin -plugin "$TMP/vigil-netmon" -duration "${DURATION}s" -interval 5s
+echo "== in-process loop at $STEADY_N connections, ${DURATION}s (per-snapshot CPU)"
 in_ns "$TMP/snapbench" -mode run -duration "${DURATION}s" -interval 5s
 stop_holders
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -8,6 +8,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -31,7 +32,11 @@ func main() {
 	var held sync.Mutex
 	var conns []net.Conn
 	for i := range *ports {
-		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", *base+i))
+		// No keepalives: Go enables them by default, and 200,000 sockets
+		// probing every 15s overflow loopback's backlog until the kernel
+		// resets connections that missed their probes.
+		lc := net.ListenConfig{KeepAlive: -1}
+		l, err := lc.Listen(context.Background(), "tcp4", fmt.Sprintf("127.0.0.1:%d", *base+i))
 		if err != nil {
 			log.Fatalf("listen: %v", err)
 		}
@@ -60,7 +65,8 @@ func main() {
 				if i >= int64(*n) {
 					return
 				}
-				c, err := net.Dial("tcp4", lns[i%int64(len(lns))].Addr().String())
+				d := net.Dialer{KeepAlive: -1}
+				c, err := d.Dial("tcp4", lns[i%int64(len(lns))].Addr().String())
 				if err != nil {
 					log.Fatalf("dial %d: %v", i, err)
 				}

@@ -4,9 +4,13 @@
 //
 //	snapbench -mode compare -reps 7   # ss -tan, ss -tanp and netmon snapshots
 //	snapbench -mode run -duration 60s # the plugin loop: CPU share and RSS
+//	snapbench -mode plugin -plugin ./vigil-netmon -duration 60s
+//	                                  # the real plugin process, launched the
+//	                                  # way vigil-host does: its RSS and CPU
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log"
@@ -14,13 +18,18 @@ import (
 	"os/exec"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	hclog "github.com/hashicorp/go-hclog"
+	plugin "github.com/hashicorp/go-plugin"
+
 	"github.com/vigil-hids/vigil/plugins/netmon"
 	"github.com/vigil-hids/vigil/sdk"
+	"github.com/vigil-hids/vigil/sdk/pluginpb"
 )
 
 func main() {
@@ -30,6 +39,7 @@ func main() {
 	interval := flag.Duration("interval", 5*time.Second, "snapshot interval (run)")
 	attribution := flag.Bool("attribution", true, "attribute sockets to processes (run)")
 	budget := flag.Duration("budget", netmon.DefaultSnapshotBudget, "snapshot CPU budget (run)")
+	pluginPath := flag.String("plugin", "", "vigil-netmon binary (plugin)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *profile != "" {
@@ -47,6 +57,8 @@ func main() {
 		compare(*reps)
 	case "run":
 		run(*duration, *interval, *attribution, *budget)
+	case "plugin":
+		runPlugin(*pluginPath, *duration, *interval)
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}
@@ -159,51 +171,61 @@ func newMonitor(attribution bool) *netmon.Monitor {
 	return m
 }
 
+// compare alternates each ss run with the netmon snapshots it is compared
+// with, so both see the same load on a shared machine.
 func compare(reps int) {
 	var ssTan, ssTanp, cold, warm, coldAttr, warmAttr series
-	var last netmon.Stats
+	steady := newMonitor(false)
+	defer steady.Close()
+	_, plain := snapshot(steady)
 	for range reps {
 		ssTan = append(ssTan, ss("-tan"))
-	}
-	for range reps {
-		m := newMonitor(false)
-		s, _ := snapshot(m)
-		cold = append(cold, s)
-		s, last = snapshot(m)
+		s, _ := snapshot(steady)
 		warm = append(warm, s)
+		m := newMonitor(false)
+		s, _ = snapshot(m)
+		cold = append(cold, s)
 		m.Close()
 	}
+	steadyAttr := newMonitor(true)
+	defer steadyAttr.Close()
+	_, attr := snapshot(steadyAttr)
 	for range reps {
 		ssTanp = append(ssTanp, ss("-tanp"))
-	}
-	var lastAttr netmon.Stats
-	for range reps {
+		s, _ := snapshot(steadyAttr)
+		warmAttr = append(warmAttr, s)
 		m := newMonitor(true)
 		s, st := snapshot(m)
 		coldAttr = append(coldAttr, s)
-		lastAttr = st
-		s, _ = snapshot(m)
-		warmAttr = append(warmAttr, s)
+		attr = st
 		m.Close()
 	}
-	fmt.Printf("sockets in the dump: %d (listeners %d); attributed snapshot scanned %d processes, %d unattributed new sockets\n",
-		last.Sockets, last.Listeners, lastAttr.Scanned, lastAttr.Misses)
-	fmt.Printf("%-44s %12s %12s %12s\n", fmt.Sprintf("measurement (%d runs)", reps), "median wall", "min wall", "median cpu")
+	fmt.Printf("sockets in the dump: %d (listeners %d) at the start; %d with attribution at the end, which scanned %d processes and left %d new sockets unattributed\n",
+		plain.Sockets, plain.Listeners, attr.Sockets, attr.Scanned, attr.Misses)
+	fmt.Printf("%-48s %12s %12s %12s\n", fmt.Sprintf("measurement (%d runs, alternated)", reps), "median wall", "min wall", "median cpu")
 	row := func(name string, s series) {
 		md, mn := s.median(), s.min()
-		fmt.Printf("%-44s %12s %12s %12s\n", name, ms(md.wall), ms(mn.wall), ms(md.cpu))
+		fmt.Printf("%-48s %12s %12s %12s\n", name, ms(md.wall), ms(mn.wall), ms(md.cpu))
 	}
 	row("ss -tan > /dev/null", ssTan)
-	row("netmon snapshot, first (all sockets new)", cold)
-	row("netmon snapshot, next (steady)", warm)
+	row("netmon snapshot (steady)", warm)
+	row("netmon snapshot, first of a new monitor", cold)
 	row("ss -tanp > /dev/null", ssTanp)
+	row("netmon + attribution (steady, incremental)", warmAttr)
 	row("netmon + attribution, first (full /proc walk)", coldAttr)
-	row("netmon + attribution, next (incremental)", warmAttr)
-	fmt.Printf("ratio netmon steady / ss -tan (median wall): %.2f (target <= 0.50)\n", ratio(warm, ssTan))
-	fmt.Printf("ratio netmon first / ss -tan (median wall): %.2f\n", ratio(cold, ssTan))
-	fmt.Printf("ratio netmon+attribution first / ss -tanp (median wall): %.2f (target <= 1.00)\n", ratio(coldAttr, ssTanp))
-	fmt.Printf("ratio netmon+attribution next / ss -tanp (median wall): %.2f\n", ratio(warmAttr, ssTanp))
+	fmt.Printf("netmon steady / ss -tan: median wall %.2f, min wall %.2f, median cpu %.2f (target <= 0.50)\n",
+		ratio(warm, ssTan), minRatio(warm, ssTan), cpuRatio(warm, ssTan))
+	fmt.Printf("netmon first / ss -tan: median wall %.2f, min wall %.2f, median cpu %.2f\n",
+		ratio(cold, ssTan), minRatio(cold, ssTan), cpuRatio(cold, ssTan))
+	fmt.Printf("netmon+attribution first / ss -tanp: median wall %.2f, min wall %.2f, median cpu %.2f (target <= 1.00)\n",
+		ratio(coldAttr, ssTanp), minRatio(coldAttr, ssTanp), cpuRatio(coldAttr, ssTanp))
+	fmt.Printf("netmon+attribution steady / ss -tanp: median wall %.2f, min wall %.2f, median cpu %.2f\n",
+		ratio(warmAttr, ssTanp), minRatio(warmAttr, ssTanp), cpuRatio(warmAttr, ssTanp))
 }
+
+func minRatio(a, b series) float64 { return float64(a.min().wall) / float64(b.min().wall) }
+
+func cpuRatio(a, b series) float64 { return float64(a.median().cpu) / float64(b.median().cpu) }
 
 func ratio(a, b series) float64 { return float64(a.median().wall) / float64(b.median().wall) }
 
@@ -282,6 +304,93 @@ func established() int {
 
 func status(key string) string {
 	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
+}
+
+// runPlugin launches the plugin binary through go-plugin over gRPC as the
+// host does, configures it, reads its event stream for duration and
+// reports the plugin process's CPU share and RSS.
+func runPlugin(path string, duration, interval time.Duration) {
+	if path == "" {
+		log.Fatal("-plugin is required")
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.PluginSets(&sdk.GRPCPlugin{}),
+		Cmd:              exec.Command(path),
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
+	})
+	defer client.Kill()
+	rpc, err := client.Client()
+	if err != nil {
+		log.Fatalf("starting plugin: %v", err)
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		log.Fatal(err)
+	}
+	pc := raw.(pluginpb.PluginClient)
+	pid := client.ReattachConfig().Pid
+	ctx, cancel := context.WithTimeout(context.Background(), duration+time.Minute)
+	defer cancel()
+	cfg := fmt.Sprintf(`{"interval": %q}`, interval)
+	if _, err := pc.Configure(ctx, &pluginpb.ConfigureRequest{Config: []byte(cfg), LogLevel: "warn"}); err != nil {
+		log.Fatalf("configure: %v", err)
+	}
+	stream, err := pc.Run(ctx, &pluginpb.RunRequest{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var events, batches uint64
+	var counters map[string]uint64
+	var cpu0 time.Duration
+	var t0 time.Time
+	start := time.Now()
+	for time.Since(start) < duration {
+		b, err := stream.Recv()
+		if err != nil {
+			log.Fatalf("run stream: %v", err)
+		}
+		batches++
+		events += uint64(b.Count)
+		counters = b.Counters
+		if t0.IsZero() && counters[netmon.CounterSnapshots] >= 1 {
+			cpu0, t0 = procCPU(pid), time.Now() // steady from the first snapshot on
+		}
+	}
+	cpu, wall := procCPU(pid)-cpu0, time.Since(t0)
+	rss, hwm := procStatus(pid, "VmRSS"), procStatus(pid, "VmHWM")
+	fmt.Printf("plugin process %d: %d snapshots, %d events in %d batches, last snapshot %d sockets, %d µs cpu\n",
+		pid, counters[netmon.CounterSnapshots], events, batches, counters[netmon.CounterSockets], counters[netmon.CounterSnapshotCPU])
+	fmt.Printf("plugin CPU after the first snapshot: %s over %s = %.3f%% of one core\n",
+		cpu.Round(time.Millisecond), wall.Round(time.Millisecond), 100*float64(cpu)/float64(wall))
+	fmt.Printf("plugin RSS now %s, peak (VmHWM) %s; counters %v\n", rss, hwm, counters)
+	_, _ = pc.Shutdown(context.Background(), &pluginpb.ShutdownRequest{DeadlineUnixNano: time.Now().Add(5 * time.Second).UnixNano()})
+}
+
+// procCPU returns utime+stime of pid from /proc/PID/stat.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func procStatus(pid int, key string) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return "?"
 	}

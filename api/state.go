@@ -31,6 +31,9 @@ type PluginState struct {
 	Config json.RawMessage `json:"config,omitempty"`
 	// LogLevel is the plugin's log level.
 	LogLevel string `json:"log_level,omitempty"`
+	// Limits overrides the plugin's resource limits (breaker thresholds
+	// and cgroup quotas), e.g. {"profile":"strict"} or {"cpu_percent":3}.
+	Limits json.RawMessage `json:"limits,omitempty"`
 }
 
 // Task is a one-shot piece of work for a plugin. The host runs each ID at

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -26,6 +27,7 @@ import (
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/host/config"
 	"github.com/vigil-hids/vigil/host/control"
+	"github.com/vigil-hids/vigil/host/governor"
 	"github.com/vigil-hids/vigil/host/pipeline"
 	"github.com/vigil-hids/vigil/host/procstat"
 	"github.com/vigil-hids/vigil/host/sink"
@@ -61,6 +63,8 @@ type Agent struct {
 	hb      *pipeline.HostEmitter
 	sinks   []string
 	ctl     *control.Loop
+	gov     *governance
+	lock    *os.File
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -138,6 +142,19 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 	}
 	a.hb = a.pipe.HostEmitter(opts.Version)
 
+	// One host per run dir: the lock is taken before anything (cgroup
+	// cleanup above all) could touch another running host's plugins.
+	if a.lock, err = lockRunDir(cfg.RunDir); err != nil {
+		return nil, err
+	}
+	a.gov, err = startGovernance(a, func() {
+		if a.sup != nil {
+			a.sup.Poke()
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
 	a.spawner = spawn.New()
 	s := cfg.Supervisor
 	a.sup, err = supervisor.New(supervisor.Config{
@@ -149,7 +166,12 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		},
 		Log:     opts.PluginLog,
 		Spawner: a.spawner,
-		Hooks:   supervisor.Hooks{Gate: a.gate},
+		Hooks: supervisor.Hooks{
+			Gate:         a.gate,
+			PrepareSpawn: a.gov.prepareSpawn,
+			Started:      a.gov.started,
+			Exited:       a.gov.exited,
+		},
 		Events: func(name string) supervisor.EventSink {
 			return a.pipe.Register(name, "")
 		},
@@ -162,6 +184,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 			return nil, err
 		}
 		if err := opts.Registry.Register(supervisorCollector{a}); err != nil {
+			return nil, err
+		}
+		if err := opts.Registry.Register(governor.NewCollector(a.gov.gov)); err != nil {
 			return nil, err
 		}
 	}
@@ -233,6 +258,9 @@ func (a *Agent) Close() error {
 			a.sup.Close()
 		}
 		a.wg.Wait()
+		if a.gov != nil {
+			errs = append(errs, a.gov.close())
+		}
 		if a.metrics != nil {
 			_ = a.metrics.Close()
 		}
@@ -244,6 +272,9 @@ func (a *Agent) Close() error {
 		}
 		if a.spawner != nil {
 			a.spawner.Close()
+		}
+		if a.lock != nil {
+			a.lock.Close() // releases the flock
 		}
 		a.mu.Lock()
 		for _, u := range a.usage {
@@ -258,16 +289,17 @@ func (a *Agent) Close() error {
 
 // gate holds every plugin while the emergency stop is in force, and at
 // boot until the desired state is known.
-func (a *Agent) gate(string) (string, time.Duration) {
+func (a *Agent) gate(name string) (string, time.Duration) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.desired.Stop != nil && *a.desired.Stop {
+	stop, waiting := a.desired.Stop != nil && *a.desired.Stop, a.waiting
+	a.mu.Unlock()
+	switch {
+	case stop:
 		return "emergency stop", 0
-	}
-	if a.waiting {
+	case waiting:
 		return "waiting for the fleet's desired state", 0
 	}
-	return "", 0
+	return a.gov.allow(name)
 }
 
 // release lets the plugins start on whatever state is known now.
@@ -293,6 +325,7 @@ func (a *Agent) specs() []supervisor.Spec {
 			Enabled: &enabled, Config: p.PluginConfigJSON(), LogLevel: p.LogLevel,
 		}}}
 		eff := api.Merge(base, ds).Plugins[p.Name]
+		a.gov.apply(p.Name, eff.Limits)
 		out = append(out, supervisor.Spec{
 			Name: p.Name, Path: p.Path, SHA256: p.SHA256,
 			Enabled:  eff.Enabled == nil || *eff.Enabled,
@@ -320,6 +353,10 @@ func (a *Agent) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
 	for _, name := range names {
 		if !known[name] {
 			errs = append(errs, fmt.Errorf("plugin %q: this host has no binary for it", name))
+			continue
+		}
+		if _, err := a.gov.resolve(name, ds.Plugins[name].Limits); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	a.mu.Lock()
@@ -340,7 +377,8 @@ func (a *Agent) Status() map[string]api.PluginStatus {
 		if s.ConfigError != "" {
 			last = "config rejected: " + s.ConfigError
 		}
-		out[s.Name] = api.PluginStatus{Version: s.Version, State: string(s.State), LastError: last, Restarts: s.Restarts}
+		out[s.Name] = api.PluginStatus{Version: s.Version, State: string(s.State), LastError: last, Restarts: s.Restarts,
+			Breaker: a.gov.summary(s.Name)}
 	}
 	return out
 }
@@ -402,7 +440,7 @@ func (a *Agent) Snapshot() status.Snapshot {
 			LastError: s.LastError, ConfigError: s.ConfigError,
 			CPUPercent: u.pct, RSSBytes: u.rss,
 			Emitted: st.Emitted, Delivered: st.Delivered, Queued: st.Queued,
-			Dropped: st.Dropped, Counters: st.Counters,
+			Dropped: st.Dropped, Counters: st.Counters, Breaker: a.gov.summary(s.Name),
 		})
 	}
 	return snap
@@ -418,6 +456,10 @@ func (a *Agent) heartbeat() {
 	first := time.Duration(h.Sum64() % uint64(interval))
 	sample := time.NewTicker(5 * time.Second)
 	defer sample.Stop()
+	// Rate-limited events reach the flood breakers at least twice per
+	// governor sample, so a steady flood shows in every sample.
+	drops := time.NewTicker(min(time.Second, a.cfg.Governance.Interval/2))
+	defer drops.Stop()
 	beat := time.NewTimer(min(first, 10*time.Second))
 	defer beat.Stop()
 	a.sample()
@@ -425,6 +467,12 @@ func (a *Agent) heartbeat() {
 		select {
 		case <-a.ctx.Done():
 			return
+		case <-drops.C:
+			rl := map[string]uint64{}
+			for _, st := range a.pipe.Stats() {
+				rl[st.Plugin] = st.Dropped["rate_limited"]
+			}
+			a.gov.reportDrops(rl)
 		case <-sample.C:
 			a.sample()
 		case <-beat.C:
@@ -487,4 +535,22 @@ func measure(u usage, pid int, now time.Time) usage {
 	}
 	u.cpu, u.at, u.rss = s.CPU, now, s.RSS
 	return u
+}
+
+// lockRunDir takes an exclusive flock on run_dir/host.lock, so that a second
+// vigil-host on the same run dir refuses to start instead of disturbing the
+// first.
+func lockRunDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("run_dir: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "host.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("run_dir: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("run_dir %s: another vigil-host is running (%s is locked)", dir, f.Name())
+	}
+	return f, nil
 }

@@ -247,6 +247,13 @@ func TestHostKilledWithSIGKILLLeavesNoPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 	host := exec.Command(filepath.Join(binDir, "vigil-host"), "run", "-c", path)
+	var stderr strings.Builder
+	host.Stderr = &stderr
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("vigil-host stderr:\n%s", stderr.String())
+		}
+	})
 	if err := host.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -62,18 +62,15 @@ func (a *Agent) clockSince() float64 { return time.Since(a.started).Seconds() }
 var (
 	descState    = prometheus.NewDesc("vigil_plugin_up", "1 if the plugin is running.", []string{"plugin"}, nil)
 	descRestarts = prometheus.NewDesc("vigil_plugin_restarts_total", "Plugin restarts after a death.", []string{"plugin"}, nil)
-	descCPU      = prometheus.NewDesc("vigil_plugin_cpu_percent", "Plugin CPU use, percent of one core, last sample.", []string{"plugin"}, nil)
-	descRSS      = prometheus.NewDesc("vigil_plugin_rss_bytes", "Plugin resident memory.", []string{"plugin"}, nil)
 )
 
-// supervisorCollector exports plugin states without any per-host label.
+// supervisorCollector exports plugin states without any per-host label
+// (CPU and memory come from the governor's collector).
 type supervisorCollector struct{ a *Agent }
 
 func (c supervisorCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descState
 	ch <- descRestarts
-	ch <- descCPU
-	ch <- descRSS
 }
 
 func (c supervisorCollector) Collect(ch chan<- prometheus.Metric) {
@@ -84,7 +81,5 @@ func (c supervisorCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, up, p.Name)
 		ch <- prometheus.MustNewConstMetric(descRestarts, prometheus.CounterValue, float64(p.Restarts), p.Name)
-		ch <- prometheus.MustNewConstMetric(descCPU, prometheus.GaugeValue, p.CPUPercent, p.Name)
-		ch <- prometheus.MustNewConstMetric(descRSS, prometheus.GaugeValue, float64(p.RSSBytes), p.Name)
 	}
 }

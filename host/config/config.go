@@ -42,6 +42,7 @@ type Config struct {
 	Sinks      Sinks           `yaml:"sinks"`
 	Heartbeat  Heartbeat       `yaml:"heartbeat"`
 	Metrics    Metrics         `yaml:"metrics"`
+	Governance Governance      `yaml:"governance"`
 	// Control connects the host to its fleet (etcd); absent, the host runs
 	// standalone on this file alone. Its host, labels and state_dir default
 	// to the ones above.
@@ -71,6 +72,26 @@ type Supervisor struct {
 	BackoffMax      time.Duration `yaml:"backoff_max"`
 	YoungAge        time.Duration `yaml:"young_age"`
 	QuarantineAfter int           `yaml:"quarantine_after"`
+}
+
+// Governance puts each plugin in its own cgroup behind a circuit breaker,
+// and the whole agent behind the original design's rule.
+type Governance struct {
+	// Cgroups gives each plugin a cgroup with hard CPU and memory limits;
+	// false, or cgroups unusable, leaves breakers alone.
+	Cgroups      bool   `yaml:"cgroups"`
+	CgroupParent string `yaml:"cgroup_parent"`
+	// Interval is the sampling period; Profile the limits table row
+	// (normal or strict).
+	Interval time.Duration `yaml:"interval"`
+	Profile  string        `yaml:"profile"`
+	// AgentCPUPercent of one core, for AgentSamples samples in a row,
+	// stops every plugin until the next check window.
+	AgentCPUPercent float64 `yaml:"agent_cpu_percent"`
+	AgentSamples    int     `yaml:"agent_samples"`
+	// Plugins overrides limits by plugin name, e.g.
+	// procmon: {cpu_percent: 8, quota_memory_bytes: 104857600}.
+	Plugins map[string]map[string]any `yaml:"plugins"`
 }
 
 // Sinks says where events go.
@@ -111,6 +132,10 @@ func Default() Config {
 		Pipeline:  pipeline.Config{}.WithDefaults(),
 		Sinks:     Sinks{File: &sink.FileConfig{Path: sink.DefaultFilePath, MaxSizeMB: sink.DefaultFileMaxSizeMB}},
 		Heartbeat: Heartbeat{Interval: time.Minute},
+		Governance: Governance{
+			Cgroups: true, CgroupParent: "vigil", Interval: 3 * time.Second, Profile: "normal",
+			AgentCPUPercent: 5, AgentSamples: 4,
+		},
 	}
 }
 
@@ -224,6 +249,22 @@ func (c Config) Validate() error {
 	}
 	if s.BackoffMax < s.BackoffInitial {
 		bad("supervisor.backoff_max must be at least supervisor.backoff_initial (got %s < %s)", s.BackoffMax, s.BackoffInitial)
+	}
+	g := c.Governance
+	if g.Interval < 100*time.Millisecond || g.Interval > 10*time.Minute {
+		bad("governance.interval must be between 100ms and 10m0s (got %s)", g.Interval)
+	}
+	if g.Profile != "normal" && g.Profile != "strict" {
+		bad("governance.profile must be one of normal, strict (got %q)", g.Profile)
+	}
+	if g.AgentCPUPercent < 0.1 || g.AgentCPUPercent > 400 {
+		bad("governance.agent_cpu_percent must be between 0.1 and 400 (got %g)", g.AgentCPUPercent)
+	}
+	if g.AgentSamples < 1 || g.AgentSamples > 100 {
+		bad("governance.agent_samples must be between 1 and 100 (got %d)", g.AgentSamples)
+	}
+	if g.Cgroups && g.CgroupParent == "" {
+		bad("governance.cgroup_parent must be set when governance.cgroups is true")
 	}
 	if s.QuarantineAfter < 1 || s.QuarantineAfter > 100 {
 		bad("supervisor.quarantine_after must be between 1 and 100 (got %d)", s.QuarantineAfter)

@@ -54,6 +54,10 @@ import (
 // Clock is the source of time; tests inject a fake one.
 type Clock interface{ Now() time.Time }
 
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
 // Config configures the governor. Zero fields take the defaults below.
 type Config struct {
 	// Interval is the sampling period.
@@ -171,7 +175,7 @@ type prev struct {
 }
 
 // New validates cfg (after defaults) and returns a governor that is not
-// sampling yet.
+// sampling yet. A nil clock is the system clock.
 func New(cfg Config, clock Clock, log *slog.Logger) (*Governor, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -179,6 +183,9 @@ func New(cfg Config, clock Clock, log *slog.Logger) (*Governor, error) {
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
+	}
+	if clock == nil {
+		clock = systemClock{}
 	}
 	agentLimits := breaker.Limits{
 		CPUPercent:    cfg.AgentCPUPercent,

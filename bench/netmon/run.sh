@@ -26,6 +26,7 @@ cleanup() {
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 in_ns() { ip netns exec "$NS" "$@"; }
 
@@ -68,7 +69,12 @@ hold() {
 		left=$(( left - n )); i=$(( i + 1 ))
 	done
 	exec 8>"$TMP/in" 9<"$TMP/out"   # 8 keeps the holders' stdin open
-	for (( j = 0; j < i; j++ )); do read -r _ _ <&9; done
+	for (( j = 0; j < i; j++ )); do
+		if ! read -r -t 600 _ _ <&9; then
+			echo "a holder died or hung while connecting; alive: $(ps -o pid= -p "${HOLDER_PIDS[*]// /,}" | wc -l) of $i" >&2
+			exit 1
+		fi
+	done
 	exec 9<&-
 	echo "holders: $i processes holding $total connections"
 }

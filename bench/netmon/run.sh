@@ -59,23 +59,38 @@ stop_holders() {
 hold() {
 	stop_holders
 	local total=$1 left=$1 i=0 n
-	rm -f "$TMP/in" "$TMP/out"
-	mkfifo "$TMP/in" "$TMP/out"
+	local -a counts=()
+	rm -f "$TMP"/in "$TMP"/out.*
+	mkfifo "$TMP/in"
 	ulimit -n "$(ulimit -Hn)"
 	while (( left > 0 )); do
 		n=$(( left < PER_HOLDER ? left : PER_HOLDER ))
-		ip netns exec "$NS" "$TMP/holder" -n "$n" -base $(( 20001 + 10 * i )) <"$TMP/in" >"$TMP/out" &
-		HOLDER_PIDS+=($!)
+		counts+=("$n")
 		left=$(( left - n )); i=$(( i + 1 ))
 	done
-	exec 8>"$TMP/in" 9<"$TMP/out"   # 8 keeps the holders' stdin open
-	for (( j = 0; j < i; j++ )); do
-		if ! read -r -t 600 _ _ <&9; then
-			echo "a holder died or hung while connecting; alive: $(ps -o pid= -p "${HOLDER_PIDS[*]// /,}" | wc -l) of $i" >&2
-			exit 1
-		fi
+	spawn() { # spawn INDEX: (re)starts holder INDEX
+		ip netns exec "$NS" "$TMP/holder" -n "${counts[$1]}" -base $(( 20001 + 10 * $1 )) <"$TMP/in" >"$TMP/out.$1" &
+		HOLDER_PIDS[$1]=$!
+	}
+	for (( j = 0; j < i; j++ )); do spawn "$j"; done
+	exec 8>"$TMP/in"   # keeps the holders' stdin open
+	# Other engineers' jobs on this machine have been seen to kill stray
+	# processes; a holder that dies before it is ready is started again.
+	local ready deadline=$(( SECONDS + 900 ))
+	while :; do
+		ready=0
+		for (( j = 0; j < i; j++ )); do
+			if grep -q ready "$TMP/out.$j" 2>/dev/null; then
+				ready=$(( ready + 1 ))
+			elif ! kill -0 "${HOLDER_PIDS[$j]}" 2>/dev/null; then
+				echo "holder $j died before it was ready; starting it again" >&2
+				spawn "$j"
+			fi
+		done
+		(( ready == i )) && break
+		if (( SECONDS > deadline )); then echo "holders not ready after 15 minutes" >&2; exit 1; fi
+		sleep 1
 	done
-	exec 9<&-
 	echo "holders: $i processes holding $total connections"
 }
 

@@ -35,6 +35,7 @@ type Options struct {
 	LeaseTTL       time.Duration
 	RequestTimeout time.Duration
 	StatusInterval time.Duration
+	Spread         time.Duration
 	Scenarios      []string
 	Pushes         int
 	Offline        int
@@ -106,6 +107,7 @@ type Report struct {
 	Clients    int       `json:"clients"`
 	Groups     int       `json:"groups"`
 	LeaseTTL   string    `json:"lease_ttl"`
+	Spread     string    `json:"spread"`
 	Etcd       string    `json:"etcd"`
 	Results    []Result  `json:"results"`
 	Goroutines int       `json:"goroutines"`
@@ -175,7 +177,7 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 		o.Prefix = fmt.Sprintf("/vigil-sim-%d", time.Now().UnixNano())
 	}
 	s := &Sim{opts: o, log: o.Log, ks: api.NewKeyspace(o.Prefix)}
-	s.report = Report{Hosts: o.Hosts, Clients: o.Clients, Groups: o.Groups, LeaseTTL: o.LeaseTTL.String(), Started: time.Now().UTC()}
+	s.report = Report{Hosts: o.Hosts, Clients: o.Clients, Groups: o.Groups, LeaseTTL: o.LeaseTTL.String(), Spread: o.Spread.String(), Started: time.Now().UTC()}
 	s.eps = o.Endpoints
 	if len(s.eps) == 0 {
 		if err := s.startEtcd(); err != nil {
@@ -187,17 +189,23 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 	}
 	for i := 0; i <= o.Clients; i++ {
 		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:            s.eps,
-			DialTimeout:          10 * time.Second,
-			DialKeepAliveTime:    10 * time.Second,
-			DialKeepAliveTimeout: 5 * time.Second,
-			Logger:               zap.NewNop(),
-			MaxCallRecvMsgSize:   64 << 20,
+			Endpoints:   s.eps,
+			DialTimeout: 10 * time.Second,
+			// No keepalive pings on loopback: a ping answered late by a
+			// starved process would drop the connection of every host on
+			// this client at once.
+			Logger:             zap.NewNop(),
+			MaxCallRecvMsgSize: 64 << 20,
 		})
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("etcd client: %w", err)
 		}
+		// As host/control does for its own client: wait up to a TTL for
+		// a lease's first keepalive answer.
+		old := cli.Lease
+		cli.Lease = clientv3.NewLeaseFromLeaseClient(clientv3.RetryLeaseClient(cli), cli, o.LeaseTTL)
+		_ = old.Close()
 		if i == o.Clients {
 			s.admin = cli
 		} else {
@@ -300,6 +308,7 @@ func (s *Sim) startHosts(ctx context.Context) error {
 			LeaseTTL:       s.opts.LeaseTTL,
 			RequestTimeout: s.opts.RequestTimeout,
 			StatusInterval: s.opts.StatusInterval,
+			Spread:         s.opts.Spread,
 		}
 		l, err := control.Start(ctx, cfg, a, s.log, control.WithClient(s.clients[i%len(s.clients)]))
 		if err != nil {

@@ -46,6 +46,11 @@ type Config struct {
 	// OfflineGrace is how long the loop waits at start for etcd before it
 	// applies the desired state persisted under StateDir.
 	OfflineGrace time.Duration `yaml:"offline_grace"`
+	// Spread spreads the first registration, and the first retry after a
+	// registration is lost, over this window by a hash of the host name.
+	// Size it to the cell: hosts ÷ registrations per second etcd sustains
+	// (vigil-sim measures it). Zero: no spread.
+	Spread time.Duration `yaml:"spread"`
 	// StatusInterval is how often the plugins' status is polled; the
 	// registration is rewritten only when it changed.
 	StatusInterval time.Duration `yaml:"status_interval"`
@@ -128,6 +133,9 @@ func (c Config) Validate() error {
 	rng("backoff_max", c.BackoffMax, c.BackoffInitial, time.Hour)
 	rng("offline_grace", c.OfflineGrace, time.Millisecond, time.Minute)
 	rng("status_interval", c.StatusInterval, 100*time.Millisecond, time.Hour)
+	if c.Spread < 0 || c.Spread > time.Hour {
+		errs = append(errs, fmt.Errorf("control.spread must be between 0s and 1h0m0s (got %s)", c.Spread))
+	}
 	return errors.Join(errs...)
 }
 

@@ -218,6 +218,12 @@ func Start(ctx context.Context, cfg Config, applier Applier, log *slog.Logger, o
 		if err != nil {
 			return nil, fmt.Errorf("control: etcd client: %w", err)
 		}
+		// The client waits DialTimeout+1s for a lease's first keepalive
+		// answer before it declares the lease lost; a loaded etcd may
+		// take longer while the lease is still good for LeaseTTL.
+		old := cli.Lease
+		cli.Lease = clientv3.NewLeaseFromLeaseClient(clientv3.RetryLeaseClient(cli), cli, cfg.LeaseTTL)
+		_ = old.Close()
 		l.cli, l.ownClient = cli, true
 	}
 
@@ -283,11 +289,19 @@ func (l *Loop) close(revoke bool) {
 func (l *Loop) run() {
 	defer l.wg.Done()
 	defer l.catchPanic()
-	b := sdk.NewBackoff(l.cfg.Host+"/control", l.cfg.BackoffInitial, l.cfg.BackoffMax)
-	b.Clock = l.clock
+	b := l.backoff("control")
+	// The first registration is spread over Config.Spread by a hash of the
+	// host name, so that a cell's hosts starting together do not all hit
+	// etcd in the same instant.
+	if d := SpreadDelay(l.cfg.Host, "register", l.cfg.Spread); d > 0 {
+		if l.clock.Sleep(l.ctx, d) != nil {
+			return
+		}
+	}
 	for {
 		began := l.clock.Now()
 		err := l.session(l.ctx)
+		wasConnected := l.Status().Connected
 		l.setConnected(0)
 		if l.ctx.Err() != nil {
 			return
@@ -297,6 +311,11 @@ func (l *Loop) run() {
 			b.Reset() // a long good session starts the backoff over
 		}
 		d := b.Next()
+		if wasConnected {
+			// Losing a registration is often fleet-wide (etcd restarted or
+			// overloaded): come back at a moment of the spread window.
+			d = max(d, SpreadDelay(l.cfg.Host, "reconnect", l.cfg.Spread))
+		}
 		l.log.Warn("control session ended; reconnecting", "err", err, "retry_in", d)
 		if l.clock.Sleep(l.ctx, d) != nil {
 			return

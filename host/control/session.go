@@ -36,7 +36,7 @@ func (l *Loop) session(ctx context.Context) error {
 	}
 	defer func() { ws.close() }()
 
-	reg, err := l.register(ctx)
+	reg, err := l.registerHolding(ctx, ws)
 	if err != nil {
 		return err
 	}
@@ -50,10 +50,8 @@ func (l *Loop) session(ctx context.Context) error {
 		return fmt.Errorf("keeping lease alive: %w", err)
 	}
 
-	b := sdk.NewBackoff(l.cfg.Host+"/watch", l.cfg.BackoffInitial, l.cfg.BackoffMax)
-	b.Clock = l.clock
-	ab := sdk.NewBackoff(l.cfg.Host+"/ack", l.cfg.BackoffInitial, l.cfg.BackoffMax)
-	ab.Clock = l.clock
+	b := l.backoff("watch")
+	ab := l.backoff("ack")
 	for {
 		err := l.follow(ctx, reg, ka, ws)
 		switch {
@@ -96,6 +94,55 @@ func (l *Loop) session(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// registerHolding registers, retrying with backoff while it keeps the
+// watches open and applies what they deliver: a refused or failed attempt
+// costs etcd two small writes, not a new set of watches and reads.
+func (l *Loop) registerHolding(ctx context.Context, ws *watchSet) (*registration, error) {
+	b := l.backoff("register")
+	for {
+		reg, err := l.register(ctx)
+		if err == nil {
+			return reg, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		l.setError(err)
+		d := b.Next()
+		l.log.Warn("registering", "err", err, "retry_in", d)
+		if err := l.waitApplying(ctx, d, ws); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// waitApplying waits d while applying the watch events that arrive.
+func (l *Loop) waitApplying(ctx context.Context, d time.Duration, ws *watchSet) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	timer := l.clockAfter(wctx, d)
+	for {
+		select {
+		case <-timer:
+			return ctx.Err()
+		case m := <-ws.events:
+			if err := l.handleWatch(ctx, []watchMsg{m}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// backoff returns a capped exponential backoff with full jitter (a delay
+// anywhere between zero and the current step) drawn from a source seeded
+// by the host name, so that hosts failing together retry spread out.
+func (l *Loop) backoff(name string) *sdk.Backoff {
+	b := sdk.NewBackoff(l.cfg.Host+"/"+name, l.cfg.BackoffInitial, l.cfg.BackoffMax)
+	b.Clock = l.clock
+	b.Jitter = 1
+	return b
 }
 
 // sleepWithLease waits d while draining the keepalive channel.

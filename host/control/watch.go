@@ -232,7 +232,10 @@ func (l *Loop) readAt(ctx context.Context, rev int64) error {
 	defer cancel()
 	ops := make([]clientv3.Op, len(l.keys))
 	for i, k := range l.keys {
-		ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev))
+		// Serializable: the member reported rev, so it has applied it,
+		// and no round trip to the leader is needed (a member that has
+		// not, answers ErrFutureRev and the read is retried).
+		ops[i] = clientv3.OpGet(k, clientv3.WithRev(rev), clientv3.WithSerializable())
 	}
 	resp, err := l.cli.Txn(rctx).Then(ops...).Commit()
 	if err != nil {

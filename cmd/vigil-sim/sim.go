@@ -163,6 +163,7 @@ type Sim struct {
 	ks      api.Keyspace
 	hosts   []*host
 	report  Report
+	tmpDir  string // removed by Close
 }
 
 // NewSim starts etcd (unless endpoints are given) and the clients.
@@ -222,7 +223,7 @@ func (s *Sim) startEtcd() error {
 		if err != nil {
 			return err
 		}
-		dir = d
+		dir, s.tmpDir = d, d
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "vigil-sim"
@@ -276,6 +277,9 @@ func (s *Sim) Close() {
 	}
 	if s.etcd != nil {
 		s.etcd.Close()
+	}
+	if s.tmpDir != "" {
+		_ = os.RemoveAll(s.tmpDir)
 	}
 }
 

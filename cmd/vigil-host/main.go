@@ -57,7 +57,7 @@ func versionCmd() *cobra.Command {
 }
 
 func runCmd() *cobra.Command {
-	var path string
+	var path, hostName, logLevel string
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the host daemon in the foreground",
@@ -66,10 +66,22 @@ func runCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Flags override the file.
+			if hostName != "" {
+				cfg.HostName = hostName
+			}
+			if logLevel != "" {
+				cfg.Log.Level = logLevel
+			}
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("host config %s with flags: %w", path, err)
+			}
 			return run(cfg)
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "/etc/vigil/host.yaml", "host config file (YAML)")
+	cmd.Flags().StringVar(&hostName, "host-name", "", "override host_name")
+	cmd.Flags().StringVar(&logLevel, "log-level", "", "override log.level (emergency, alert, critical, error, warning, notice, info, debug)")
 	return cmd
 }
 
@@ -88,10 +100,11 @@ func run(cfg config.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	a, err := agent.Start(ctx, cfg, agent.Options{
-		Version:   version.Version,
-		Log:       log.Logger,
-		PluginLog: logging.HCLog(log.Logger, ""),
-		Registry:  reg,
+		Version:     version.Version,
+		Log:         log.Logger,
+		PluginLog:   logging.HCLog(log.Logger, ""),
+		Registry:    reg,
+		SetLogLevel: log.SetLevel,
 	})
 	if err != nil {
 		return err
@@ -138,12 +151,23 @@ func printStatus(s status.Snapshot) {
 	}
 	fmt.Printf("host %s  version %s  pid %d  up %s  cpu %.2f%%  rss %s%s\n",
 		s.Host, s.Version, s.PID, time.Since(s.StartedAt).Round(time.Second), s.CPUPercent, mib(s.RSSBytes), stopped)
-	fmt.Printf("sinks: %s\n\n", strings.Join(s.Sinks, ", "))
+	fmt.Printf("sinks: %s\n", strings.Join(s.Sinks, ", "))
+	if len(s.Control) > 0 {
+		fmt.Printf("fleet: connected=%v applied_revision=%v from_disk=%v", s.Control["connected"], s.Control["applied_revision"], s.Control["from_disk"])
+		if e, _ := s.Control["applied_error"].(string); e != "" {
+			fmt.Printf(" rejected: %s", e)
+		}
+		if e, _ := s.Control["last_error"].(string); e != "" {
+			fmt.Printf(" last error: %s", e)
+		}
+		fmt.Println()
+	}
+	fmt.Println()
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "PLUGIN\tVERSION\tSTATE\tPID\tRESTARTS\tCPU%\tRSS\tEMITTED\tDELIVERED\tQUEUED\tDROPPED")
+	fmt.Fprintln(w, "PLUGIN\tVERSION\tSTATE\tPID\tRESTARTS\tCPU%\tRSS\tEMITTED\tDELIVERED\tQUEUED\tDROPPED\tBREAKER")
 	for _, p := range s.Plugins {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%.2f\t%s\t%d\t%d\t%d\t%s\n", p.Name, p.Version, p.State, p.PID, p.Restarts,
-			p.CPUPercent, mib(p.RSSBytes), p.Emitted, p.Delivered, p.Queued, drops(p.Dropped))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%.2f\t%s\t%d\t%d\t%d\t%s\t%s\n", p.Name, p.Version, p.State, p.PID, p.Restarts,
+			p.CPUPercent, mib(p.RSSBytes), p.Emitted, p.Delivered, p.Queued, drops(p.Dropped), p.Breaker)
 	}
 	w.Flush()
 	for _, p := range s.Plugins {

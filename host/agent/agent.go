@@ -46,6 +46,9 @@ type Options struct {
 	PluginLog hclog.Logger
 	// Registry, if set, gets the host's Prometheus metrics.
 	Registry *prometheus.Registry
+	// SetLogLevel, if set, changes the host's log level at run time (a
+	// syslog level name); the fleet's desired state may set it.
+	SetLogLevel func(level string) error
 }
 
 // Agent is a running vigil-host.
@@ -357,6 +360,15 @@ func (a *Agent) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
 		}
 		if _, err := a.gov.resolve(name, ds.Plugins[name].Limits); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if a.opts.SetLogLevel != nil {
+		level := ds.LogLevel
+		if level == "" {
+			level = a.cfg.Log.Level
+		}
+		if err := a.opts.SetLogLevel(level); err != nil {
+			errs = append(errs, fmt.Errorf("log_level: %w", err))
 		}
 	}
 	a.mu.Lock()

@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,6 +88,13 @@ func TestFleetControlsTheRealHost(t *testing.T) {
 	if alive(pid) {
 		t.Fatalf("plugin %d still running under the emergency stop", pid)
 	}
+
+	// The host's log level follows the fleet; a bad one is refused by name.
+	rev = putScope(t, cli, api.Scope{Kind: api.ScopeFleet}, api.DesiredState{Stop: &stop, LogLevel: "loud"})
+	waitFor(t, "bad log level refused", func() bool {
+		r := registration(t, cli, host)
+		return r.Applied.Revision >= rev && strings.Contains(r.Applied.Error, "log_level")
+	})
 
 	// A refused config is reported in the registration, by plugin name.
 	rev = putScope(t, cli, api.Scope{Kind: api.ScopeHost, Host: host}, api.DesiredState{

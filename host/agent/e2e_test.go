@@ -82,7 +82,7 @@ func start(t testing.TB, cfg config.Config) *agent.Agent {
 		t.Fatal(err)
 	}
 	a, err := agent.Start(context.Background(), cfg, agent.Options{
-		Version: "test", Log: log.Logger, PluginLog: logging.HCLog(log.Logger, ""),
+		Version: "test", Log: log.Logger, PluginLog: logging.HCLog(log.Logger, ""), SetLogLevel: log.SetLevel,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -47,6 +47,9 @@ func (a *Agent) emitHeartbeat() {
 		for name, n := range p.Counters {
 			pf = append(pf, sdk.Int("counter_"+name, int64(n)))
 		}
+		if p.Breaker != "" {
+			pf = append(pf, sdk.String("breaker", p.Breaker))
+		}
 		if p.LastError != "" {
 			pf = append(pf, sdk.String("last_error", p.LastError))
 		}

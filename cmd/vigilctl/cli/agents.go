@@ -9,12 +9,15 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vigil-hids/vigil/api"
 )
 
 func (g *globals) agentsCmd() *cobra.Command {
 	c := &cobra.Command{Use: "agents", Short: "List and count registered hosts"}
 	var labels []string
 	var limit int
+	var broken bool
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List registered hosts",
@@ -29,11 +32,23 @@ func (g *globals) agentsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if broken {
+				kept := as[:0]
+				for _, a := range as {
+					if brokenPlugins(a.Plugins) != "" {
+						kept = append(kept, a)
+					}
+				}
+				as = kept
+			}
 			return g.emit(as, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "NAME\tVERSION\tLABELS\tAPPLIED\tSTOPPED\tUPDATED\tNOTE")
 				for _, a := range as {
 					note := a.Applied.Error
+					if b := brokenPlugins(a.Plugins); b != "" {
+						note = strings.TrimPrefix(note+"; "+b, "; ")
+					}
 					if a.Mismatch != "" {
 						note = "MISMATCH: " + a.Mismatch
 					}
@@ -46,6 +61,7 @@ func (g *globals) agentsCmd() *cobra.Command {
 	}
 	ls.Flags().StringArrayVar(&labels, "label", nil, "only hosts with label k=v (repeatable, all must match)")
 	ls.Flags().IntVar(&limit, "limit", 0, "list at most this many (0: all)")
+	ls.Flags().BoolVar(&broken, "broken", false, "only hosts with a plugin that is not running: breaker open, quarantined or failed (the NOTE says which and why)")
 	var clabels []string
 	var by string
 	count := &cobra.Command{
@@ -106,4 +122,25 @@ func joinLabels(m map[string]string) string {
 		parts = append(parts, k+"="+m[k])
 	}
 	return strings.Join(parts, ",")
+}
+
+// brokenPlugins names each plugin of a registration that is not running
+// normally, with its breaker or last error: "procmon: open: cpu (...)".
+func brokenPlugins(ps map[string]api.PluginStatus) string {
+	names := make([]string, 0, len(ps))
+	for n := range ps {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []string
+	for _, n := range names {
+		p := ps[n]
+		switch {
+		case p.Breaker != "" && p.Breaker != "closed":
+			out = append(out, n+": breaker "+p.Breaker)
+		case p.State == "quarantined" || p.State == "failed":
+			out = append(out, n+": "+p.State+": "+p.LastError)
+		}
+	}
+	return strings.Join(out, "; ")
 }

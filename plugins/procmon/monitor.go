@@ -262,11 +262,13 @@ func (m *Monitor) read(ctx context.Context) error {
 				m.c.decodeErrors.Add(1)
 				continue
 			}
-			if ev.What == cnproc.None {
-				continue
-			}
+			// Acknowledgements of other sockets' subscriptions take
+			// sequence numbers too, so they are observed before skipped.
 			if lost := m.deps.Seq.Observe(&ev); lost > 0 {
 				m.c.kernelLost.Add(lost)
+			}
+			if ev.What == cnproc.None {
+				continue
 			}
 			m.c.received.Add(1)
 			m.dispatch(&ev)

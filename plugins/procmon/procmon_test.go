@@ -203,7 +203,7 @@ func TestExecEnrichment(t *testing.T) {
 		})
 	}
 	c := h.Counters()
-	if c[CounterKernelLost] != 0 || c[CounterQueueDropped] != 0 {
+	if c[CounterOverruns] != 0 || c[CounterKernelLost] != 0 || c[CounterQueueDropped] != 0 {
 		t.Errorf("losses in a quiet test: %v", c)
 	}
 }
@@ -241,19 +241,26 @@ func TestContainerAttribution(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer removeCgroup(t, filepath.Join("/sys/fs/cgroup/pids", "vigil-test"))
-			// The shell joins the cgroup, then execs the command that
+			// The shell waits for the test to see its own exec (still on
+			// the host), then joins the cgroup and execs the command that
 			// procmon must attribute.
-			cmd := exec.Command("/bin/sh", "-c", "echo $$ > "+cg+"/cgroup.procs && exec /bin/sleep 1.5")
+			cmd := exec.Command("/bin/sh", "-c", "read go && echo $$ > "+cg+"/cgroup.procs && exec /bin/sleep 1.5")
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
 			pid := run(t, cmd)
+			sh := h.WaitEvents(func(e sdktest.Event) bool { return execOf(pid)(e) && e.Str("exe") == "/usr/bin/dash" }, 1, 10*time.Second)[0]
+			if sh.Str("container_id") != "" {
+				t.Errorf("shell attributed to container %q before it moved", sh.Str("container_id"))
+			}
+			if _, err := io.WriteString(stdin, "go\n"); err != nil {
+				t.Fatal(err)
+			}
 			evs := h.WaitEvents(func(e sdktest.Event) bool { return execOf(pid)(e) && e.Str("exe") == "/usr/bin/sleep" }, 1, 10*time.Second)
 			ev := evs[0]
 			if ev.Str("container_id") != id || ev.Str("container_runtime") != tt.runtime || ev.Str("pod_uid") != tt.pod {
 				t.Errorf("container_id %q runtime %q pod %q, want %q %q %q", ev.Str("container_id"), ev.Str("container_runtime"), ev.Str("pod_uid"), id, tt.runtime, tt.pod)
-			}
-			// The shell before the move is on the host.
-			sh := h.WaitEvents(func(e sdktest.Event) bool { return execOf(pid)(e) && e.Str("exe") == "/usr/bin/dash" }, 1, 10*time.Second)[0]
-			if sh.Str("container_id") != "" {
-				t.Errorf("shell attributed to container %q before it moved", sh.Str("container_id"))
 			}
 			_ = cmd.Process.Kill()
 			_ = cmd.Wait()

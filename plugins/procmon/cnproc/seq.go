@@ -20,10 +20,13 @@ type SeqTracker struct {
 }
 
 // Observe records ev's sequence number and returns how many events of its
-// CPU were lost just before it. Acknowledgements (None) carry no CPU
-// sequence and are ignored.
+// CPU were lost just before it. Feed it every message, acknowledgements
+// included: since Linux 5.x the kernel sends the acknowledgement of any
+// socket's (un)subscription to every listener through the same numbered
+// path, so it takes a sequence number like an event. An old-style
+// acknowledgement (CPU all ones) is not numbered and is ignored.
 func (t *SeqTracker) Observe(ev *Event) uint64 {
-	if ev.What == None || ev.CPU >= maxCPUs {
+	if ev.CPU >= maxCPUs {
 		return 0
 	}
 	cpu := int(ev.CPU)

@@ -55,6 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Offline, "offline", o.Offline, "hosts killed in the offline scenario")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed choosing the pushed hosts")
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file ('-' for stdout only)")
+	serveEtcd := fs.String("serve-etcd", "", "only run the embedded etcd (in this process, apart from the hosts) and write its client URL to this file; stop with SIGTERM")
 	verbose := fs.Bool("v", false, "log the control loops' warnings to stderr")
 	gogc := fs.Int("gogc", 400, "garbage collector target percentage of the simulator process (memory is cheaper than CPU here)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -85,6 +86,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *serveEtcd != "" {
+		return serveOnly(ctx, o, *serveEtcd, stderr)
+	}
 	sim, err := NewSim(ctx, o)
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil-sim:", err)
@@ -135,4 +139,22 @@ func printTable(w io.Writer, rep Report) {
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "process: %d goroutines at the end, max RSS %.0f MiB, CPU %.1f s\n", rep.Goroutines, rep.MaxRSSMB, rep.CPUSeconds)
+}
+
+// serveOnly runs the embedded etcd alone, so that a second vigil-sim
+// process can run the hosts against it: etcd then has its own Go runtime
+// and scheduler share, as on a real etcd server.
+func serveOnly(ctx context.Context, o Options, urlFile string, stderr io.Writer) int {
+	s := &Sim{opts: o}
+	if err := s.startEtcd(); err != nil {
+		fmt.Fprintln(stderr, "vigil-sim:", err)
+		return 2
+	}
+	defer s.Close()
+	if err := os.WriteFile(urlFile, []byte(s.eps[0]+"\n"), 0o644); err != nil {
+		fmt.Fprintln(stderr, "vigil-sim:", err)
+		return 2
+	}
+	<-ctx.Done()
+	return 0
 }

@@ -1,55 +1,72 @@
 // Package control is vigil-host's side of the fleet control plane: it
 // registers the host in etcd, follows the host's desired state and reports
-// back what it applied.
+// back what it applied. Start runs it; the host's plugin supervisor is the
+// Applier (and optionally the TaskRunner).
 //
-// # Registration
+// # One session
 //
-// The host's key is api.Keyspace.Agent(host). It is created in a Txn that
-// succeeds only if the key does not exist (CreateRevision == 0), with a
-// lease of Config.LeaseTTL kept alive by the client. A key that exists and
-// carries another agent's identity refuses the host with ErrNameTaken,
-// naming the holder, and the loop retries with backoff until the holder's
-// lease expires. A key carrying this agent's own identity (agent.id under
-// Config.StateDir, i.e. the same machine restarted while its old lease
-// lives) is reclaimed at once. A lost lease (the keepalive channel closes,
-// or a write reports the lease gone) ends the session; the loop grants a
-// new lease and registers again. Reconnects use capped exponential backoff
-// with jitter seeded by the host name (sdk.Backoff), so a fleet that lost
-// etcd at one instant does not come back in lock step.
+//  1. Watch the host's desired-state keys — the fleet key, one key per
+//     group label (api.GroupScopes order), the host key — created at the
+//     current revision with WithRequireLeader; the server reports the
+//     revision W each watch starts after.
+//  2. Read the same keys in one Txn at revision W (serializable: the member
+//     reported W so it has applied it), merge them with api.Merge, call
+//     Applier.Apply.
+//  3. Register: a Txn that creates api.Keyspace.Agent(host) only if it does
+//     not exist (CreateRevision == 0), with a lease of Config.LeaseTTL. The
+//     value already carries the applied revision, so registering is one
+//     write. A key that exists and carries another agent's identity refuses
+//     the host with ErrNameTaken, naming the holder and when its lease
+//     expires; the attempt is retried with backoff while the watches stay
+//     open and keep being applied. A key carrying this agent's own identity
+//     (agent.id under Config.StateDir: the same machine restarted while its
+//     old lease lives) is reclaimed at once and the old lease revoked.
+//  4. Keep the lease alive; apply each watch event; acknowledge.
 //
-// # Desired state
+// A lost lease (the keepalive channel closes, or a write reports the lease
+// gone) or a registration key replaced by someone else ends the session:
+// the loop starts a new one with capped exponential backoff with full
+// jitter seeded by the host name (sdk.Backoff), and at the earliest at the
+// host's moment of the Config.Spread window, so a cell whose hosts all lost
+// etcd at one instant does not come back in lock step. The first
+// registration is spread the same way.
 //
-// Level-triggered: on every (re)connect the loop reads the fleet, group
-// (api.GroupScopes order) and host documents in one Txn, at one revision,
-// merges them with api.Merge and calls Applier.Apply, then watches the same
-// keys from that revision + 1 with WithRequireLeader. Each watch event
-// updates one layer and the merge is applied again; a compacted revision,
-// a lost leader or a closed watch means a fresh read. Apply is called
+// # Level-triggered desired state
+//
+// A compacted revision, a lost leader or a closed watch means a fresh
+// read: new watches, a read at their revision, Apply. Events at or below a
+// layer's known revision are repeats and are dropped; every event changes
+// one layer and the merge is applied again if it changed. Apply is called
 // whenever the merged state changed and after every fresh read, so it must
 // be idempotent.
 //
-// Watch layout: a host watches only its own keys — the fleet key, one key
-// per group label, its host key — each as its own watch, all multiplexed
-// by the client on one gRPC stream. A fleet-wide change reaches N watchers
-// (one event each); a change for one host reaches one. A single prefix
-// watch on the config tree would instead send every host every other
-// host's changes (N² events), and a watch per plugin would multiply the
-// watcher count without need.
+// Watch layout: a host watches only its own keys, one watch per key, all
+// on one gRPC stream of its own (the host name in the stream's metadata
+// keeps it separate even when vigil-sim shares one client between hosts).
+// A fleet-wide change reaches N watchers, one event each; a change for one
+// host reaches one. A single prefix watch on the config tree would instead
+// send every host every other host's changes (N² events), and a watch per
+// plugin would multiply the watchers without need. Creating the watches at
+// the current revision and reading at the revision they report avoids
+// etcd's "unsynced" watchers (a watch from an older revision is caught up
+// by scanning history), which dominate a reconnect storm otherwise.
 //
 // # Acknowledgement
 //
 // After each apply the loop rewrites its registration value (with its
 // lease, and only if the key is still the one it created): the applied
 // revision, the rejection reported by Apply (plus any document that did not
-// decode), the stop flag, the plugins' status and the last task results.
-// Watch events that arrive together are applied and acknowledged once;
-// plugin status is polled every Config.StatusInterval and written only when
-// it changed.
+// decode; that scope keeps its last good layer), the stop flag, the
+// plugins' status and the last task results. Watch events that arrive
+// together are applied and acknowledged once; plugin status is polled every
+// Config.StatusInterval and written only when it changed. A failed
+// acknowledgement is retried with backoff and keeps the watches.
 //
 // # Offline
 //
-// Every state the applier accepted in full is persisted atomically
-// (desired.json under Config.StateDir). A host that cannot reach etcd
+// Every state read from etcd that the applier accepted in full is
+// persisted atomically (desired.json under Config.StateDir: temporary file,
+// fsync, rename, fsync of the directory). A host that cannot reach etcd
 // within Config.OfflineGrace of starting applies that state, so its plugins
 // run while the control plane is away (Elkeid stops all detection when its
 // server is unreachable; Vigil does not), and keeps trying to connect.

@@ -52,6 +52,9 @@ func (l *Loop) session(ctx context.Context) error {
 
 	b := l.backoff("watch")
 	ab := l.backoff("ack")
+	// An acknowledgement is what an operator waits for: retry it at least
+	// once per keepalive period even when etcd pushes back.
+	ab.Max = min(ab.Max, l.cfg.LeaseTTL/3)
 	for {
 		err := l.follow(ctx, reg, ka, ws)
 		switch {

@@ -132,8 +132,6 @@ type Plugin struct {
 	good     json.RawMessage // last config the plugin accepted
 	inst     *instance
 	quarGen  int // the spec generation that was quarantined or failed
-	blocked  bool
-	stopping bool
 }
 
 func newPlugin(m *Manager, spec Spec, events EventSink) *Plugin {

@@ -125,13 +125,13 @@ type Plugin struct {
 
 	wake chan struct{}
 
-	mu       sync.Mutex
-	spec     Spec
-	gen      int // bumped by each changed spec
-	status   Status
-	good     json.RawMessage // last config the plugin accepted
-	inst     *instance
-	quarGen  int // the spec generation that was quarantined or failed
+	mu      sync.Mutex
+	spec    Spec
+	gen     int // bumped by each changed spec
+	status  Status
+	good    json.RawMessage // last config the plugin accepted
+	inst    *instance
+	quarGen int // the spec generation that was quarantined or failed
 }
 
 func newPlugin(m *Manager, spec Spec, events EventSink) *Plugin {

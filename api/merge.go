@@ -61,6 +61,11 @@ func mergePlugin(base, over PluginState) PluginState {
 	} else {
 		base.Config = cloneRaw(base.Config)
 	}
+	if len(over.Limits) > 0 {
+		base.Limits = mergeJSON(base.Limits, over.Limits)
+	} else {
+		base.Limits = cloneRaw(base.Limits)
+	}
 	return base
 }
 

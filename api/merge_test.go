@@ -29,6 +29,14 @@ func TestMerge(t *testing.T) {
 				Plugins: map[string]PluginState{"procmon": {Enabled: ptr(true)}}},
 		},
 		{
+			name: "limits merge key by key like config",
+			layers: []DesiredState{
+				{Plugins: map[string]PluginState{"procmon": {Limits: json.RawMessage(`{"profile":"strict","cpu_percent":3}`)}}},
+				{Plugins: map[string]PluginState{"procmon": {Limits: json.RawMessage(`{"cpu_percent":4}`)}}},
+			},
+			want: DesiredState{Plugins: map[string]PluginState{"procmon": {Limits: json.RawMessage(`{"cpu_percent":4,"profile":"strict"}`)}}},
+		},
+		{
 			name: "narrower scope overrides stop, even to false",
 			layers: []DesiredState{
 				{Stop: ptr(true)},
@@ -182,7 +190,7 @@ func FuzzMergeConfig(f *testing.F) {
 	f.Add(`{}`, `{"a":{"b":{"c":1}}}`)
 	f.Fuzz(func(t *testing.T, base, over string) {
 		if !json.Valid([]byte(base)) || !json.Valid([]byte(over)) || len(over) == 0 {
-			t.Skip()
+			t.Skip("the fuzzer's inputs are not two JSON documents")
 		}
 		got := mergeJSON(json.RawMessage(base), json.RawMessage(over))
 		if !json.Valid(got) {

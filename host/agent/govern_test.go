@@ -1,12 +1,15 @@
 package agent_test
 
 import (
+	"context"
+	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/host/pipeline"
 	"github.com/vigil-hids/vigil/host/supervisor"
 )
@@ -154,5 +157,26 @@ func TestAgentWideProtectionStopsAllAndRecovers(t *testing.T) {
 	// After the check window the plugins are let back in.
 	waitFor(t, "plugins started again after the check window", func() bool {
 		return pluginStatus(a, "tp-a").State == supervisor.StateRunning || pluginStatus(a, "tp-b").State == supervisor.StateRunning
+	})
+}
+
+func TestLimitsFromTheDesiredStateReachTheBreaker(t *testing.T) {
+	cfg := hostConfig(t, testplugin("tp-lim", map[string]any{"spin_cpu_percent": 50}))
+	cfg.Governance.Interval = 250 * time.Millisecond
+	cfg.Governance.AgentCPUPercent = 400
+	// The file's limits let it spin; the fleet's do not.
+	cfg.Governance.Plugins = map[string]map[string]any{"tp-lim": {"cpu_percent": 200, "quota_cpu_percent": 400}}
+	a := start(t, cfg)
+	waitFor(t, "plugin running", func() bool { return pluginStatus(a, "tp-lim").State == supervisor.StateRunning })
+	bad := api.DesiredState{Plugins: map[string]api.PluginState{"tp-lim": {Limits: json.RawMessage(`{"cpu_percnt": 5}`)}}}
+	if err := a.Apply(context.Background(), 2, bad); err == nil || !strings.Contains(err.Error(), "cpu_percnt") {
+		t.Fatalf("Apply with a misspelt limit: %v", err)
+	}
+	tight := api.DesiredState{Plugins: map[string]api.PluginState{"tp-lim": {Limits: json.RawMessage(`{"cpu_percent": 10, "quota_cpu_percent": 100, "cooldown": "1h", "max_cooldown": "2h"}`)}}}
+	if err := a.Apply(context.Background(), 3, tight); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fleet's limit to trip the breaker", func() bool {
+		return strings.HasPrefix(a.Status()["tp-lim"].Breaker, "open: cpu")
 	})
 }

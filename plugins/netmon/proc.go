@@ -44,6 +44,8 @@ type proc struct {
 	shellAlerted bool
 	// dirty is set when fdCount moved since the last scan.
 	dirty bool
+	// cursor is where a scan cut short by the budget resumes (0: none).
+	cursor int64
 }
 
 // resolver attributes socket inodes to processes; see above.
@@ -137,7 +139,7 @@ func (r *resolver) refresh(isInet func(uint32) bool, wanted map[uint32]bool, b *
 		}
 		p.size = n
 		switch {
-		case p.fdCount < 0:
+		case p.fdCount < 0 || p.cursor > 0: // new, or a scan to finish
 			r.order = append(r.order, pid)
 		case n != p.fdCount || p.dirty:
 			p.dirty = true
@@ -246,17 +248,27 @@ func (r *resolver) scan(pid int32, p *proc, isInet func(uint32) bool, wanted map
 	n, _ := r.fdCount(pid)
 	dfd, err := unix.Openat(r.rootFD, r.path(pid, "fd"), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		p.fdCount, p.dirty = n, false
+		p.fdCount, p.dirty, p.cursor = n, false, 0
 		return false
 	}
+	// A scan the budget cut short resumes where it stopped.
+	resumed := false
+	if p.cursor > 0 {
+		if _, err := unix.Seek(dfd, p.cursor, 0); err == nil {
+			resumed = true
+		} else {
+			p.cursor = 0
+		}
+	}
 	r.found = r.found[:0]
-	complete := true
-	for complete {
+	complete := false
+	for {
 		m, err := unix.Getdents(dfd, r.fdBuf)
 		if err != nil || m <= 0 {
+			complete = err == nil
 			break
 		}
-		eachDirentZ(r.fdBuf[:m], func(name *byte) {
+		p.cursor = eachDirentZ(r.fdBuf[:m], func(name *byte) {
 			b.fds--
 			r.fdsRead++
 			if ino, ok := r.readSocketLink(dfd, name); ok && isInet(ino) {
@@ -264,15 +276,16 @@ func (r *resolver) scan(pid int32, p *proc, isInet func(uint32) bool, wanted map
 			}
 		})
 		if b.spent() {
-			complete = false
+			break
 		}
 	}
 	_ = unix.Close(dfd)
 	r.scans++
-	if complete {
+	if complete && !resumed {
 		r.dropInodes(pid, p)
 		p.inodes = append(p.inodes[:0], r.found...)
 	} else {
+		// Part of a scan: add to what earlier parts found.
 		for _, ino := range r.found {
 			if r.owner[ino] != pid {
 				p.inodes = append(p.inodes, ino)
@@ -285,10 +298,9 @@ func (r *resolver) scan(pid int32, p *proc, isInet func(uint32) bool, wanted map
 			delete(wanted, ino)
 		}
 	}
+	p.fdCount = n
 	if complete {
-		p.fdCount, p.dirty = n, false
-	} else if p.fdCount < 0 {
-		p.fdCount, p.dirty = 0, true
+		p.dirty, p.cursor = false, 0
 	}
 	if complete || p.exe == "" {
 		// exec keeps the pid, so the name is read again on every scan.
@@ -414,9 +426,11 @@ func eachDirent(b []byte, fn func(name []byte)) {
 
 // eachDirentZ is eachDirent for callers that pass the name to a system
 // call: it hands out a pointer to the NUL-terminated name in place and
-// skips "." and "..".
-func eachDirentZ(b []byte, fn func(name *byte)) {
+// skips "." and "..". It returns the directory offset after the last entry,
+// to resume from with lseek.
+func eachDirentZ(b []byte, fn func(name *byte)) (next int64) {
 	for len(b) >= direntNameOff {
+		next = *(*int64)(unsafe.Pointer(&b[8]))
 		reclen := int(*(*uint16)(unsafe.Pointer(&b[16])))
 		if reclen < direntNameOff+1 || reclen > len(b) {
 			return
@@ -426,4 +440,5 @@ func eachDirentZ(b []byte, fn func(name *byte)) {
 		}
 		b = b[reclen:]
 	}
+	return next
 }

@@ -124,3 +124,53 @@ func TestParseHelpers(t *testing.T) {
 		})
 	}
 }
+
+// TestResolverResumesLargeProcess gives the resolver a fd budget far below
+// the test process's open files: the scan must resume where it stopped on
+// each refresh, not start over, and still find a socket behind thousands
+// of other fds.
+func TestResolverResumesLargeProcess(t *testing.T) {
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for range 3000 {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+	}
+	l := listen(t, "tcp4", "127.0.0.1:0") // after the 3000 files: a high fd
+	ino := inodeOf(t, l.(*net.TCPListener))
+	r, err := newResolver("/proc", DefaultShells)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	r.fdBuf = make([]byte, 2048) // about 85 entries per getdents
+	isInet := func(i uint32) bool { return i == ino }
+	me := int32(os.Getpid())
+	refreshes := 0
+	for ; refreshes < 2000; refreshes++ {
+		r.refresh(isInet, map[uint32]bool{ino: true}, newBudget(time.Minute, 200))
+		if pid, _ := r.lookup(ino); pid == me {
+			break
+		}
+		if p := r.procs[me]; p != nil && p.cursor > 0 && p.fdCount < 0 {
+			t.Fatal("a resumable scan left the process marked as never scanned")
+		}
+	}
+	if pid, _ := r.lookup(ino); pid != me {
+		t.Fatalf("socket behind 3000 fds not attributed after %d refreshes of 200 fds", refreshes)
+	}
+	if refreshes < 3000/200-1 {
+		t.Fatalf("attributed after %d refreshes of 200 fds: the fd budget was not applied", refreshes)
+	}
+	if p := r.procs[me]; p.cursor != 0 || p.dirty {
+		t.Fatalf("finished scan left cursor %d, dirty %t", p.cursor, p.dirty)
+	}
+	t.Logf("attributed after %d refreshes, %d fd links read", refreshes+1, r.fdsRead)
+}

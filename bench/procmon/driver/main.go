@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -382,6 +383,29 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 	}
 	col.mu.Unlock()
 	captured, cmd := count(seen), count(withCmd)
+	// Say what became of each generated exec procmon did not report: the
+	// nearest exec event with its pid, if any.
+	shown := 0
+	for i, ok := range seen {
+		if ok || shown == 10 {
+			continue
+		}
+		shown++
+		g := gen[i]
+		near := int64(math.MaxInt64)
+		for _, e := range execs {
+			if e.pid == g.pid {
+				if d := e.t - g.t; abs(d) < abs(near) {
+					near = d
+				}
+			}
+		}
+		if near == math.MaxInt64 {
+			fmt.Printf("  unmatched: pid %d forked at %s, no exec event with that pid\n", g.pid, time.Unix(0, g.t).UTC().Format("15:04:05.000000"))
+		} else {
+			fmt.Printf("  unmatched: pid %d forked at %s, nearest exec event with that pid %v away\n", g.pid, time.Unix(0, g.t).UTC().Format("15:04:05.000000"), time.Duration(near))
+		}
+	}
 
 	// forkstat, matched by pid within a 2 s window (it prints seconds).
 	mf := newMatcher(gen, 2*time.Second)
@@ -457,6 +481,13 @@ func steady(samples []uint64) (median, peak uint64) {
 	tail := append([]uint64(nil), samples[len(samples)/2:]...)
 	sort.Slice(tail, func(i, j int) bool { return tail[i] < tail[j] })
 	return tail[len(tail)/2], peak
+}
+
+func abs(d int64) int64 {
+	if d < 0 {
+		return -d
+	}
+	return d
 }
 
 func count(b []bool) int {

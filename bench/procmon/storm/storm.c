@@ -21,6 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
+static volatile int execfailed;
+
 static long long ns(clockid_t c) {
 	struct timespec ts;
 	clock_gettime(c, &ts);
@@ -56,7 +58,7 @@ int main(int argc, char **argv) {
 		long long *log = pidlog ? calloc((size_t)total * 2 + 2, sizeof(long long)) : NULL;
 		char *cargv[] = {(char *)target, "vigil-storm", NULL};
 		char *cenvp[] = {NULL};
-		long long n = 0, fails = 0;
+		long long n = 0, fails = 0, execfails = 0;
 		long long period = (long long)(1e9 / wrate);
 		long long end = start + (long long)(secs * 1e9);
 		for (; n < total; n++) {
@@ -68,12 +70,18 @@ int main(int argc, char **argv) {
 				struct timespec ts = {due / 1000000000LL, due % 1000000000LL};
 				clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
 			}
+			/* The vfork child shares this memory until it execs or
+			 * exits, so it can say that execve failed: such a child
+			 * made no exec event and must not count as generated. */
+			execfailed = 0;
 			pid_t c = vfork();
 			if (c == 0) {
 				execve(target, cargv, cenvp);
+				execfailed = 1;
 				_exit(127);
 			}
 			if (c < 0) { fails++; n--; continue; }
+			if (execfailed) { execfails++; n--; continue; }
 			if (log) { log[2 * n] = c; log[2 * n + 1] = ns(CLOCK_REALTIME); }
 		}
 		double took = (ns(CLOCK_MONOTONIC) - start) / 1e9;
@@ -85,7 +93,7 @@ int main(int argc, char **argv) {
 			for (long long i = 0; i < n; i++) fprintf(f, "%lld %lld\n", log[2 * i], log[2 * i + 1]);
 			fclose(f);
 		}
-		printf("worker %d generated %lld execs in %.3fs (%.0f/s), %lld fork failures\n", w, n, took, n / took, fails);
+		printf("worker %d generated %lld execs in %.3fs (%.0f/s), %lld fork failures, %lld exec failures\n", w, n, took, n / took, fails, execfails);
 		fflush(stdout);
 		_exit(0);
 	}

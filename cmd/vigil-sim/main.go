@@ -49,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.LeaseTTL, "ttl", o.LeaseTTL, "registration lease TTL")
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "per-request timeout of each host")
 	fs.DurationVar(&o.Spread, "spread", o.Spread, "spread of the hosts' first registration (control.spread)")
+	fs.DurationVar(&o.AckSpread, "ack-spread", o.AckSpread, "spread of the hosts' acknowledgements of fleet-wide changes (control.ack_spread)")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "how often each host polls plugin status")
 	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline")
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
@@ -125,8 +126,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func printTable(w io.Writer, rep Report) {
-	fmt.Fprintf(w, "vigil-sim: %d hosts, %d etcd clients, %d group watches per host, lease TTL %s, registration spread %s, etcd: %s\n",
-		rep.Hosts, rep.Clients, rep.Groups, rep.LeaseTTL, rep.Spread, rep.Etcd)
+	fmt.Fprintf(w, "vigil-sim: %d hosts, %d etcd clients, %d group watches per host, lease TTL %s, registration spread %s, ack spread %s, etcd: %s\n",
+		rep.Hosts, rep.Clients, rep.Groups, rep.LeaseTTL, rep.Spread, rep.AckSpread, rep.Etcd)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tcount\tdone\ttotal ms\tp50 ms\tp99 ms\tmax ms\tmet\ttarget\t")
 	for _, r := range rep.Results {

@@ -36,6 +36,7 @@ type Options struct {
 	RequestTimeout time.Duration
 	StatusInterval time.Duration
 	Spread         time.Duration
+	AckSpread      time.Duration
 	Scenarios      []string
 	Pushes         int
 	Offline        int
@@ -108,6 +109,7 @@ type Report struct {
 	Groups     int       `json:"groups"`
 	LeaseTTL   string    `json:"lease_ttl"`
 	Spread     string    `json:"spread"`
+	AckSpread  string    `json:"ack_spread"`
 	Etcd       string    `json:"etcd"`
 	Results    []Result  `json:"results"`
 	Goroutines int       `json:"goroutines"`
@@ -178,7 +180,7 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 		o.Prefix = fmt.Sprintf("/vigil-sim-%d", time.Now().UnixNano())
 	}
 	s := &Sim{opts: o, log: o.Log, ks: api.NewKeyspace(o.Prefix)}
-	s.report = Report{Hosts: o.Hosts, Clients: o.Clients, Groups: o.Groups, LeaseTTL: o.LeaseTTL.String(), Spread: o.Spread.String(), Started: time.Now().UTC()}
+	s.report = Report{Hosts: o.Hosts, Clients: o.Clients, Groups: o.Groups, LeaseTTL: o.LeaseTTL.String(), Spread: o.Spread.String(), AckSpread: o.AckSpread.String(), Started: time.Now().UTC()}
 	s.eps = o.Endpoints
 	if len(s.eps) == 0 {
 		if err := s.startEtcd(); err != nil {
@@ -313,6 +315,7 @@ func (s *Sim) startHosts(ctx context.Context) error {
 			RequestTimeout: s.opts.RequestTimeout,
 			StatusInterval: s.opts.StatusInterval,
 			Spread:         s.opts.Spread,
+			AckSpread:      s.opts.AckSpread,
 		}
 		l, err := control.Start(ctx, cfg, a, s.log, control.WithClient(s.clients[i%len(s.clients)]))
 		if err != nil {

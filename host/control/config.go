@@ -51,6 +51,11 @@ type Config struct {
 	// Size it to the cell: hosts ÷ registrations per second etcd sustains
 	// (vigil-sim measures it). Zero: no spread.
 	Spread time.Duration `yaml:"spread"`
+	// AckSpread delays the acknowledgement of a fleet or group change (not
+	// its application, which is immediate) to this host's moment of the
+	// window, by a hash of the host name, so that a cell's hosts do not
+	// all write at once. Zero: acknowledge at once.
+	AckSpread time.Duration `yaml:"ack_spread"`
 	// StatusInterval is how often the plugins' status is polled; the
 	// registration is rewritten only when it changed.
 	StatusInterval time.Duration `yaml:"status_interval"`
@@ -133,6 +138,9 @@ func (c Config) Validate() error {
 	rng("backoff_max", c.BackoffMax, c.BackoffInitial, time.Hour)
 	rng("offline_grace", c.OfflineGrace, time.Millisecond, time.Minute)
 	rng("status_interval", c.StatusInterval, 100*time.Millisecond, time.Hour)
+	if c.AckSpread < 0 || c.AckSpread > time.Minute {
+		errs = append(errs, fmt.Errorf("control.ack_spread must be between 0s and 1m0s (got %s)", c.AckSpread))
+	}
 	if c.Spread < 0 || c.Spread > time.Hour {
 		errs = append(errs, fmt.Errorf("control.spread must be between 0s and 1h0m0s (got %s)", c.Spread))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -457,4 +458,38 @@ func TestSharedClient(t *testing.T) {
 	if _, err := shared.Get(ctx, "x"); err != nil {
 		t.Fatalf("shared client unusable after one loop closed: %v", err)
 	}
+}
+
+func TestAckSpreadDelaysOnlySharedAcknowledgements(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	cli := e.Client(t)
+	// A host whose moment in a one-minute window is late enough that the
+	// test would notice an acknowledgement written at once.
+	host := ""
+	for i := 0; host == ""; i++ {
+		h := "h" + strconv.Itoa(i)
+		if SpreadDelay(h, "ack", time.Minute) > 30*time.Second {
+			host = h
+		}
+	}
+	cfg := testConfig(e.Endpoints(), host)
+	cfg.AckSpread = time.Minute
+	a := &fakeApplier{}
+	l := startLoop(t, cfg, a)
+	eventually(t, 10*time.Second, "registered", func() bool { return l.Status().Connected })
+
+	fleetRev := putDoc(t, cli, ks.ScopeKey(api.Scope{Kind: api.ScopeFleet}), api.DesiredState{Stop: ptr(true)})
+	eventually(t, 10*time.Second, "fleet stop applied at once", func() bool {
+		got, _ := a.last()
+		return got.rev == fleetRev
+	})
+	time.Sleep(time.Second)
+	if r, _, _ := getReg(t, cli, ks.Agent(host)); r.Applied.Revision >= fleetRev {
+		t.Fatalf("fleet change acknowledged before the host's moment of the spread")
+	}
+	hostRev := putDoc(t, cli, ks.ScopeKey(api.Scope{Kind: api.ScopeHost, Host: host}), api.DesiredState{LogLevel: "debug"})
+	eventually(t, 10*time.Second, "host change acknowledged at once", func() bool {
+		r, _, _ := getReg(t, cli, ks.Agent(host))
+		return r.Applied.Revision == hostRev && r.Stopped
+	})
 }

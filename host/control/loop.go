@@ -126,6 +126,14 @@ type Loop struct {
 	scheduled map[string]bool
 	results   []api.TaskResult
 	status    Status
+	held      *heldReport // reported instead of applied while an ack waits
+}
+
+// heldReport is what the registration reports while an acknowledgement
+// waits for its moment of Config.AckSpread.
+type heldReport struct {
+	applied api.Applied
+	stopped bool
 }
 
 // Start validates cfg, loads the state directory, and starts the loop. It

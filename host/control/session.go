@@ -280,14 +280,18 @@ func (l *Loop) registrationValue() *api.Registration {
 	status := l.applier.Status()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	applied, stopped := l.applied, l.hasMerged && isStopped(l.merged)
+	if l.held != nil {
+		applied, stopped = l.held.applied, l.held.stopped
+	}
 	return &api.Registration{
 		Host:      l.cfg.Host,
 		Version:   l.cfg.Version,
 		Labels:    l.cfg.Labels,
 		StartedAt: l.startedAt.UTC(),
 		UpdatedAt: l.clock.Now().UTC(),
-		Applied:   l.applied,
-		Stopped:   l.hasMerged && isStopped(l.merged),
+		Applied:   applied,
+		Stopped:   stopped,
 		Plugins:   status,
 		Instance:  l.instance,
 		Tasks:     append([]api.TaskResult(nil), l.results...),

@@ -145,6 +145,8 @@ func (l *Loop) follow(ctx context.Context, reg *registration, ka <-chan *clientv
 		}
 	}()
 
+	var ackDue <-chan struct{}
+	defer l.releaseReport()
 	for {
 		select {
 		case <-ctx.Done():
@@ -164,12 +166,34 @@ func (l *Loop) follow(ctx context.Context, reg *registration, ka <-chan *clientv
 					break drain
 				}
 			}
+			shared := l.cfg.AckSpread > 0 && l.sharedChange(batch)
+			if shared && ackDue == nil {
+				l.holdReport()
+			}
 			broken := l.handleWatch(ctx, batch)
+			if shared && broken == nil {
+				// Applied at once; the acknowledgement of a change every
+				// host got waits for this host's moment of AckSpread.
+				if ackDue == nil {
+					ackDue = l.clockAfter(sctx, SpreadDelay(l.cfg.Host, "ack", l.cfg.AckSpread))
+				}
+				continue
+			}
+			// A change for this host alone is acknowledged at once, and
+			// with it anything held.
+			ackDue = nil
+			l.releaseReport()
 			if err := l.ack(ctx, reg); err != nil {
 				return err
 			}
 			if broken != nil {
 				return broken
+			}
+		case <-ackDue:
+			ackDue = nil
+			l.releaseReport()
+			if err := l.ack(ctx, reg); err != nil {
+				return err
 			}
 		case <-l.kick:
 			if err := l.ack(ctx, reg); err != nil {
@@ -280,4 +304,36 @@ func (l *Loop) setLayer(key string, value []byte, rev int64, force bool) bool {
 	}
 	l.layerErrs[key] = fmt.Sprintf("%s at revision %d: not a desired-state document (%v); keeping the last good one", key, rev, err)
 	return true
+}
+
+// sharedChange reports whether a batch changed a key other hosts watch too
+// (the fleet or a group key): its acknowledgements arrive from every host
+// at once.
+func (l *Loop) sharedChange(batch []watchMsg) bool {
+	own := l.keys[len(l.keys)-1]
+	for _, m := range batch {
+		for _, ev := range m.resp.Events {
+			if string(ev.Kv.Key) != own {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// holdReport freezes what the registration reports as applied (and
+// stopped) until releaseReport, while an acknowledgement waits for its
+// moment of AckSpread.
+func (l *Loop) holdReport() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held == nil {
+		l.held = &heldReport{applied: l.applied, stopped: l.hasMerged && isStopped(l.merged)}
+	}
+}
+
+func (l *Loop) releaseReport() {
+	l.mu.Lock()
+	l.held = nil
+	l.mu.Unlock()
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/vigil-hids/vigil/plugins/example"
 	"github.com/vigil-hids/vigil/plugins/testplugin"
+	"github.com/vigil-hids/vigil/plugins/vulnscan"
 	"github.com/vigil-hids/vigil/sdk"
 )
 
@@ -31,6 +32,7 @@ func Configs() map[string]func() sdk.Config {
 	return map[string]func() sdk.Config{
 		example.Name:    func() sdk.Config { return example.DefaultConfig() },
 		testplugin.Name: func() sdk.Config { return testplugin.DefaultConfig() },
+		vulnscan.Name:   func() sdk.Config { return vulnscan.DefaultConfig() },
 	}
 }
 

@@ -27,6 +27,7 @@ func startClusterHosts(t *testing.T, c *etcdtest.Cluster) map[string]*fakeApplie
 		cfg := testConfig(c.Endpoints(), host)
 		cfg.LeaseTTL = 5 * time.Second
 		cfg.RequestTimeout = 3 * time.Second
+		cfg.ResyncInterval = 10 * time.Second // a member freezing can hang a stream
 		cfg.StateDir = t.TempDir()
 		a := &fakeApplier{}
 		appliers[host] = a

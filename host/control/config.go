@@ -56,6 +56,10 @@ type Config struct {
 	// window, by a hash of the host name, so that a cell's hosts do not
 	// all write at once. Zero: acknowledge at once.
 	AckSpread time.Duration `yaml:"ack_spread"`
+	// ResyncInterval is how often the desired state is read again from
+	// scratch (plus up to half of it, by host hash), in case a watch hangs
+	// without an error.
+	ResyncInterval time.Duration `yaml:"resync_interval"`
 	// StatusInterval is how often the plugins' status is polled; the
 	// registration is rewritten only when it changed.
 	StatusInterval time.Duration `yaml:"status_interval"`
@@ -72,6 +76,7 @@ func Default() Config {
 		BackoffMax:     30 * time.Second,
 		OfflineGrace:   time.Second,
 		StatusInterval: 10 * time.Second,
+		ResyncInterval: 10 * time.Minute,
 	}
 }
 
@@ -93,6 +98,7 @@ func (c Config) withDefaults() Config {
 	setDur(&c.BackoffMax, d.BackoffMax)
 	setDur(&c.OfflineGrace, d.OfflineGrace)
 	setDur(&c.StatusInterval, d.StatusInterval)
+	setDur(&c.ResyncInterval, d.ResyncInterval)
 	return c
 }
 
@@ -138,6 +144,7 @@ func (c Config) Validate() error {
 	rng("backoff_max", c.BackoffMax, c.BackoffInitial, time.Hour)
 	rng("offline_grace", c.OfflineGrace, time.Millisecond, time.Minute)
 	rng("status_interval", c.StatusInterval, 100*time.Millisecond, time.Hour)
+	rng("resync_interval", c.ResyncInterval, time.Second, 24*time.Hour)
 	if c.AckSpread < 0 || c.AckSpread > time.Minute {
 		errs = append(errs, fmt.Errorf("control.ack_spread must be between 0s and 1m0s (got %s)", c.AckSpread))
 	}

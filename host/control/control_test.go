@@ -493,3 +493,18 @@ func TestAckSpreadDelaysOnlySharedAcknowledgements(t *testing.T) {
 		return r.Applied.Revision == hostRev && r.Stopped
 	})
 }
+
+func TestPeriodicResync(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	cfg := testConfig(e.Endpoints(), "h1")
+	cfg.ResyncInterval = time.Second
+	a := &fakeApplier{}
+	l := startLoop(t, cfg, a)
+	eventually(t, 10*time.Second, "two periodic re-reads", func() bool {
+		st := l.Status()
+		return st.Resyncs >= 2 && strings.Contains(st.LastResync, "periodic")
+	})
+	if !l.Status().Connected {
+		t.Fatalf("a periodic re-read dropped the registration")
+	}
+}

@@ -34,9 +34,12 @@
 // # Level-triggered desired state
 //
 // A compacted revision, a lost leader or a closed watch means a fresh
-// read: new watches, a read at their revision, Apply. Events at or below a
-// layer's known revision are repeats and are dropped; every event changes
-// one layer and the merge is applied again if it changed. Apply is called
+// read: new watches, a read at their revision, Apply. So does every
+// Config.ResyncInterval (default 10 minutes, plus a share by host hash), so
+// that a watch that hangs without an error cannot keep a host behind for
+// longer. Events at or below a layer's known revision are repeats and are
+// dropped; every other event changes one layer and the merge is applied
+// again if it changed. Apply is called
 // whenever the merged state changed and after every fresh read, so it must
 // be idempotent.
 //

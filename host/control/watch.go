@@ -111,10 +111,13 @@ func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
 }
 
 // clockAfter returns a channel closed after d on the loop's clock, or when
-// ctx ends.
+// ctx (always derived from the loop's context) ends. Close waits for its
+// goroutine.
 func (l *Loop) clockAfter(ctx context.Context, d time.Duration) <-chan struct{} {
 	c := make(chan struct{})
+	l.wg.Add(1)
 	go func() {
+		defer l.wg.Done()
 		_ = l.clock.Sleep(ctx, d)
 		close(c)
 	}()
@@ -147,10 +150,16 @@ func (l *Loop) follow(ctx context.Context, reg *registration, ka <-chan *clientv
 
 	var ackDue <-chan struct{}
 	defer l.releaseReport()
+	// Level-triggered to the end: read everything again now and then, so
+	// that a watch stream that hangs without an error cannot keep a host
+	// behind for longer than ResyncInterval (plus this host's spread).
+	resyncDue := l.clockAfter(sctx, l.cfg.ResyncInterval+SpreadDelay(l.cfg.Host, "resync", l.cfg.ResyncInterval/2))
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-resyncDue:
+			return fmt.Errorf("%w: periodic re-read every %s", errResync, l.cfg.ResyncInterval)
 		case _, ok := <-ka:
 			if !ok {
 				return errLeaseLost

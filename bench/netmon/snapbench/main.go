@@ -41,6 +41,7 @@ func main() {
 	attribution := flag.Bool("attribution", true, "attribute sockets to processes (run)")
 	budget := flag.Duration("budget", netmon.DefaultSnapshotBudget, "snapshot CPU budget (run)")
 	pluginPath := flag.String("plugin", "", "vigil-netmon binary (plugin)")
+	pluginConfig := flag.String("config", "", "extra config keys for the plugin, a JSON object without braces, e.g. '\"snapshot_budget\": \"1m\"' (plugin)")
 	profile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	if *profile != "" {
@@ -59,7 +60,7 @@ func main() {
 	case "run":
 		run(*duration, *interval, *attribution, *budget)
 	case "plugin":
-		runPlugin(*pluginPath, *duration, *interval)
+		runPlugin(*pluginPath, *pluginConfig, *duration, *interval)
 	default:
 		log.Fatalf("unknown mode %q", *mode)
 	}
@@ -336,7 +337,7 @@ func status(key string) string {
 // runPlugin launches the plugin binary through go-plugin over gRPC as the
 // host does, configures it, reads its event stream for duration and
 // reports the plugin process's CPU share and RSS.
-func runPlugin(path string, duration, interval time.Duration) {
+func runPlugin(path, extra string, duration, interval time.Duration) {
 	if path == "" {
 		log.Fatal("-plugin is required")
 	}
@@ -361,6 +362,10 @@ func runPlugin(path string, duration, interval time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), duration+time.Minute)
 	defer cancel()
 	cfg := fmt.Sprintf(`{"interval": %q}`, interval)
+	if extra != "" {
+		cfg = fmt.Sprintf(`{"interval": %q, %s}`, interval, extra)
+	}
+	fmt.Printf("plugin config: %s\n", cfg)
 	if _, err := pc.Configure(ctx, &pluginpb.ConfigureRequest{Config: []byte(cfg), LogLevel: "warn"}); err != nil {
 		log.Fatalf("configure: %v", err)
 	}

@@ -1,0 +1,267 @@
+package index
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/vigil-hids/vigil/vuln/osv"
+	"github.com/vigil-hids/vigil/vuln/version"
+)
+
+// Hit is one vulnerable package on a host or inventory.
+type Hit struct {
+	// Advisory is the advisory's own ID, e.g. "DEBIAN-CVE-2024-0727".
+	Advisory string `json:"advisory"`
+	// CVEs are the advisory's CVE IDs.
+	CVEs     []string     `json:"cves,omitempty"`
+	Severity osv.Severity `json:"severity"`
+	// Ecosystem is the release the advisory is for, e.g. "debian:12".
+	Ecosystem string `json:"ecosystem"`
+	// Package is the package the advisory names: the source package on
+	// Debian, Ubuntu and Alpine, the binary rpm on the Red Hat family.
+	Package string `json:"package"`
+	// Binaries are the installed binary packages built from Package,
+	// when it is a source package.
+	Binaries []string `json:"binaries,omitempty"`
+	// Installed is the installed version of Package.
+	Installed string `json:"installed"`
+	// Fixed is the first version without the flaw; empty when there is
+	// no fix yet.
+	Fixed string `json:"fixed,omitempty"`
+}
+
+// InventoryHits are the hits of one inventory and the hosts running it.
+type InventoryHits struct {
+	Digest string   `json:"digest"`
+	Hosts  []string `json:"hosts"`
+	Hits   []Hit    `json:"hits"`
+}
+
+// CVEHosts answers "which hosts does this CVE affect".
+type CVEHosts struct {
+	ID          string          `json:"id"`
+	Severity    osv.Severity    `json:"severity"`
+	Advisories  []string        `json:"advisories"`
+	HostCount   int             `json:"host_count"`
+	Inventories []InventoryHits `json:"inventories"`
+}
+
+// HostsForCVE returns the hosts a CVE (or advisory ID) affects, grouped
+// by inventory, with the vulnerable packages of each.
+func (x *Index) HostsForCVE(id string) (*CVEHosts, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	advs, ok := x.byCVE[id]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownCVE, id)
+	}
+	out := &CVEHosts{ID: id}
+	var invs []uint32
+	for _, a := range advs {
+		adv := &x.advs[a]
+		out.Advisories = append(out.Advisories, adv.a.ID)
+		out.Severity = maxSeverity(out.Severity, adv.a.Severity)
+		invs = append(invs, adv.invs...)
+	}
+	if len(advs) > 1 {
+		slices.Sort(invs)
+		invs = slices.Compact(invs)
+	}
+	for _, inv := range invs {
+		r := &x.invs[inv]
+		if len(r.hosts) == 0 {
+			continue
+		}
+		ih := InventoryHits{Digest: r.digest, Hosts: make([]string, len(r.hosts))}
+		for i, h := range r.hosts {
+			ih.Hosts[i] = x.hosts[h].name
+		}
+		for _, h := range r.hits {
+			if slices.Contains(advs, x.affs[h.aff].adv) {
+				ih.Hits = append(ih.Hits, x.hit(r, h))
+			}
+		}
+		out.HostCount += len(r.hosts)
+		out.Inventories = append(out.Inventories, ih)
+	}
+	return out, nil
+}
+
+func (x *Index) hit(r *invRec, h hit) Hit {
+	af := &x.affs[h.aff]
+	a := x.advs[af.adv].a
+	out := Hit{
+		Advisory: a.ID, CVEs: a.CVEs, Severity: a.Severity, Ecosystem: af.a.Ecosystem.String(),
+		Package: x.names.str(h.name), Installed: x.vers.str(h.installed), Fixed: x.vers.str(h.fixed),
+	}
+	if af.source {
+		for _, p := range r.pkgs {
+			if p.src == h.name && p.srcVer == h.installed {
+				out.Binaries = append(out.Binaries, x.names.str(p.name))
+			}
+		}
+	}
+	return out
+}
+
+func maxSeverity(a, b osv.Severity) osv.Severity {
+	if b.Level > a.Level || (b.Level == a.Level && b.Score > a.Score) {
+		return b
+	}
+	return a
+}
+
+// HostReport answers "what is this host vulnerable to".
+type HostReport struct {
+	Host     string `json:"host"`
+	Digest   string `json:"digest"`
+	OS       string `json:"os"`
+	Packages int    `json:"packages"`
+	// Partial is set when the host's inventory was incomplete, so the
+	// hits may be too.
+	Partial bool  `json:"partial,omitempty"`
+	Hits    []Hit `json:"hits"`
+}
+
+// CVEsForHost returns the hits on host, most severe first.
+func (x *Index) CVEsForHost(host string) (*HostReport, error) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	id, ok := x.byHost[host]
+	if !ok || x.hosts[id].inv < 0 {
+		return nil, fmt.Errorf("%w %q", ErrUnknownHost, host)
+	}
+	r := &x.invs[x.hosts[id].inv]
+	out := &HostReport{Host: host, Digest: r.digest, OS: strings.TrimSpace(r.os.ID + " " + r.os.VersionID), Packages: len(r.pkgs), Partial: r.partial > 0}
+	for _, h := range r.hits {
+		out.Hits = append(out.Hits, x.hit(r, h))
+	}
+	slices.SortFunc(out.Hits, func(a, b Hit) int {
+		return cmp.Or(
+			-cmp.Compare(a.Severity.Level, b.Severity.Level),
+			-cmp.Compare(a.Severity.Score, b.Severity.Score),
+			cmp.Compare(a.Advisory, b.Advisory),
+			cmp.Compare(a.Package, b.Package),
+		)
+	})
+	return out, nil
+}
+
+// PackageVersion is one installed version of a package across the fleet.
+type PackageVersion struct {
+	Version     string `json:"version"`
+	Ecosystem   string `json:"ecosystem"`
+	Inventories int    `json:"inventories"`
+	Hosts       int    `json:"hosts"`
+}
+
+// Packages returns the installed versions of the binary package name
+// across the fleet, with how many hosts run each. When below is set only
+// versions older than it are returned, compared by each inventory's own
+// ecosystem rules.
+func (x *Index) Packages(name, below string) []PackageVersion {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	id, ok := x.names.lookup(name)
+	if !ok {
+		return nil
+	}
+	type key struct {
+		ver uint32
+		eco string
+	}
+	agg := map[key]*PackageVersion{}
+	for _, p := range x.binPost[id] {
+		r := &x.invs[p.inv]
+		k := key{p.ver, r.eco}
+		pv, ok := agg[k]
+		if !ok {
+			v := x.vers.str(p.ver)
+			if below != "" && version.Compare(ecoKind(r.eco), v, below) >= 0 {
+				continue
+			}
+			pv = &PackageVersion{Version: v, Ecosystem: r.eco}
+			agg[k] = pv
+		}
+		pv.Inventories++
+		pv.Hosts += len(r.hosts)
+	}
+	out := make([]PackageVersion, 0, len(agg))
+	for _, pv := range agg {
+		out = append(out, *pv)
+	}
+	slices.SortFunc(out, func(a, b PackageVersion) int {
+		return cmp.Or(cmp.Compare(a.Ecosystem, b.Ecosystem), version.Compare(ecoKind(a.Ecosystem), a.Version, b.Version))
+	})
+	return out
+}
+
+// CVECount is one line of Top.
+type CVECount struct {
+	ID          string       `json:"id"`
+	Severity    osv.Severity `json:"severity"`
+	Hosts       int          `json:"hosts"`
+	Inventories int          `json:"inventories"`
+}
+
+// Top returns the n CVEs (or advisory IDs, for advisories without a CVE)
+// affecting the most hosts, the most severe first among equals.
+func (x *Index) Top(n int) []CVECount {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]CVECount, 0, len(x.byCVE))
+	var invs []uint32
+	for key, advs := range x.byCVE {
+		if len(advs) == 1 && x.advs[advs[0]].a.ID == key && len(x.advs[advs[0]].a.CVEs) > 0 {
+			continue // the advisory's own ID, counted under its CVEs
+		}
+		c := CVECount{ID: key}
+		invs = invs[:0]
+		for _, a := range advs {
+			c.Severity = maxSeverity(c.Severity, x.advs[a].a.Severity)
+			invs = append(invs, x.advs[a].invs...)
+		}
+		if len(advs) > 1 {
+			slices.Sort(invs)
+			invs = slices.Compact(invs)
+		}
+		for _, inv := range invs {
+			c.Hosts += len(x.invs[inv].hosts)
+		}
+		c.Inventories = len(invs)
+		if c.Hosts > 0 {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b CVECount) int {
+		return cmp.Or(
+			-cmp.Compare(a.Hosts, b.Hosts),
+			-cmp.Compare(a.Severity.Level, b.Severity.Level),
+			-cmp.Compare(a.Severity.Score, b.Severity.Score),
+			cmp.Compare(a.ID, b.ID),
+		)
+	})
+	if n > 0 && len(out) > n {
+		out = out[:n]
+	}
+	return out
+}
+
+// Stats counts what the index holds.
+type Stats struct {
+	Hosts, Inventories, Packages, Versions, Advisories, Affected, Hits int
+}
+
+// Stats returns the index's counts.
+func (x *Index) Stats() Stats {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	s := Stats{Inventories: len(x.invs), Packages: x.names.len() - 1, Versions: x.vers.len() - 1, Advisories: len(x.advs), Affected: len(x.affs)}
+	for i := range x.invs {
+		s.Hits += len(x.invs[i].hits)
+		s.Hosts += len(x.invs[i].hosts)
+	}
+	return s
+}

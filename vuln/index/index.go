@@ -99,8 +99,16 @@ type Index struct {
 	affs    []affRec
 	byName  map[uint32][]uint32 // package name → affected entries naming it
 
-	ecoMatch map[uint64]bool   // ecosystem<<32|platform → applies
-	verdicts map[uint64]uint32 // aff<<32|version → 1 not affected, fixed+2 affected
+	ecoMatch map[uint64]bool       // ecosystem<<32|platform → applies
+	verdicts map[verdictKey]uint32 // 1 not affected, fixed+2 affected
+}
+
+// verdictKey names a verdict by the affected entry itself, not its id,
+// so verdicts survive the renumbering of an import and only a replaced
+// advisory's are computed again.
+type verdictKey struct {
+	a   *osv.Affected
+	ver uint32
 }
 
 // New returns an empty index.
@@ -111,7 +119,7 @@ func New() *Index {
 		byDigest:   map[string]uint32{}, byHost: map[string]uint32{},
 		binPost: map[uint32][]posting{}, srcPost: map[uint32][]posting{},
 		byAdvID: map[string]uint32{}, byCVE: map[string][]uint32{}, byName: map[uint32][]uint32{},
-		ecoMatch: map[uint64]bool{}, verdicts: map[uint64]uint32{},
+		ecoMatch: map[uint64]bool{}, verdicts: map[verdictKey]uint32{},
 	}
 }
 
@@ -210,20 +218,27 @@ func (x *Index) applies(aff, inv, ver uint32) (bool, uint32) {
 	if !ok {
 		return false, 0
 	}
-	vk := uint64(aff)<<32 | uint64(ver)
+	if v := x.verdict(aff, ver); v != 1 {
+		return true, v - 2
+	}
+	return false, 0
+}
+
+// verdict says whether version ver falls in affected entry aff: 1 when
+// not, the fixed version's id + 2 when it does. Each pair is compared
+// once and cached.
+func (x *Index) verdict(aff, ver uint32) uint32 {
+	vk := verdictKey{x.affs[aff].a, ver}
 	v, seen := x.verdicts[vk]
 	if !seen {
-		affected, fixed := af.a.Affects(x.vers.str(ver))
+		affected, fixed := x.affs[aff].a.Affects(x.vers.str(ver))
 		v = 1
 		if affected {
 			v = x.vers.id(fixed) + 2
 		}
 		x.verdicts[vk] = v
 	}
-	if v == 1 {
-		return false, 0
-	}
-	return true, v - 2
+	return v
 }
 
 func ecoKind(eco string) version.Kind {
@@ -307,6 +322,14 @@ func (x *Index) AddAdvisories(advs []*osv.Advisory) ImportResult {
 	var res ImportResult
 	for _, a := range advs {
 		if id, ok := x.byAdvID[a.ID]; ok {
+			for j := range x.advs[id].a.Affected { // the old entries' verdicts
+				old := &x.advs[id].a.Affected[j]
+				for k := range x.verdicts {
+					if k.a == old {
+						delete(x.verdicts, k)
+					}
+				}
+			}
 			x.advs[id].a = a
 			res.Replaced++
 			continue
@@ -327,7 +350,7 @@ func (x *Index) rebuildAdvisories() {
 	x.affs = x.affs[:0]
 	clear(x.byName)
 	clear(x.byCVE)
-	clear(x.verdicts)
+	clear(x.ecoMatch)
 	for i := range x.advs {
 		adv := &x.advs[i]
 		adv.affs = adv.affs[:0]
@@ -359,18 +382,47 @@ func (x *Index) rematch() {
 	for i := range x.advs {
 		x.advs[i].invs = x.advs[i].invs[:0]
 	}
+	// Per affected entry, which platforms it applies to and each
+	// version's verdict are decided once, then read from small local
+	// caches while its postings are scanned.
+	platOK := make([]int8, x.platforms.len()) // 0 unknown, 1 no, 2 yes
+	vcache := map[uint32]uint32{}
 	for aff := range x.affs {
 		af := &x.affs[aff]
 		posts := x.binPost[af.name]
 		if af.source {
 			posts = x.srcPost[af.name]
 		}
+		if len(posts) == 0 {
+			continue
+		}
+		clear(platOK)
+		clear(vcache)
 		adv := &x.advs[af.adv]
 		for _, p := range posts {
-			if ok, fixed := x.applies(uint32(aff), p.inv, p.ver); ok {
-				x.invs[p.inv].hits = append(x.invs[p.inv].hits, hit{aff: uint32(aff), name: af.name, installed: p.ver, fixed: fixed})
-				adv.invs = append(adv.invs, p.inv)
+			r := &x.invs[p.inv]
+			switch platOK[r.platform] {
+			case 1:
+				continue
+			case 0:
+				o := x.platformOS[r.platform]
+				platOK[r.platform] = 1
+				if af.a.Ecosystem.Matches(o.ID, o.VersionID) && ecoKind(r.eco) == af.a.Ecosystem.Kind {
+					platOK[r.platform] = 2
+				} else {
+					continue
+				}
 			}
+			v, ok := vcache[p.ver]
+			if !ok {
+				v = x.verdict(uint32(aff), p.ver)
+				vcache[p.ver] = v
+			}
+			if v == 1 {
+				continue
+			}
+			r.hits = append(r.hits, hit{aff: uint32(aff), name: af.name, installed: p.ver, fixed: v - 2})
+			adv.invs = append(adv.invs, p.inv)
 		}
 	}
 	for i := range x.advs {

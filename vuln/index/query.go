@@ -80,7 +80,7 @@ func (x *Index) HostsForCVE(id string) (*CVEHosts, error) {
 		}
 		for _, h := range r.hits {
 			if slices.Contains(advs, x.affs[h.aff].adv) {
-				ih.Hits = append(ih.Hits, x.hit(r, h))
+				ih.Hits = append(ih.Hits, x.hit(r, h, nil))
 			}
 		}
 		out.HostCount += len(r.hosts)
@@ -89,14 +89,31 @@ func (x *Index) HostsForCVE(id string) (*CVEHosts, error) {
 	return out, nil
 }
 
-func (x *Index) hit(r *invRec, h hit) Hit {
+// binaries maps each (source, version) of an inventory to its binary
+// packages' names.
+func (x *Index) binaries(r *invRec) map[uint64][]string {
+	m := make(map[uint64][]string, len(r.pkgs)/2)
+	for _, p := range r.pkgs {
+		k := uint64(p.src)<<32 | uint64(p.srcVer)
+		m[k] = append(m[k], x.names.str(p.name))
+	}
+	return m
+}
+
+// hit turns an internal hit into its answer; bins is r's binaries map,
+// or nil to scan r's packages for this one hit.
+func (x *Index) hit(r *invRec, h hit, bins map[uint64][]string) Hit {
 	af := &x.affs[h.aff]
 	a := x.advs[af.adv].a
 	out := Hit{
 		Advisory: a.ID, CVEs: a.CVEs, Severity: a.Severity, Ecosystem: af.a.Ecosystem.String(),
 		Package: x.names.str(h.name), Installed: x.vers.str(h.installed), Fixed: x.vers.str(h.fixed),
 	}
-	if af.source {
+	switch {
+	case !af.source:
+	case bins != nil:
+		out.Binaries = bins[uint64(h.name)<<32|uint64(h.installed)]
+	default:
 		for _, p := range r.pkgs {
 			if p.src == h.name && p.srcVer == h.installed {
 				out.Binaries = append(out.Binaries, x.names.str(p.name))
@@ -135,8 +152,9 @@ func (x *Index) CVEsForHost(host string) (*HostReport, error) {
 	}
 	r := &x.invs[x.hosts[id].inv]
 	out := &HostReport{Host: host, Digest: r.digest, OS: strings.TrimSpace(r.os.ID + " " + r.os.VersionID), Packages: len(r.pkgs), Partial: r.partial > 0}
+	bins := x.binaries(r)
 	for _, h := range r.hits {
-		out.Hits = append(out.Hits, x.hit(r, h))
+		out.Hits = append(out.Hits, x.hit(r, h, bins))
 	}
 	slices.SortFunc(out.Hits, func(a, b Hit) int {
 		return cmp.Or(

@@ -166,8 +166,22 @@ func TestResolverResumesLargeProcess(t *testing.T) {
 	if pid, _ := r.lookup(ino); pid != me {
 		t.Fatalf("socket behind 3000 fds not attributed after %d refreshes of 200 fds", refreshes)
 	}
-	if refreshes < 3000/200-1 {
-		t.Fatalf("attributed after %d refreshes of 200 fds: the fd budget was not applied", refreshes)
+	// The listener's fd is the lowest free number when it was opened, which
+	// earlier tests' closed files may have left below 3000. The scan reads
+	// fds in ascending order and checks the budget after each getdents
+	// batch (about 85 entries with this buffer), so a refresh reads at most
+	// about 300 links: it needs at least fd/300 refreshes (less one for
+	// rounding). Without the budget it would take one.
+	var fd int
+	sc, err := l.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Control(func(f uintptr) { fd = int(f) }); err != nil {
+		t.Fatal(err)
+	}
+	if refreshes < fd/300-1 {
+		t.Fatalf("socket at fd %d attributed after %d refreshes of 200 fds: the fd budget was not applied", fd, refreshes)
 	}
 	if p := r.procs[me]; p.cursor != 0 || p.dirty {
 		t.Fatalf("finished scan left cursor %d, dirty %t", p.cursor, p.dirty)

@@ -18,6 +18,7 @@
 package index
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -181,6 +182,7 @@ func (x *Index) AddInventory(inv *inventory.Inventory) (digest string, added boo
 		x.srcPost[p.src] = append(x.srcPost[p.src], posting{id, p.srcVer})
 		x.matchPackage(id, p.src, p.srcVer, true)
 	}
+	sortHits(r.hits)
 	return digest, true, nil
 }
 
@@ -201,6 +203,12 @@ func (x *Index) matchPackage(inv, name, ver uint32, source bool) {
 			}
 		}
 	}
+}
+
+// sortHits orders an inventory's hits by affected id, as queries expect;
+// rematch appends them in that order already.
+func sortHits(hits []hit) {
+	slices.SortFunc(hits, func(a, b hit) int { return cmp.Compare(a.aff, b.aff) })
 }
 
 // applies says whether affected entry aff applies to version ver on

@@ -123,6 +123,11 @@ func TestMatching(t *testing.T) {
 				if got := hostsOf(c); !slices.Equal(got, tt.hosts) || c.HostCount != len(tt.hosts) {
 					t.Errorf("%s: hosts %q (count %d), want %q", tt.cve, got, c.HostCount, tt.hosts)
 				}
+				for _, inv := range c.Inventories {
+					if len(inv.Hits) != 1 || inv.Hits[0].Installed == "" || inv.Hits[0].Fixed == "" {
+						t.Errorf("%s on %q: hits %+v, want one with installed and fixed versions", tt.cve, inv.Hosts, inv.Hits)
+					}
+				}
 			}
 
 			rep, err := x.CVEsForHost("web-1")

@@ -69,24 +69,43 @@ func (x *Index) HostsForCVE(id string) (*CVEHosts, error) {
 		slices.Sort(invs)
 		invs = slices.Compact(invs)
 	}
+	total := 0
+	for _, inv := range invs {
+		total += len(x.invs[inv].hosts)
+	}
+	names := make([]string, 0, total) // one allocation for every host name
 	for _, inv := range invs {
 		r := &x.invs[inv]
 		if len(r.hosts) == 0 {
 			continue
 		}
-		ih := InventoryHits{Digest: r.digest, Hosts: make([]string, len(r.hosts))}
-		for i, h := range r.hosts {
-			ih.Hosts[i] = x.hosts[h].name
+		start := len(names)
+		for _, h := range r.hosts {
+			names = append(names, x.hosts[h].name)
 		}
-		for _, h := range r.hits {
-			if slices.Contains(advs, x.affs[h.aff].adv) {
-				ih.Hits = append(ih.Hits, x.hit(r, h, nil))
-			}
+		ih := InventoryHits{Digest: r.digest, Hosts: names[start:len(names):len(names)]}
+		for _, a := range advs {
+			ih.Hits = x.advHits(r, &x.advs[a], ih.Hits)
 		}
 		out.HostCount += len(r.hosts)
 		out.Inventories = append(out.Inventories, ih)
 	}
 	return out, nil
+}
+
+// advHits appends r's hits of advisory adv. An inventory's hits are
+// sorted by affected id, and an advisory's affected ids are consecutive,
+// so they are found by binary search.
+func (x *Index) advHits(r *invRec, adv *advRec, out []Hit) []Hit {
+	if len(adv.affs) == 0 {
+		return out
+	}
+	lo, hi := adv.affs[0], adv.affs[len(adv.affs)-1]
+	i, _ := slices.BinarySearchFunc(r.hits, lo, func(h hit, aff uint32) int { return cmp.Compare(h.aff, aff) })
+	for ; i < len(r.hits) && r.hits[i].aff <= hi; i++ {
+		out = append(out, x.hit(r, r.hits[i], nil))
+	}
+	return out
 }
 
 // binaries maps each (source, version) of an inventory to its binary

@@ -10,7 +10,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"syscall"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vigil-hids/vigil/plugins/vulnscan/collect"
@@ -37,12 +38,28 @@ func main() {
 		pkgs = len(s.Inventory.Packages)
 	}
 	slices.Sort(times)
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		fmt.Fprintln(os.Stderr, "getrusage:", err)
+	hwm, err := peakRSS()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peak rss:", err)
 		os.Exit(1)
 	}
 	fmt.Printf("%-10s %-12s %-12s %-12s %s\n", "packages", "median", "max", "peak_rss", "digest")
 	fmt.Printf("%-10d %-12s %-12s %-12s %s\n", pkgs, times[len(times)/2].Round(time.Microsecond),
-		times[len(times)-1].Round(time.Microsecond), fmt.Sprintf("%.1fMB", float64(ru.Maxrss)/1024), dig)
+		times[len(times)-1].Round(time.Microsecond), fmt.Sprintf("%.1fMB", float64(hwm)/1024), dig)
+}
+
+// peakRSS returns VmHWM in kB from /proc/self/status. Unlike getrusage's
+// ru_maxrss it is reset by execve, so `go run` does not report the go
+// command's own footprint.
+func peakRSS() (int, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/self/status")
 }

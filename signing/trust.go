@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"aead.dev/minisign"
 )
@@ -46,6 +47,7 @@ func (t Trust) KeyIDs() []string {
 	for id := range t.keys {
 		ids = append(ids, KeyID(id))
 	}
+	slices.Sort(ids)
 	return ids
 }
 
@@ -55,6 +57,7 @@ func (t Trust) Keys() []string {
 	for _, k := range t.keys {
 		out = append(out, k.String())
 	}
+	slices.Sort(out)
 	return out
 }
 

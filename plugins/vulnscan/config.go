@@ -15,6 +15,7 @@ type Config struct {
 	Settle         sdk.Duration `json:"settle" vigil:"min=100ms,max=10m" desc:"how long the package databases must be quiet after a change before the inventory is collected"`
 	Watch          bool         `json:"watch" desc:"watch the package databases with inotify and collect on change"`
 	Root           string       `json:"root" desc:"the root the package databases, os-release and proc are read under; tests point it at testdata"`
+	CollectTimeout sdk.Duration `json:"collect_timeout" vigil:"min=1s,max=1h" desc:"how long one collection may take before it is reported as stuck (a corrupt rpm database can hang the reader)"`
 }
 
 // DefaultConfig returns the defaults. The server validates configs against
@@ -25,6 +26,7 @@ func DefaultConfig() *Config {
 		Settle:         sdk.Duration(5 * time.Second),
 		Watch:          true,
 		Root:           "/",
+		CollectTimeout: sdk.Duration(2 * time.Minute),
 	}
 }
 

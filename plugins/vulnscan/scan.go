@@ -2,6 +2,8 @@ package vulnscan
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,10 +15,51 @@ import (
 	"github.com/vigil-hids/vigil/sdk"
 )
 
-// collect reads the inventory under cfg.Root and remembers it for the
-// inventory task.
-func (p *Plugin) collect(cfg *Config) (*Inventory, error) {
-	s, err := collect.Collect(cfg.Root)
+// ErrStuck is returned while a collection that outlived collect_timeout
+// is still running.
+var ErrStuck = errors.New("vulnscan: a previous collection is still running")
+
+// collectNow reads the inventory under cfg.Root and remembers it for the
+// inventory task. go-rpmdb can loop forever on a corrupt Berkeley DB
+// database, and a goroutine cannot be stopped from outside; so the
+// collection runs in a goroutine of its own, is reported as failed after
+// collect_timeout, and no other collection starts until it has ended.
+// That goroutine is the one this plugin does not wait for: waiting is
+// what a hang would make impossible.
+func (p *Plugin) collectNow(cfg *Config) (*Inventory, error) {
+	p.mu.Lock()
+	if p.stuck {
+		p.mu.Unlock()
+		return nil, ErrStuck
+	}
+	p.mu.Unlock()
+	type result struct {
+		s   *collect.Snapshot
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := p.collect(cfg.Root)
+		done <- result{s, err}
+	}()
+	timer := time.NewTimer(cfg.CollectTimeout.D())
+	defer timer.Stop()
+	var r result
+	select {
+	case r = <-done:
+	case <-timer.C:
+		p.mu.Lock()
+		p.stuck = true
+		p.mu.Unlock()
+		go func() {
+			<-done
+			p.mu.Lock()
+			p.stuck = false
+			p.mu.Unlock()
+		}()
+		return nil, fmt.Errorf("collecting under %s did not finish within %v; a package database may be corrupt", cfg.Root, cfg.CollectTimeout.D())
+	}
+	s, err := r.s, r.err
 	if err != nil {
 		return nil, err
 	}
@@ -33,7 +76,7 @@ func (p *Plugin) scan(em sdk.Emitter, cfg *Config, reason string) {
 	p.mu.Lock()
 	prev := p.last
 	p.mu.Unlock()
-	inv, err := p.collect(cfg)
+	inv, err := p.collectNow(cfg)
 	if err != nil {
 		em.Counter(CounterErrors).Add(1)
 		p.log.Warn("collecting the inventory failed", "root", cfg.Root, "reason", reason, "error", err)

@@ -21,6 +21,7 @@ import (
 
 	hclog "github.com/hashicorp/go-hclog"
 
+	"github.com/vigil-hids/vigil/plugins/vulnscan/collect"
 	"github.com/vigil-hids/vigil/sdk"
 	"github.com/vigil-hids/vigil/vuln/inventory"
 )
@@ -55,17 +56,23 @@ type Options struct {
 	Clock sdk.Clock
 	// HostName spreads the rescans; empty is os.Hostname.
 	HostName string
+	// Collect reads the inventory under a root; nil is collect.Collect.
+	Collect func(root string) (*collect.Snapshot, error)
 }
 
 // Plugin collects the inventory.
 type Plugin struct {
-	log   hclog.Logger
-	clock sdk.Clock
-	host  string
+	log     hclog.Logger
+	clock   sdk.Clock
+	host    string
+	collect func(root string) (*collect.Snapshot, error)
 
 	mu   sync.Mutex
 	cfg  *Config
 	last *Inventory // the last collection, served by the inventory task
+	// stuck is set while a collection that outlived collect_timeout is
+	// still running; no other starts until it ends.
+	stuck bool
 
 	reconfigured chan struct{}
 }
@@ -93,7 +100,10 @@ func NewWith(o Options) sdk.Factory {
 		if o.HostName == "" {
 			o.HostName, _ = os.Hostname()
 		}
-		return &Plugin{log: log.Named(Name), clock: o.Clock, host: o.HostName, cfg: DefaultConfig(), reconfigured: make(chan struct{}, 1)}
+		if o.Collect == nil {
+			o.Collect = collect.Collect
+		}
+		return &Plugin{log: log.Named(Name), clock: o.Clock, host: o.HostName, collect: o.Collect, cfg: DefaultConfig(), reconfigured: make(chan struct{}, 1)}
 	}
 }
 
@@ -177,7 +187,7 @@ func (p *Plugin) Task(_ context.Context, req sdk.TaskRequest) (json.RawMessage, 
 		p.mu.Unlock()
 		if inv == nil {
 			var err error
-			if inv, err = p.collect(p.config()); err != nil {
+			if inv, err = p.collectNow(p.config()); err != nil {
 				return nil, err
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/vigil-hids/vigil/plugins/vulnscan"
+	"github.com/vigil-hids/vigil/plugins/vulnscan/collect"
 	"github.com/vigil-hids/vigil/sdk/sdktest"
 	"github.com/vigil-hids/vigil/vuln/inventory"
 )
@@ -48,7 +50,7 @@ func TestInfoAndDefaults(t *testing.T) {
 	if info.Name != vulnscan.Name {
 		t.Errorf("name %q", info.Name)
 	}
-	if got, want := string(info.ConfigDefaults), `{"rescan_interval":"12h0m0s","settle":"5s","watch":true,"root":"/"}`; got != want {
+	if got, want := string(info.ConfigDefaults), `{"rescan_interval":"12h0m0s","settle":"5s","watch":true,"root":"/","collect_timeout":"2m0s"}`; got != want {
 		t.Errorf("defaults = %s, want %s", got, want)
 	}
 }
@@ -212,6 +214,52 @@ func TestCollectionErrorIsReported(t *testing.T) {
 	}
 	if _, err := h.Task(vulnscan.TaskInventory, nil); err == nil {
 		t.Error("inventory task with no database succeeded")
+	}
+}
+
+// TestStuckCollection: a collection that hangs (as go-rpmdb does on some
+// corrupt Berkeley DB files) is reported after collect_timeout, and no
+// second one starts until it ends.
+func TestStuckCollection(t *testing.T) {
+	root := debianRoot(t)
+	gate := make(chan struct{})
+	var calls atomic.Int32
+	hanging := func(r string) (*collect.Snapshot, error) {
+		if calls.Add(1) == 1 {
+			<-gate
+		}
+		return collect.Collect(r)
+	}
+	h := sdktest.New(t, vulnscan.NewWith(vulnscan.Options{Collect: hanging}))
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(gate)
+		}
+	}
+	t.Cleanup(release)
+	if err := h.Configure(config(t, map[string]any{"root": root, "watch": false, "collect_timeout": "1s"})); err != nil {
+		t.Fatal(err)
+	}
+	h.Start()
+	ev := h.WaitEvents(sdktest.OfType(vulnscan.EventError), 1, wait)[0]
+	if !strings.Contains(ev.Str("error"), "did not finish within 1s") {
+		t.Errorf("error event %s", ev)
+	}
+	if _, err := h.Task(vulnscan.TaskInventory, nil); err == nil || !strings.Contains(err.Error(), "still running") {
+		t.Errorf("inventory task while stuck = %v", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("%d collections started while one was stuck", n)
+	}
+	release()
+	h.WaitFor("the inventory task to work again", wait, func() bool {
+		_, err := h.Task(vulnscan.TaskInventory, nil)
+		return err == nil
+	})
+	if err := h.Stop(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -96,6 +96,9 @@ func ParseKeyring(r io.Reader) (SignedKeyring, error) {
 // threshold, and its expiry at now, and returns the release keys it lists.
 func VerifyKeyring(s SignedKeyring, roots Trust, now time.Time) (Trust, error) {
 	k := s.Keyring
+	if now.IsZero() {
+		return Trust{}, errNoClock
+	}
 	body, err := k.Body()
 	if err != nil {
 		return Trust{}, err

@@ -2,6 +2,7 @@ package signing
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -99,9 +100,10 @@ func (s *SignedManifest) Sign(sec minisign.PrivateKey) error {
 	return nil
 }
 
-// Marshal encodes the signed manifest as manifest.json.
+// Marshal encodes the signed manifest as manifest.json (indented; the
+// signatures cover the canonical body, not this layout).
 func (s SignedManifest) Marshal() ([]byte, error) {
-	b, err := canonical(s)
+	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encoding signed manifest: %w", err)
 	}

@@ -127,6 +127,8 @@ func TestVerifyRefusals(t *testing.T) {
 			s.Manifest.Rollback = true
 			return s
 		}, want: func(e Expect) Expect { e.Running = "1.3.0"; return e }, wantErr: ErrBadSignature},
+		{name: "no clock", sm: func() SignedManifest { return signed(t, release(bin), a, b) },
+			want: func(e Expect) Expect { e.Now = time.Time{}; return e }, wantErr: errNoClock},
 		{name: "host too old", sm: func() SignedManifest { return signed(t, release(bin), a, b) },
 			want: func(e Expect) Expect { e.HostVersion = "0.9.0"; return e }, wantErr: ErrHostTooOld},
 	}

@@ -3,6 +3,7 @@ package signing
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -26,6 +27,10 @@ type Expect struct {
 	Now time.Time
 }
 
+// errNoClock guards against a forgotten clock: a zero time would make
+// every expiry lie in the future.
+var errNoClock = errors.New("signing: verification needs the current time (Expect.Now is zero)")
+
 // Verified is what a successful verification established.
 type Verified struct {
 	Manifest Manifest
@@ -38,6 +43,9 @@ type Verified struct {
 func VerifyManifest(s SignedManifest, trust Trust, want Expect) (Verified, error) {
 	m := s.Manifest
 	release := m.Plugin + " " + m.Version
+	if want.Now.IsZero() {
+		return Verified{}, errNoClock
+	}
 	if err := m.Validate(); err != nil {
 		return Verified{}, fmt.Errorf("release %s: %w: %w", release, ErrMalformed, err)
 	}

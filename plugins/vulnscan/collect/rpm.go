@@ -16,8 +16,11 @@ import (
 // ("Packages.db", SUSE 15+) and SQLite ("rpmdb.sqlite", RHEL 9+, Fedora
 // 33+). The format is told by the file's magic, not its name. The
 // gpg-pubkey pseudo-packages are left out. A corrupt database is an error:
-// go-rpmdb stops at the first bad record, and a panic in its decoders is
-// turned into an error here.
+// go-rpmdb stops at the first bad record, and a panic while decoding a
+// header is turned into an error here. Pages are read in a goroutine of
+// go-rpmdb's own, which this recover does not cover and which can loop
+// forever on some corrupt Berkeley DB files; the plugin bounds a
+// collection's time for that reason.
 func ReadRPM(path string) (pkgs []inventory.Package, err error) {
 	defer func() {
 		if r := recover(); r != nil {

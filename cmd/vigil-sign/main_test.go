@@ -78,6 +78,13 @@ func TestCLIReleaseFlow(t *testing.T) {
 		t.Fatalf("minisign -V: %v\n%s", err, out)
 	}
 
+	// And the manifest body, exported with each signature.
+	must(t, dir, "export", "bundle", "exported")
+	if out, err := exec.Command("minisign", "-V", "-p", filepath.Join(dir, "a.pub"), "-m", filepath.Join(dir, "exported", "manifest.body"),
+		"-x", filepath.Join(dir, "exported", "manifest.body."+id+".minisig")).CombinedOutput(); err != nil {
+		t.Fatalf("minisign -V on the exported manifest body: %v\n%s", err, out)
+	}
+
 	tests := []struct {
 		name    string
 		args    []string

@@ -52,7 +52,7 @@ func newRoot(e env) *cobra.Command {
 	}
 	root.PersistentFlags().StringVarP(&output, "output", "o", "text", "output format: text or json")
 	c := &cli{env: e, output: &output}
-	root.AddCommand(c.keygenCmd(), c.signCmd(), c.verifyCmd(), c.trustCmd(), c.keyringCmd())
+	root.AddCommand(c.keygenCmd(), c.signCmd(), c.verifyCmd(), c.trustCmd(), c.keyringCmd(), c.exportCmd())
 	return root
 }
 

@@ -287,6 +287,17 @@ func TestStockMinisignVerifiesOurSignatures(t *testing.T) {
 	if out, err := exec.Command("minisign", "-V", "-p", pubPath, "-m", bodyPath, "-x", sigPath).CombinedOutput(); err != nil {
 		t.Fatalf("minisign -V on the manifest body: %v\n%s", err, out)
 	}
+	// Our unencrypted secret key signs with the stock tool too.
+	secPath := filepath.Join(dir, "key.key")
+	secText, _ := MarshalSecretKey(k.sec, "")
+	_ = os.WriteFile(secPath, secText, 0o600)
+	if out, err := exec.Command("minisign", "-S", "-s", secPath, "-m", bodyPath, "-x", bodyPath+".stock").CombinedOutput(); err != nil {
+		t.Fatalf("minisign -S with a vigil-sign key: %v\n%s", err, out)
+	}
+	stockSig, _ := os.ReadFile(bodyPath + ".stock")
+	if _, err := countSigners(body, []Signature{{KeyID: KeyID(k.pub.ID()), Signature: string(stockSig)}}, trustOf(t, 1, k)); err != nil {
+		t.Fatalf("minisign's signature with our key: %v", err)
+	}
 	// And it refuses a tampered body, so the check above means something.
 	_ = os.WriteFile(bodyPath, append(body, ' '), 0o644)
 	if out, err := exec.Command("minisign", "-V", "-p", pubPath, "-m", bodyPath, "-x", sigPath).CombinedOutput(); err == nil {

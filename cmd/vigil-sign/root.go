@@ -10,6 +10,7 @@ import (
 
 	"aead.dev/minisign"
 	"github.com/spf13/cobra"
+	"github.com/vigil-hids/vigil/internal/version"
 	"github.com/vigil-hids/vigil/signing"
 )
 
@@ -41,6 +42,7 @@ func newRoot(e env) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "vigil-sign",
 		Short:         "Sign and verify Vigil releases with minisign keys",
+		Version:       version.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {

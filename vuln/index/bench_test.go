@@ -59,8 +59,13 @@ func (s *synth) inventory(i int) *inventory.Inventory {
 	for len(chosen) < s.pkgs {
 		chosen[base+rng.IntN(s.names-base)] = true
 	}
-	srcVer := map[int]int{}
+	names := make([]int, 0, len(chosen))
 	for n := range chosen {
+		names = append(names, n)
+	}
+	slices.Sort(names) // map order is random; the fleet must not be
+	srcVer := map[int]int{}
+	for _, n := range names {
 		src := n / 3
 		v, ok := srcVer[src]
 		if !ok { // most hosts are fairly up to date, one source in ten is old

@@ -2,6 +2,7 @@ package index_test
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 
@@ -243,5 +244,57 @@ func TestReimportReplaces(t *testing.T) {
 	c, _ := x.HostsForCVE("CVE-2024-0727")
 	if slices.Contains(hostsOf(c), "alpine") {
 		t.Errorf("alpine still affected after the fix moved: %q", hostsOf(c))
+	}
+}
+
+// TestIngestAndRematchAgree builds one synthetic fleet twice, advisories
+// before and after the inventories, and compares every CVE's hosts: the
+// ingest-time matching and the whole-fleet re-match must not differ.
+func TestIngestAndRematchAgree(t *testing.T) {
+	s := &synth{hosts: 500, invs: 40, pkgs: 200, advs: 600}
+	s.names = s.pkgs * 4
+	build := func(advFirst bool) *index.Index {
+		x := index.New()
+		advs := make([]*osv.Advisory, s.advs)
+		for i := range advs {
+			advs[i] = s.advisory(i)
+		}
+		if advFirst {
+			x.AddAdvisories(advs)
+		}
+		var digests []string
+		for i := range s.invs {
+			d, _, err := x.AddInventory(s.inventory(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			digests = append(digests, d)
+		}
+		for h := range s.hosts {
+			if err := x.SetHost(fmt.Sprintf("host-%d", h), digests[h%len(digests)]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !advFirst {
+			x.AddAdvisories(advs)
+		}
+		return x
+	}
+	a, b := build(true), build(false)
+	sa, sb := a.Stats(), b.Stats()
+	sa.Versions, sb.Versions = 0, 0 // fixed versions are interned as they are first matched
+	if sa != sb || sa.Hits == 0 {
+		t.Fatalf("stats differ or no hits: %+v vs %+v", sa, sb)
+	}
+	ta, tb := a.Top(0), b.Top(0)
+	if !slices.Equal(ta, tb) || len(ta) == 0 {
+		t.Fatalf("top differs: %d vs %d CVEs", len(ta), len(tb))
+	}
+	for _, c := range ta[:min(len(ta), 50)] {
+		ha, _ := a.HostsForCVE(c.ID)
+		hb, _ := b.HostsForCVE(c.ID)
+		if !slices.Equal(hostsOf(ha), hostsOf(hb)) || ha.HostCount != c.Hosts {
+			t.Errorf("%s: %d vs %d hosts (top says %d)", c.ID, ha.HostCount, hb.HostCount, c.Hosts)
+		}
 	}
 }

@@ -61,7 +61,12 @@ func MarshalSecretKey(sec minisign.PrivateKey, password string) ([]byte, error) 
 		if err != nil {
 			return nil, fmt.Errorf("encoding secret key: %w", err)
 		}
-		return append(text, '\n'), nil
+		// The library's comment line says "encrypted" even here.
+		key := text
+		if comment, rest, ok := bytes.Cut(text, []byte("\n")); ok && bytes.HasPrefix(comment, []byte("untrusted comment:")) {
+			key = rest
+		}
+		return []byte("untrusted comment: minisign unencrypted secret key " + KeyID(sec.ID()) + "\n" + string(bytes.TrimSpace(key)) + "\n"), nil
 	}
 	text, err := minisign.EncryptKey(password, sec)
 	if err != nil {

@@ -28,6 +28,8 @@ var (
 	ErrHostTooOld = errors.New("signing: host older than the release's minimum host version")
 	// ErrKeyringExpired: the keyring's expiry has passed.
 	ErrKeyringExpired = errors.New("signing: keyring expired, an old keyring could still list a revoked release key")
+	// ErrKeyringRollback: the keyring's serial is lower than one already accepted.
+	ErrKeyringRollback = errors.New("signing: keyring older than one already accepted, a replayed keyring could bring back a revoked release key")
 	// ErrKeyringUnsigned: the keyring lacks a threshold of root signatures.
 	ErrKeyringUnsigned = errors.New("signing: keyring not signed by enough root keys, release keys are only trusted through the roots")
 )

@@ -36,7 +36,7 @@ func TestFixtures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromKeyring, err := VerifyKeyring(kr, roots, now)
+	fromKeyring, err := VerifyKeyring(kr, roots, now, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func FuzzParseKeyring(f *testing.F) {
 			return
 		}
 		body, _ := s.Keyring.Body()
-		if _, err := VerifyKeyring(s, roots, now); err == nil && !bytes.Equal(body, signedBody) {
+		if _, err := VerifyKeyring(s, roots, now, 0); err == nil && !bytes.Equal(body, signedBody) {
 			t.Fatalf("accepted a keyring nobody signed:\n%s", body)
 		}
 	})

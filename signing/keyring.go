@@ -93,8 +93,10 @@ func ParseKeyring(r io.Reader) (SignedKeyring, error) {
 }
 
 // VerifyKeyring checks the keyring against the pinned root keys and their
-// threshold, and its expiry at now, and returns the release keys it lists.
-func VerifyKeyring(s SignedKeyring, roots Trust, now time.Time) (Trust, error) {
+// threshold, its expiry at now and that its serial is at least minSerial
+// (the highest the caller accepted before; 0 when it has none), and returns
+// the release keys it lists.
+func VerifyKeyring(s SignedKeyring, roots Trust, now time.Time, minSerial uint64) (Trust, error) {
 	k := s.Keyring
 	if now.IsZero() {
 		return Trust{}, errNoClock
@@ -110,6 +112,9 @@ func VerifyKeyring(s SignedKeyring, roots Trust, now time.Time) (Trust, error) {
 		return Trust{}, fmt.Errorf("keyring serial %d refused: %w: expired %s, now %s", k.Serial, ErrKeyringExpired,
 			k.Expires.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
+	if k.Serial < minSerial {
+		return Trust{}, fmt.Errorf("keyring serial %d refused: %w: already accepted serial %d", k.Serial, ErrKeyringRollback, minSerial)
+	}
 	t, err := TrustFile{Threshold: k.Threshold, Keys: k.Keys}.Trust()
 	if err != nil {
 		return Trust{}, fmt.Errorf("keyring serial %d refused: %w", k.Serial, err)
@@ -120,7 +125,7 @@ func VerifyKeyring(s SignedKeyring, roots Trust, now time.Time) (Trust, error) {
 // VerifyWithKeyring resolves the current release keys from a root-signed
 // keyring first and then verifies the release with them.
 func VerifyWithKeyring(s SignedManifest, binary io.Reader, kr SignedKeyring, roots Trust, want Expect) (Verified, error) {
-	release, err := VerifyKeyring(kr, roots, want.Now)
+	release, err := VerifyKeyring(kr, roots, want.Now, want.MinKeyringSerial)
 	if err != nil {
 		return Verified{}, err
 	}

@@ -170,10 +170,11 @@ func TestKeyring(t *testing.T) {
 		return s
 	}
 	tests := []struct {
-		name    string
-		kr      SignedKeyring
-		signer  key
-		wantErr error
+		name      string
+		kr        SignedKeyring
+		signer    key
+		minSerial uint64
+		wantErr   error
 	}{
 		{name: "rotated key accepted", kr: kr(now.Add(time.Hour), root1, root2), signer: rel2},
 		{name: "retired key refused", kr: kr(now.Add(time.Hour), root1, root2), signer: rel1, wantErr: ErrThreshold},
@@ -181,6 +182,8 @@ func TestKeyring(t *testing.T) {
 		{name: "one root short", kr: kr(now.Add(time.Hour), root1), signer: rel2, wantErr: ErrKeyringUnsigned},
 		{name: "signed by a release key", kr: kr(now.Add(time.Hour), root1, rel2), signer: rel2, wantErr: ErrKeyringUnsigned},
 		{name: "expired keyring", kr: kr(now, root1, root2), signer: rel2, wantErr: ErrKeyringExpired},
+		{name: "same serial again", kr: kr(now.Add(time.Hour), root1, root2), signer: rel2, minSerial: 2},
+		{name: "older serial", kr: kr(now.Add(time.Hour), root1, root2), signer: rel2, minSerial: 3, wantErr: ErrKeyringRollback},
 		{name: "keys swapped after signing", kr: func() SignedKeyring {
 			s := kr(now.Add(time.Hour), root1, root2)
 			s.Keyring.Keys = []string{rel1.pub.String()}
@@ -198,7 +201,7 @@ func TestKeyring(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = VerifyWithKeyring(signed(t, release(bin), tt.signer), bytes.NewReader(bin), parsed, roots, Expect{Now: now})
+			_, err = VerifyWithKeyring(signed(t, release(bin), tt.signer), bytes.NewReader(bin), parsed, roots, Expect{Now: now, MinKeyringSerial: tt.minSerial})
 			if !errors.Is(err, tt.wantErr) || (tt.wantErr == nil) != (err == nil) {
 				t.Fatalf("got %v, want %v", err, tt.wantErr)
 			}

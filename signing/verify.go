@@ -23,6 +23,9 @@ type Expect struct {
 	// HostVersion is the running host's version, checked against the
 	// manifest's min_host_version.
 	HostVersion string
+	// MinKeyringSerial is the highest keyring serial accepted before;
+	// VerifyWithKeyring refuses a lower one.
+	MinKeyringSerial uint64
 	// Now decides expiry; it is the caller's injected clock.
 	Now time.Time
 }

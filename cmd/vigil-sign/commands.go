@@ -138,7 +138,7 @@ func (c *cli) verifyCmd() *cobra.Command {
 				if kr, err = readKeyring(keyringPath); err != nil {
 					return err
 				}
-				trust, err = signing.VerifyKeyring(kr, roots, want.Now)
+				trust, err = signing.VerifyKeyring(kr, roots, want.Now, want.MinKeyringSerial)
 			default:
 				return fmt.Errorf("pass either --trust, or --keyring with --roots")
 			}
@@ -164,6 +164,7 @@ func (c *cli) verifyCmd() *cobra.Command {
 	f.StringVar(&want.Arch, "arch", "", "refuse a manifest for another arch")
 	f.StringVar(&want.Running, "running", "", "running version: refuse a lower one unless the manifest carries a signed rollback")
 	f.StringVar(&want.HostVersion, "host-version", "", "host version: refuse a release that needs a newer host")
+	f.Uint64Var(&want.MinKeyringSerial, "min-keyring-serial", 0, "with --keyring: refuse a keyring with a lower serial")
 	return cmd
 }
 

@@ -83,6 +83,7 @@ func (c *cli) keyringSignCmd() *cobra.Command {
 
 func (c *cli) keyringVerifyCmd() *cobra.Command {
 	var rootsPath string
+	var minSerial uint64
 	cmd := &cobra.Command{
 		Use:   "verify KEYRING",
 		Short: "Verify a keyring against the root trust file and print its release keys",
@@ -96,7 +97,7 @@ func (c *cli) keyringVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			release, err := signing.VerifyKeyring(kr, roots, c.now())
+			release, err := signing.VerifyKeyring(kr, roots, c.now(), minSerial)
 			if err != nil {
 				return err
 			}
@@ -106,6 +107,7 @@ func (c *cli) keyringVerifyCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&rootsPath, "roots", "roots.json", "trust file of root keys")
+	cmd.Flags().Uint64Var(&minSerial, "min-serial", 0, "refuse a keyring with a lower serial (the highest accepted before)")
 	return cmd
 }
 

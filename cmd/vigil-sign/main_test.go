@@ -94,6 +94,7 @@ func TestCLIReleaseFlow(t *testing.T) {
 		{name: "other plugin", args: []string{"verify", "--trust", "trust.json", "--plugin", "netmon", "bundle"}, wantErr: "another plugin"},
 		{name: "other arch", args: []string{"verify", "--trust", "trust.json", "--arch", "arm64", "bundle"}, wantErr: "another platform"},
 		{name: "threshold of three", args: []string{"verify", "--trust", "trust3.json", "bundle"}, wantErr: "too few distinct trusted keys"},
+		{name: "replayed keyring", args: []string{"verify", "--keyring", "keyring.json", "--roots", "roots.json", "--min-keyring-serial", "2", "bundle"}, wantErr: "keyring older than one already accepted"},
 		{name: "neither trust nor keyring", args: []string{"verify", "bundle"}, wantErr: "either --trust"},
 		{name: "password as flag value is not a flag", args: []string{"keygen", "--password", "x"}, wantErr: "unknown flag"},
 		{name: "keygen refuses to overwrite", args: []string{"keygen", "-W", "-p", "a.pub", "-s", "a.key"}, wantErr: "exists"},

@@ -463,15 +463,24 @@ func (g *Group) Delete() error {
 
 func (g *Group) procsLocked() ([]int, error) { return readPids(g.dirs[g.primary()], true) }
 
+// waitEmpty waits until no hierarchy of the group lists a process. Every
+// hierarchy is checked, not only the primary one: on cgroup v1 a thread
+// moved on its own (the spawn thread) and then exiting stays listed in the
+// hierarchies it joined until the kernel releases it, and rmdir fails
+// until then.
 func (g *Group) waitEmpty(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		pids, err := g.procsLocked()
-		if errors.Is(err, os.ErrNotExist) || (err == nil && len(pids) == 0) {
-			return nil
+		var pids []int
+		for _, d := range g.dirs {
+			p, err := readPids(d, true)
+			if err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			pids = append(pids, p...)
 		}
-		if err != nil {
-			return err
+		if len(pids) == 0 {
+			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("processes %v still in the group after %s", pids, timeout)

@@ -32,6 +32,10 @@ func Merge(layers ...DesiredState) DesiredState {
 			}
 			out.Plugins[name] = mergePlugin(out.Plugins[name], p)
 		}
+		if l.HostVersion != "" {
+			out.HostVersion = l.HostVersion
+			out.HostRollout = cloneRollout(l.HostRollout)
+		}
 		for _, t := range l.Tasks {
 			t.Args = cloneRaw(t.Args)
 			if i, ok := taskAt[t.ID]; ok {
@@ -52,6 +56,9 @@ func mergePlugin(base, over PluginState) PluginState {
 	}
 	if over.Version != "" {
 		base.Version = over.Version
+		base.Rollout = cloneRollout(over.Rollout)
+	} else {
+		base.Rollout = cloneRollout(base.Rollout)
 	}
 	if over.LogLevel != "" {
 		base.LogLevel = over.LogLevel
@@ -67,6 +74,14 @@ func mergePlugin(base, over PluginState) PluginState {
 		base.Limits = cloneRaw(base.Limits)
 	}
 	return base
+}
+
+func cloneRollout(r *Rollout) *Rollout {
+	if r == nil {
+		return nil
+	}
+	v := *r
+	return &v
 }
 
 // mergeJSON merges over into base when both are JSON objects, recursively,

@@ -18,14 +18,23 @@ type DesiredState struct {
 	Plugins map[string]PluginState `json:"plugins,omitempty"`
 	// Tasks are one-shot tasks, run once per host.
 	Tasks []Task `json:"tasks,omitempty"`
+	// HostVersion is the signed vigil-host release to run
+	// (/hids/releases/vigil-host/{version}); HostRollout limits it to a
+	// share of the hosts.
+	HostVersion string   `json:"host_version,omitempty"`
+	HostRollout *Rollout `json:"host_rollout,omitempty"`
 }
 
 // PluginState is the desired state of one plugin.
 type PluginState struct {
 	// Enabled runs (true) or stops (false) the plugin.
 	Enabled *bool `json:"enabled,omitempty"`
-	// Version pins a signed release version.
+	// Version is the signed release version to run
+	// (/hids/releases/{plugin}/{version}); empty keeps the installed one.
 	Version string `json:"version,omitempty"`
+	// Rollout limits Version to a share of the hosts; it is replaced
+	// together with Version by a narrower scope.
+	Rollout *Rollout `json:"rollout,omitempty"`
 	// Config is the plugin's JSON config; objects merge key by key across
 	// scopes, anything else replaces.
 	Config json.RawMessage `json:"config,omitempty"`
@@ -76,6 +85,8 @@ type Registration struct {
 	Instance Instance `json:"instance"`
 	// Tasks are the results of the most recent one-shot tasks, newest last.
 	Tasks []TaskResult `json:"tasks,omitempty"`
+	// HostUpdate is the state of the latest vigil-host self-update.
+	HostUpdate *UpdateStatus `json:"host_update,omitempty"`
 }
 
 // Applied acknowledges a desired-state revision.
@@ -94,6 +105,8 @@ type PluginStatus struct {
 	LastError string `json:"last_error,omitempty"`
 	Restarts  int    `json:"restarts,omitempty"`
 	Breaker   string `json:"breaker,omitempty"`
+	// Update is the state of the latest release install for the plugin.
+	Update *UpdateStatus `json:"update,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string.

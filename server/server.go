@@ -87,6 +87,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// CheckPlugin checks plugin configs (plugins/catalog.Validate).
 	CheckPlugin desired.PluginValidator
+	// Releases configures the artifact store and rollouts (releases.go).
+	Releases ReleaseConfig
+	// Vuln configures the vulnerability index (vuln.go).
+	Vuln VulnConfig
 	// Logger, Registry and Now are injected; nil means discard, a new
 	// registry and time.Now.
 	Logger   *slog.Logger
@@ -259,6 +263,12 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		Gatherer: cfg.Registry, Logger: cfg.Logger}
 	if cfg.Insecure {
 		opts.Anonymous = &auth.Identity{Name: "anonymous", Role: auth.Admin}
+	}
+	if err := s.setupReleases(ctx, &opts); err != nil {
+		return s, err
+	}
+	if err := s.setupVuln(ctx, &opts); err != nil {
+		return s, err
 	}
 	s.http = &http.Server{Handler: httpapi.New(opts), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn)}

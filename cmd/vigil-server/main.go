@@ -109,6 +109,8 @@ func newRoot() *cobra.Command {
 	fs.BoolVar(&f.cfg.Insecure, "insecure", false, "development only: plain HTTP on loopback, every caller an admin named anonymous")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", server.DefaultLeaseTTL, "replica registration lease")
 	fs.DurationVar(&f.cfg.AggregateInterval, "aggregate-interval", server.DefaultAggregateInterval, "fleet aggregation and health check interval")
+	addReleaseFlags(root, f)
+	addVulnFlags(root, f)
 	root.AddCommand(newInit())
 	return root
 }

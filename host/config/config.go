@@ -47,6 +47,9 @@ type Config struct {
 	// standalone on this file alone. Its host, labels and state_dir default
 	// to the ones above.
 	Control *control.Config `yaml:"control"`
+	// Server is the HTTPS link to vigil-server (artifact downloads,
+	// inventory upload); absent, nothing is sent to or fetched from it.
+	Server *Server `yaml:"server"`
 }
 
 // Plugin is one plugin to run.
@@ -268,6 +271,9 @@ func (c Config) Validate() error {
 	}
 	if s.QuarantineAfter < 1 || s.QuarantineAfter > 100 {
 		bad("supervisor.quarantine_after must be between 1 and 100 (got %d)", s.QuarantineAfter)
+	}
+	if c.Server != nil {
+		errs = append(errs, c.Server.validate()...)
 	}
 	if c.Control != nil {
 		if err := c.ControlConfig("").Validate(); err != nil {

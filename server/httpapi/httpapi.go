@@ -36,6 +36,11 @@ type Options struct {
 	// Anonymous, if set, is the identity of callers without a client
 	// certificate (the --insecure loopback development mode only).
 	Anonymous *auth.Identity
+	// Releases serves the release and rollout routes (releases.go); nil
+	// leaves them out.
+	Releases *ReleaseOptions
+	// Vuln serves the vulnerability routes (vuln.go); nil leaves them out.
+	Vuln *VulnOptions
 }
 
 // Error is the body of every failed request.
@@ -70,6 +75,8 @@ func New(opts Options) http.Handler {
 	h.mux.HandleFunc("POST /v1/fleet/resume", h.stop(false))
 	h.mux.HandleFunc("GET /v1/fleet/progress", h.progress)
 	h.mux.HandleFunc("GET /v1/status", h.status)
+	h.releaseRoutes()
+	h.vulnRoutes()
 	if opts.Gatherer != nil {
 		h.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}

@@ -106,6 +106,8 @@ func New(s Streams, env func(string) string) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "text", "output format: text or json")
 	pf.DurationVar(&g.timeout, "request-timeout", 30*time.Second, "timeout of each API request")
 	root.AddCommand(g.agentsCmd(), g.configCmd(), g.fleetCmd(), g.serverCmd())
+	root.AddCommand(g.releaseCmds()...)
+	root.AddCommand(g.vulnCmds()...)
 	return root
 }
 

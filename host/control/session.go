@@ -278,6 +278,10 @@ func (l *Loop) revokeQuietly(id clientv3.LeaseID) {
 // registrationValue returns the registration to write.
 func (l *Loop) registrationValue() *api.Registration {
 	status := l.applier.Status()
+	var hostUpdate *api.UpdateStatus
+	if h, ok := l.applier.(HostUpdateReporter); ok {
+		hostUpdate = h.HostUpdate()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	applied, stopped := l.applied, l.hasMerged && isStopped(l.merged)
@@ -285,17 +289,24 @@ func (l *Loop) registrationValue() *api.Registration {
 		applied, stopped = l.held.applied, l.held.stopped
 	}
 	return &api.Registration{
-		Host:      l.cfg.Host,
-		Version:   l.cfg.Version,
-		Labels:    l.cfg.Labels,
-		StartedAt: l.startedAt.UTC(),
-		UpdatedAt: l.clock.Now().UTC(),
-		Applied:   applied,
-		Stopped:   stopped,
-		Plugins:   status,
-		Instance:  l.instance,
-		Tasks:     append([]api.TaskResult(nil), l.results...),
+		Host:       l.cfg.Host,
+		Version:    l.cfg.Version,
+		Labels:     l.cfg.Labels,
+		StartedAt:  l.startedAt.UTC(),
+		UpdatedAt:  l.clock.Now().UTC(),
+		Applied:    applied,
+		Stopped:    stopped,
+		Plugins:    status,
+		Instance:   l.instance,
+		Tasks:      append([]api.TaskResult(nil), l.results...),
+		HostUpdate: hostUpdate,
 	}
+}
+
+// HostUpdateReporter is implemented by an Applier that updates vigil-host
+// itself; its status goes into the registration value (HostUpdate).
+type HostUpdateReporter interface {
+	HostUpdate() *api.UpdateStatus
 }
 
 // sameReport reports whether two registrations say the same thing (all
@@ -305,7 +316,8 @@ func sameReport(a, b *api.Registration) bool {
 		return false
 	}
 	return a.Applied == b.Applied && a.Stopped == b.Stopped &&
-		slices.Equal(a.Tasks, b.Tasks) && maps.Equal(a.Plugins, b.Plugins)
+		slices.Equal(a.Tasks, b.Tasks) && maps.Equal(a.Plugins, b.Plugins) &&
+		(a.HostUpdate == nil) == (b.HostUpdate == nil) && (a.HostUpdate == nil || *a.HostUpdate == *b.HostUpdate)
 }
 
 // ack writes the registration if it changed since the last write, only if

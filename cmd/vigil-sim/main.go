@@ -36,6 +36,15 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "-serve-member" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := serveMember(ctx, args[1:]); err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
+		return 0
+	}
 	o := DefaultOptions()
 	fs := flag.NewFlagSet("vigil-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -43,7 +52,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Clients, "clients", o.Clients, "etcd client connections shared by the hosts")
 	fs.IntVar(&o.Groups, "groups", o.Groups, "group labels per host, 0 to 3 (one watch each)")
 	endpoints := fs.String("endpoints", "", "comma-separated etcd client URLs; empty starts an embedded etcd")
-	fs.StringVar(&o.DataDir, "data-dir", "", "embedded etcd data directory (default: a temporary directory)")
+	fs.IntVar(&o.Cluster, "cluster", 0, "start a cell of this many etcd members, one child process each (0: one member embedded in this process)")
+	fs.StringVar(&o.EtcdBin, "etcd-bin", "", "with -cluster: run this etcd binary (e.g. /usr/bin/etcd) instead of vigil-sim -serve-member (embedded etcd 3.7.3)")
+	fs.StringVar(&o.DataDir, "data-dir", "", "embedded etcd data directory (default: a temporary directory); with -cluster the parent of the members' directories (default /dev/shm)")
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "embedded etcd without fsync (faster, unsafe; for comparison only)")
 	fs.StringVar(&o.Prefix, "prefix", "", "keyspace prefix (default: /vigil-sim-<time>, so runs never collide)")
 	fs.DurationVar(&o.LeaseTTL, "ttl", o.LeaseTTL, "registration lease TTL")
@@ -51,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Spread, "spread", o.Spread, "spread of the hosts' first registration (control.spread)")
 	fs.DurationVar(&o.AckSpread, "ack-spread", o.AckSpread, "spread of the hosts' acknowledgements of fleet-wide changes (control.ack_spread)")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "how often each host polls plugin status")
-	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline")
+	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (leader-loss needs -cluster 3)")
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
 	fs.IntVar(&o.Offline, "offline", o.Offline, "hosts killed in the offline scenario")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed choosing the pushed hosts")
@@ -129,17 +140,25 @@ func printTable(w io.Writer, rep Report) {
 	fmt.Fprintf(w, "vigil-sim: %d hosts, %d etcd clients, %d group watches per host, lease TTL %s, registration spread %s, ack spread %s, etcd: %s\n",
 		rep.Hosts, rep.Clients, rep.Groups, rep.LeaseTTL, rep.Spread, rep.AckSpread, rep.Etcd)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tcount\tdone\ttotal ms\tp50 ms\tp99 ms\tmax ms\tmet\ttarget\t")
+	fmt.Fprintln(tw, "scenario\tcount\tdone\ttotal ms\tp50 ms\tp99 ms\tmax ms\tmet\tload\ttarget\t")
 	for _, r := range rep.Results {
 		total := "-"
 		if r.TotalMS > 0 {
 			total = fmt.Sprintf("%.0f", r.TotalMS)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.1f\t%.1f\t%.1f\t%v\t%s\t\n",
-			r.Scenario, r.Count, r.Done, total, r.P50MS, r.P99MS, r.MaxMS, r.Met, r.Target)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.1f\t%.1f\t%.1f\t%v\t%.1f\t%s\t\n",
+			r.Scenario, r.Count, r.Done, total, r.P50MS, r.P99MS, r.MaxMS, r.Met, r.Load1, r.Target)
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(w, "process: %d goroutines at the end, max RSS %.0f MiB, CPU %.1f s\n", rep.Goroutines, rep.MaxRSSMB, rep.CPUSeconds)
+	fmt.Fprintf(w, "process: %d goroutines at the end, max RSS %.0f MiB, CPU %.1f s (after registration: RSS %.0f MiB, CPU %.1f s); load average %s at the start, %s at the end\n",
+		rep.Goroutines, rep.MaxRSSMB, rep.CPUSeconds, rep.SimAfterRegisterRSSMB, rep.SimAfterRegisterCPU, rep.LoadStart, rep.LoadEnd)
+	for i, st := range rep.EtcdAtEnd {
+		var reg MemberStat
+		if i < len(rep.EtcdAfterRegister) {
+			reg = rep.EtcdAfterRegister[i]
+		}
+		fmt.Fprintf(w, "etcd %s: after registration RSS %.0f MiB, CPU %.1f s; at the end RSS %.0f MiB, CPU %.1f s\n", st.Name, reg.RSSMB, reg.CPUSeconds, st.RSSMB, st.CPUSeconds)
+	}
 }
 
 // serveOnly runs the embedded etcd alone, so that a second vigil-sim

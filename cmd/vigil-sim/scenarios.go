@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,12 +31,22 @@ type agentEvent struct {
 // watchAgents watches registrations under prefix (a single key if exact)
 // from rev and sends decoded events until ctx ends.
 func (s *Sim) watchAgents(ctx context.Context, key string, prefix bool, rev int64) <-chan agentEvent {
+	return s.watchAgentsOpt(ctx, key, prefix, rev, true)
+}
+
+// watchAgentsOpt is watchAgents; requireLeader false keeps the watch open
+// (resumed on another member by the client) while the cell elects a leader.
+func (s *Sim) watchAgentsOpt(ctx context.Context, key string, prefix bool, rev int64, requireLeader bool) <-chan agentEvent {
 	out := make(chan agentEvent, 4096)
 	opts := []clientv3.OpOption{clientv3.WithRev(rev), clientv3.WithCreatedNotify()}
 	if prefix {
 		opts = append(opts, clientv3.WithPrefix())
 	}
-	wch := s.admin.Watch(clientv3.WithRequireLeader(ctx), key, opts...)
+	wctx := ctx
+	if requireLeader {
+		wctx = clientv3.WithRequireLeader(ctx)
+	}
+	wch := s.admin.Watch(wctx, key, opts...)
 	// Wait until the server has created the watch, so that no measured
 	// event is delivered late as part of a catch-up.
 	select {
@@ -132,7 +143,7 @@ func (s *Sim) register(ctx context.Context) (Result, error) {
 	}
 	started := time.Since(t0)
 	want := s.allHosts()
-	lat := waitHosts(ctx, evs, want, t0, 120*time.Second, func(e agentEvent) bool {
+	lat := waitHosts(ctx, evs, want, t0, max(120*time.Second, 2*s.opts.Spread+60*time.Second), func(e agentEvent) bool {
 		return !e.deleted && e.reg.Applied.Revision > 0
 	})
 	total := time.Since(t0)
@@ -160,6 +171,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
 	}
+	s.stopped = stop
 	want := s.allHosts()
 	lat := waitHosts(ctx, evs, want, t0, 60*time.Second, func(e agentEvent) bool {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
@@ -171,6 +183,63 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	met := len(lat) == len(want) && total <= 5*time.Second
 	return result(name, len(want), len(want), lat, total, "all acknowledged within 5s", met,
 		fmt.Sprintf("one write of the fleet key (stop=%v) at revision %d; latency = write start to the registration showing that revision", stop, wrote)), nil
+}
+
+// leaderLoss writes the fleet key's stop flag (the opposite of its current
+// value), kills the cell's leader with SIGKILL right after the write
+// returned, and waits until every host acknowledged; the killed member is
+// restarted afterwards so that later scenarios have the whole cell.
+func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
+	stop := !s.stopped
+	lctx, lcancel := context.WithTimeout(ctx, 60*time.Second)
+	leader, err := s.cell.waitLeader(lctx, -1)
+	lcancel()
+	if err != nil {
+		return Result{}, err
+	}
+	rev, err := s.currentRev(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	evs := s.watchAgentsOpt(wctx, s.ks.Agents(), true, rev+1, false)
+	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
+	t0 := time.Now()
+	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim leader loss"))
+	if err != nil {
+		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
+	}
+	s.stopped = stop
+	s.cell.kill(leader)
+	killed := time.Since(t0)
+	var elected atomic.Int64
+	go func() {
+		lctx, lcancel := context.WithTimeout(wctx, 60*time.Second)
+		defer lcancel()
+		if _, err := s.cell.waitLeader(lctx, leader); err == nil {
+			elected.Store(int64(time.Since(t0)))
+		}
+	}()
+	want := s.allHosts()
+	lat := waitHosts(ctx, evs, want, t0, 120*time.Second, func(e agentEvent) bool {
+		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
+	})
+	total := time.Since(t0)
+	if len(lat) < len(want) {
+		total = 0
+	}
+	el := time.Duration(elected.Load())
+	rctx, rcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer rcancel()
+	rerr := s.cell.restart(rctx, leader)
+	met := len(lat) == len(want) && total > 0 && total <= 15*time.Second
+	note := fmt.Sprintf("fleet key stop=%v written at revision %d, then leader %s killed (SIGKILL) %s after the write began; new leader seen after %s; latency = write start to the registration showing that revision",
+		stop, wrote, s.cell.members[leader].name, killed.Round(time.Millisecond), el.Round(time.Millisecond))
+	if rerr != nil {
+		note += fmt.Sprintf("; restarting the killed member failed: %v", rerr)
+	}
+	return result("leader-loss", len(want), len(want), lat, total, "all acknowledged within 15s", met, note), nil
 }
 
 // push changes one host's config at a time and measures until the host's
@@ -292,13 +361,29 @@ wait:
 // Run runs the scenarios in order. The register scenario always runs
 // first (the others need hosts).
 func (s *Sim) Run(ctx context.Context) (Report, error) {
+	rep, err := s.run(ctx)
+	rep.LoadEnd = loadAvg()
+	if s.cell != nil {
+		rep.EtcdAtEnd = s.cell.stats()
+	}
+	return rep, err
+}
+
+func (s *Sim) run(ctx context.Context) (Report, error) {
+	s.load1AtStart = load1()
 	r, err := s.register(ctx)
 	if err != nil {
 		return s.report, err
 	}
+	r.Load1 = s.load1AtStart
 	s.report.Results = append(s.report.Results, r)
+	s.report.SimAfterRegisterRSSMB, s.report.SimAfterRegisterCPU = procStats(os.Getpid())
+	if s.cell != nil {
+		s.report.EtcdAfterRegister = s.cell.stats()
+	}
 	for _, sc := range s.opts.Scenarios {
 		var res []Result
+		load := load1()
 		switch sc {
 		case "register":
 			continue
@@ -319,6 +404,15 @@ func (s *Sim) Run(ctx context.Context) (Report, error) {
 				return s.report, err
 			}
 			res = []Result{r}
+		case "leader-loss":
+			r, err := s.leaderLoss(ctx)
+			if err != nil {
+				return s.report, err
+			}
+			res = []Result{r}
+		}
+		for i := range res {
+			res[i].Load1 = load
 		}
 		s.report.Results = append(s.report.Results, res...)
 	}
@@ -329,6 +423,25 @@ func (s *Sim) Run(ctx context.Context) (Report, error) {
 		s.report.CPUSeconds = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 	}
 	return s.report, nil
+}
+
+// loadAvg is the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+func load1() float64 {
+	f := strings.Fields(loadAvg())
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
 
 func maxRSSMB() float64 {

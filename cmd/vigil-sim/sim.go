@@ -28,6 +28,10 @@ type Options struct {
 	Clients   int
 	Groups    int // group labels per host (0 to 3)
 	Endpoints []string
+	// Cluster > 0 starts a cell of that many etcd members, one child
+	// process each (EtcdBin, or this binary with -serve-member).
+	Cluster int
+	EtcdBin string
 	// DataDir of the embedded etcd when Endpoints is empty ("" = temp dir).
 	DataDir        string
 	NoFsync        bool
@@ -78,10 +82,19 @@ func (o Options) Validate() error {
 	if o.Pushes < 0 {
 		errs = append(errs, fmt.Errorf("-pushes must be at least 0 (got %d)", o.Pushes))
 	}
-	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true}
+	if o.Cluster < 0 || o.Cluster > 7 {
+		errs = append(errs, fmt.Errorf("-cluster must be between 0 and 7 (got %d)", o.Cluster))
+	}
+	if o.Cluster > 0 && len(o.Endpoints) > 0 {
+		errs = append(errs, errors.New("-cluster and -endpoints exclude each other"))
+	}
+	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true}
 	for _, s := range o.Scenarios {
 		if !known[s] {
-			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline)", s))
+			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss)", s))
+		}
+		if s == "leader-loss" && o.Cluster < 3 {
+			errs = append(errs, errors.New("-scenarios leader-loss needs -cluster 3 or more (the simulator must own the members to kill the leader)"))
 		}
 	}
 	return errors.Join(errs...)
@@ -100,6 +113,8 @@ type Result struct {
 	Target   string  `json:"target"`
 	Met      bool    `json:"met"`
 	Note     string  `json:"note,omitempty"`
+	// Load1 is the machine's 1-minute load average when the scenario began.
+	Load1 float64 `json:"load1"`
 }
 
 // Report is the whole run.
@@ -116,6 +131,17 @@ type Report struct {
 	MaxRSSMB   float64   `json:"max_rss_mb"`
 	CPUSeconds float64   `json:"cpu_seconds"`
 	Started    time.Time `json:"started"`
+	Cluster    int       `json:"cluster"`
+	// EtcdAfterRegister and EtcdAtEnd are the members' RSS and CPU time
+	// (cells started by the simulator only).
+	EtcdAfterRegister []MemberStat `json:"etcd_after_register,omitempty"`
+	EtcdAtEnd         []MemberStat `json:"etcd_at_end,omitempty"`
+	// SimAfterRegister is the simulator's RSS (MiB) and CPU (s) once every
+	// host registered.
+	SimAfterRegisterRSSMB float64 `json:"sim_after_register_rss_mb"`
+	SimAfterRegisterCPU   float64 `json:"sim_after_register_cpu_s"`
+	LoadStart             string  `json:"load_start"`
+	LoadEnd               string  `json:"load_end"`
 }
 
 // host is one simulated host: the real control loop and an applier that
@@ -159,6 +185,10 @@ type Sim struct {
 	opts    Options
 	log     *slog.Logger
 	etcd    *embed.Etcd
+	cell    *cell
+	stopped bool // the fleet key's current stop value
+	// load1AtStart is the load average when the run began.
+	load1AtStart float64
 	eps     []string
 	clients []*clientv3.Client
 	admin   *clientv3.Client // the "server": writes documents, watches agents
@@ -181,8 +211,17 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 	}
 	s := &Sim{opts: o, log: o.Log, ks: api.NewKeyspace(o.Prefix)}
 	s.report = Report{Hosts: o.Hosts, Clients: o.Clients, Groups: o.Groups, LeaseTTL: o.LeaseTTL.String(), Spread: o.Spread.String(), AckSpread: o.AckSpread.String(), Started: time.Now().UTC()}
+	s.report.Cluster = o.Cluster
+	s.report.LoadStart = loadAvg()
 	s.eps = o.Endpoints
-	if len(s.eps) == 0 {
+	if o.Cluster > 0 {
+		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync)
+		if err != nil {
+			return nil, err
+		}
+		s.cell, s.eps = c, c.endpoints()
+		s.report.Etcd = c.describe()
+	} else if len(s.eps) == 0 {
 		if err := s.startEtcd(); err != nil {
 			return nil, err
 		}
@@ -279,6 +318,9 @@ func (s *Sim) Close() {
 	}
 	if s.etcd != nil {
 		s.etcd.Close()
+	}
+	if s.cell != nil {
+		s.cell.close()
 	}
 	if s.tmpDir != "" {
 		_ = os.RemoveAll(s.tmpDir)

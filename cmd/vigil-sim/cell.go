@@ -1,0 +1,354 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// cell is an etcd cluster of child processes started by the simulator:
+// either N copies of this binary each running one embedded etcd 3.7.3
+// member (-serve-member, the version vigil-server embeds), or N processes
+// of an etcd binary (-etcd-bin, e.g. Debian's /usr/bin/etcd 3.4). Each
+// member is a process of its own, so that a leader can be killed for real.
+type cell struct {
+	members []*member
+	dir     string // parent of the members' data, removed by close
+	own     bool   // dir was created by the simulator
+	bin     string // "" = this binary with -serve-member
+}
+
+type member struct {
+	name, dataDir, clientURL, peerURL, logPath string
+	args                                       []string
+	cmd                                        *exec.Cmd
+	done                                       chan struct{}
+}
+
+// startCell starts n members with their data under base (a fresh
+// directory on /dev/shm when base is empty) and waits for a leader.
+func startCell(n int, bin, base string, noFsync bool) (*cell, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("-cluster must be at least 1 (got %d)", n)
+	}
+	if base == "" && dirExists("/dev/shm") {
+		base = "/dev/shm"
+	}
+	dir, err := os.MkdirTemp(base, "vigil-sim-cell-")
+	if err != nil {
+		return nil, err
+	}
+	c := &cell{dir: dir, own: true, bin: bin}
+	ports, err := freePorts(2 * n)
+	if err != nil {
+		return nil, err
+	}
+	var initial []string
+	for i := 0; i < n; i++ {
+		m := &member{
+			name:      fmt.Sprintf("m%d", i),
+			dataDir:   filepath.Join(dir, fmt.Sprintf("m%d.etcd", i)),
+			clientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
+			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
+			logPath:   filepath.Join(dir, fmt.Sprintf("m%d.log", i)),
+		}
+		initial = append(initial, m.name+"="+m.peerURL)
+		c.members = append(c.members, m)
+	}
+	for _, m := range c.members {
+		m.args = []string{
+			"--name", m.name,
+			"--data-dir", m.dataDir,
+			"--listen-client-urls", m.clientURL,
+			"--advertise-client-urls", m.clientURL,
+			"--listen-peer-urls", m.peerURL,
+			"--initial-advertise-peer-urls", m.peerURL,
+			"--initial-cluster", strings.Join(initial, ","),
+			"--initial-cluster-state", "new",
+			"--initial-cluster-token", filepath.Base(dir),
+			"--quota-backend-bytes", strconv.Itoa(8 << 30),
+		}
+		if bin != "" {
+			m.args = append(m.args, "--logger", "zap", "--log-outputs", m.logPath, "--log-level", "warn")
+			if noFsync {
+				m.args = append(m.args, "--unsafe-no-fsync")
+			}
+		} else if noFsync {
+			m.args = append(m.args, "--unsafe-no-fsync")
+		}
+	}
+	for _, m := range c.members {
+		if err := c.start(m); err != nil {
+			c.close()
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := c.waitLeader(ctx, -1); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+func (c *cell) describe() string {
+	kind := "embedded etcd 3.7.3 (vigil-sim -serve-member)"
+	if c.bin != "" {
+		kind = c.bin
+		if out, err := exec.Command(c.bin, "--version").Output(); err == nil {
+			kind += " " + strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+		}
+	}
+	return fmt.Sprintf("%d members, one process each: %s, data on %s", len(c.members), kind, c.dir)
+}
+
+func (c *cell) endpoints() []string {
+	eps := make([]string, len(c.members))
+	for i, m := range c.members {
+		eps[i] = m.clientURL
+	}
+	return eps
+}
+
+func (c *cell) start(m *member) error {
+	var cmd *exec.Cmd
+	if c.bin != "" {
+		cmd = exec.Command(c.bin, m.args...)
+	} else {
+		self, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cmd = exec.Command(self, append([]string{"-serve-member"}, m.args...)...)
+		lf, err := os.Create(m.logPath)
+		if err != nil {
+			return err
+		}
+		cmd.Stdout, cmd.Stderr = lf, lf
+		defer lf.Close()
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting etcd member %s: %w", m.name, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	m.cmd, m.done = cmd, done
+	return nil
+}
+
+// kill stops member i with SIGKILL and waits for it to exit.
+func (c *cell) kill(i int) {
+	m := c.members[i]
+	if m.cmd == nil {
+		return
+	}
+	_ = m.cmd.Process.Signal(syscall.SIGKILL)
+	<-m.done
+	m.cmd, m.done = nil, nil
+}
+
+// restart starts a killed member again on its data directory.
+func (c *cell) restart(ctx context.Context, i int) error {
+	if err := c.start(c.members[i]); err != nil {
+		return err
+	}
+	_, err := c.waitLeader(ctx, -1)
+	return err
+}
+
+func (c *cell) close() {
+	for i := range c.members {
+		c.kill(i)
+	}
+	if c.own {
+		_ = os.RemoveAll(c.dir)
+	}
+}
+
+// leader returns the index of the member the running members agree leads,
+// waiting for one other than not (-1: any).
+func (c *cell) waitLeader(ctx context.Context, not int) (int, error) {
+	var last error
+	for {
+		i, err := c.leader(ctx, not)
+		if err == nil {
+			return i, nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("etcd cell has no leader: %w (member logs in %s)", last, c.dir)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *cell) leader(ctx context.Context, not int) (int, error) {
+	var id uint64
+	ids := map[uint64]int{}
+	for i, m := range c.members {
+		if m.cmd == nil {
+			continue
+		}
+		st, err := memberStatus(ctx, m.clientURL)
+		if err != nil {
+			return -1, fmt.Errorf("status of %s: %w", m.name, err)
+		}
+		if st.Leader == 0 || (id != 0 && st.Leader != id) {
+			return -1, fmt.Errorf("%s has no leader or disagrees", m.name)
+		}
+		id = st.Leader
+		ids[st.Header.MemberId] = i
+	}
+	i, ok := ids[id]
+	if !ok {
+		return -1, errors.New("the leader is not a running member")
+	}
+	if i == not {
+		return -1, fmt.Errorf("%s still leads", c.members[i].name)
+	}
+	return i, nil
+}
+
+func memberStatus(ctx context.Context, ep string) (*clientv3.StatusResponse, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return cli.Status(ctx, ep)
+}
+
+// MemberStat is one etcd member process's resource use.
+type MemberStat struct {
+	Name       string  `json:"name"`
+	RSSMB      float64 `json:"rss_mb"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	Running    bool    `json:"running"`
+}
+
+// stats reads every running member's RSS and CPU time from /proc.
+func (c *cell) stats() []MemberStat {
+	var out []MemberStat
+	for _, m := range c.members {
+		st := MemberStat{Name: m.name}
+		if m.cmd != nil {
+			st.Running = true
+			st.RSSMB, st.CPUSeconds = procStats(m.cmd.Process.Pid)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// procStats returns a process's resident memory (MiB) and CPU time (s).
+func procStats(pid int) (rssMB, cpuS float64) {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+				kb, _ := strconv.ParseFloat(f[1], 64)
+				rssMB = kb / 1024
+			}
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		s := string(b)
+		if j := strings.LastIndexByte(s, ')'); j > 0 {
+			f := strings.Fields(s[j+1:])
+			if len(f) > 13 {
+				ut, _ := strconv.ParseFloat(f[11], 64)
+				st, _ := strconv.ParseFloat(f[12], 64)
+				cpuS = (ut + st) / 100 // USER_HZ
+			}
+		}
+	}
+	return rssMB, cpuS
+}
+
+// serveMember runs one embedded etcd member from etcd-style flags (the
+// subset startCell passes) until ctx ends.
+func serveMember(ctx context.Context, args []string) error {
+	cfg := embed.NewConfig()
+	cfg.Logger = "zap"
+	cfg.LogLevel = "error"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	u := func(s string) ([]url.URL, error) {
+		v, err := url.Parse(s)
+		if err != nil {
+			return nil, err
+		}
+		return []url.URL{*v}, nil
+	}
+	for i := 0; i < len(args); i++ {
+		k := args[i]
+		if k == "--unsafe-no-fsync" {
+			cfg.UnsafeNoFsync = true
+			continue
+		}
+		if i+1 >= len(args) {
+			return fmt.Errorf("-serve-member: %s needs a value", k)
+		}
+		v := args[i+1]
+		i++
+		var err error
+		switch k {
+		case "--name":
+			cfg.Name = v
+		case "--data-dir":
+			cfg.Dir = v
+		case "--listen-client-urls":
+			cfg.ListenClientUrls, err = u(v)
+		case "--advertise-client-urls":
+			cfg.AdvertiseClientUrls, err = u(v)
+		case "--listen-peer-urls":
+			cfg.ListenPeerUrls, err = u(v)
+		case "--initial-advertise-peer-urls":
+			cfg.AdvertisePeerUrls, err = u(v)
+		case "--initial-cluster":
+			cfg.InitialCluster = v
+		case "--initial-cluster-state":
+			cfg.ClusterState = v
+		case "--initial-cluster-token":
+			cfg.InitialClusterToken = v
+		case "--quota-backend-bytes":
+			cfg.QuotaBackendBytes, err = strconv.ParseInt(v, 10, 64)
+		default:
+			return fmt.Errorf("-serve-member: unknown flag %s", k)
+		}
+		if err != nil {
+			return fmt.Errorf("-serve-member: %s %q: %w", k, v, err)
+		}
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return fmt.Errorf("starting embedded etcd member: %w", err)
+	}
+	defer e.Close()
+	select {
+	case <-ctx.Done():
+	case err := <-e.Err():
+		return err
+	}
+	return nil
+}

@@ -189,13 +189,13 @@ type Sim struct {
 	stopped bool // the fleet key's current stop value
 	// load1AtStart is the load average when the run began.
 	load1AtStart float64
-	eps     []string
-	clients []*clientv3.Client
-	admin   *clientv3.Client // the "server": writes documents, watches agents
-	ks      api.Keyspace
-	hosts   []*host
-	report  Report
-	tmpDir  string // removed by Close
+	eps          []string
+	clients      []*clientv3.Client
+	admin        *clientv3.Client // the "server": writes documents, watches agents
+	ks           api.Keyspace
+	hosts        []*host
+	report       Report
+	tmpDir       string // removed by Close
 }
 
 // NewSim starts etcd (unless endpoints are given) and the clients.

@@ -50,6 +50,9 @@ type Config struct {
 	// Server is the HTTPS link to vigil-server (artifact downloads,
 	// inventory upload); absent, nothing is sent to or fetched from it.
 	Server *Server `yaml:"server"`
+	// Update installs signed plugin releases the fleet asks for (see
+	// update.go); absent, desired plugin versions are refused.
+	Update *Update `yaml:"update"`
 }
 
 // Plugin is one plugin to run.
@@ -275,6 +278,7 @@ func (c Config) Validate() error {
 	if c.Server != nil {
 		errs = append(errs, c.Server.validate()...)
 	}
+	errs = append(errs, c.validateUpdate()...)
 	if c.Control != nil {
 		if err := c.ControlConfig("").Validate(); err != nil {
 			errs = append(errs, err)

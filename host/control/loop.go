@@ -262,6 +262,14 @@ func (l *Loop) Status() Status {
 	return s
 }
 
+// Client returns the loop's etcd client, for reads beside the desired
+// state (release manifests). It is closed by Close when the loop dialled
+// it.
+func (l *Loop) Client() *clientv3.Client { return l.cli }
+
+// Keyspace returns the keyspace the loop works in.
+func (l *Loop) Keyspace() api.Keyspace { return l.ks }
+
 // Close stops the loop and revokes the registration lease, so the host is
 // seen offline at once. It waits for every goroutine of the loop and is
 // idempotent.

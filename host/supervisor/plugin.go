@@ -248,6 +248,7 @@ func (p *Plugin) loop(ctx context.Context) {
 				return
 			}
 			p.recordError(err)
+			p.notify(LifeStartFailed, spec, 0, err)
 			if errors.Is(err, errNoUsableConfig) || errors.Is(err, errWrongPlugin) || errors.Is(err, errIncompatible) {
 				// Restarting cannot help: wait for a new spec.
 				p.mu.Lock()
@@ -432,6 +433,7 @@ func (p *Plugin) start(ctx context.Context, spec Spec) (*instance, error) {
 	p.status.State = StateRunning
 	p.mu.Unlock()
 	p.log.Info("plugin running", "version", info.Version, "pid", pid)
+	p.notify(LifeRunning, spec, pid, nil)
 	return inst, nil
 }
 
@@ -505,6 +507,7 @@ func (p *Plugin) supervise(ctx context.Context, inst *instance) (time.Duration, 
 			}
 			p.recordError(fmt.Errorf("%s: plugin died after %s: %w", spec.Name, lived.Round(time.Millisecond), err))
 			p.stop(inst, false)
+			p.notify(LifeDied, spec, inst.pid, err)
 			return lived, false
 		case <-ctx.Done():
 			p.stop(inst, true)
@@ -523,6 +526,7 @@ func (p *Plugin) supervise(ctx context.Context, inst *instance) (time.Duration, 
 				if err := p.configure(ctx, inst, next); err != nil {
 					p.recordError(err)
 					p.stop(inst, false)
+					p.notify(LifeDied, spec, inst.pid, err)
 					return p.m.clock.Now().Sub(inst.started), false
 				}
 				spec = next

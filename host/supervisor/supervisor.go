@@ -113,6 +113,8 @@ type Manager struct {
 	mu      sync.Mutex
 	plugins map[string]*Plugin
 	closed  bool
+
+	obs observers // lifecycle subscribers (Observe)
 }
 
 // Config builds a Manager.

@@ -1,0 +1,111 @@
+package update
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// stateFile is the installed-releases record under the host's state dir.
+const stateFile = "installed.json"
+
+// Binary is one installed release of a plugin.
+type Binary struct {
+	Version string `json:"version"`
+	Path    string `json:"path"`
+	SHA256  string `json:"sha256"`
+}
+
+// failure is a release that was refused or failed its health gate; it is
+// not tried again until the desired version changes.
+type failure struct {
+	Version string `json:"version"`
+	State   string `json:"state"`
+	Error   string `json:"error"`
+}
+
+// record is what the host knows about one plugin's releases.
+type record struct {
+	// Current runs (nil: the config file's binary).
+	Current *Binary `json:"current,omitempty"`
+	// Previous are older installed versions kept for an instant rollback,
+	// newest first.
+	Previous []Binary `json:"previous,omitempty"`
+	// Highest is the highest version ever installed: an older manifest
+	// without a signed rollback is a replay.
+	Highest string   `json:"highest,omitempty"`
+	Failed  *failure `json:"failed,omitempty"`
+}
+
+type state struct {
+	Plugins map[string]*record `json:"plugins"`
+	// KeyringSerial is the highest keyring serial accepted.
+	KeyringSerial uint64 `json:"keyring_serial,omitempty"`
+}
+
+func loadState(dir string) (state, error) {
+	s := state{Plugins: map[string]*record{}}
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, fmt.Errorf("reading installed releases: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return state{Plugins: map[string]*record{}}, fmt.Errorf("reading installed releases %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	if s.Plugins == nil {
+		s.Plugins = map[string]*record{}
+	}
+	return s, nil
+}
+
+func saveState(dir string, s state) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(filepath.Join(dir, stateFile), append(b, '\n'), 0o600)
+}
+
+// writeAtomic writes a temporary file, fsyncs it, renames it over path and
+// fsyncs the directory, so a crash leaves the old or the new file.
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

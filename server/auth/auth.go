@@ -3,7 +3,9 @@
 // identity (the author recorded in history), the organizational unit is
 // the role. Roles: admin writes anything; operator stops and resumes any
 // scope and writes group and host documents; auditor only reads; host
-// (the agents' certificate) may not use the operator API.
+// (the agents' certificate) may not use the operator API, except to read
+// release manifests and download artifacts. Publishing releases is for
+// admins.
 package auth
 
 import (
@@ -34,6 +36,10 @@ const (
 	Read        Action = "read"
 	WriteConfig Action = "write"
 	Stop        Action = "stop"
+	// ReadRelease reads release manifests and downloads artifacts.
+	ReadRelease Action = "read-release"
+	// Publish uploads a release (artifact and signed manifest).
+	Publish Action = "publish"
 )
 
 // ErrForbidden is wrapped by every refusal.
@@ -80,22 +86,26 @@ func (id Identity) Allow(action Action, scope api.Scope, key string) error {
 		ok = true
 	case Operator:
 		switch action {
-		case Read, Stop:
+		case Read, Stop, ReadRelease:
 			ok = true
 		case WriteConfig:
 			ok = scope.Kind != api.ScopeFleet
 			why = "fleet-wide documents are written by admins"
+		case Publish:
+			why = "releases are published by admins"
 		}
 	case Auditor:
-		ok = action == Read
+		ok = action == Read || action == ReadRelease
 		why = "auditors only read"
 	case Host:
-		why = "hosts talk to etcd, not to the operator API"
+		ok = action == ReadRelease
+		why = "hosts talk to etcd, not to the operator API; they only read releases and artifacts"
 	}
 	if ok {
 		return nil
 	}
-	verb := map[Action]string{Read: "read", WriteConfig: "write", Stop: "stop or resume"}[action]
+	verb := map[Action]string{Read: "read", WriteConfig: "write", Stop: "stop or resume",
+		ReadRelease: "read", Publish: "publish"}[action]
 	return fmt.Errorf("%w: role %q (%s) may not %s %s: %s", ErrForbidden, id.Role, id.Name, verb, key, why)
 }
 

@@ -29,6 +29,11 @@ func TestAllow(t *testing.T) {
 		{name: "auditor may not write", role: Auditor, action: WriteConfig, scope: group, want: `role "auditor" (x) may not write /k`},
 		{name: "auditor may not stop", role: Auditor, action: Stop, scope: fleet, want: `may not stop or resume /k`},
 		{name: "host may not read", role: Host, action: Read, scope: fleet, want: `role "host" (x) may not read /k`},
+		{name: "host reads releases", role: Host, action: ReadRelease},
+		{name: "auditor reads releases", role: Auditor, action: ReadRelease},
+		{name: "admin publishes", role: Admin, action: Publish},
+		{name: "operator may not publish", role: Operator, action: Publish, want: `may not publish /k: releases are published by admins`},
+		{name: "host may not publish", role: Host, action: Publish, want: `role "host" (x) may not publish /k`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/coreos/go-semver/semver"
 	"github.com/vigil-hids/vigil/api"
 )
 
@@ -46,6 +47,9 @@ func Check(st api.DesiredState, validate PluginValidator) error {
 		if p.LogLevel != "" && !validLevel(p.LogLevel) {
 			bad("plugins.%s.log_level must be one of %v (got %q)", name, LogLevels, p.LogLevel)
 		}
+		for _, err := range CheckVersion("plugins."+name, p.Version, p.Rollout) {
+			bad("%s", err)
+		}
 		if validate == nil {
 			bad("plugins.%s: no plugin catalog to check it against", name)
 			continue
@@ -53,6 +57,9 @@ func Check(st api.DesiredState, validate PluginValidator) error {
 		if err := validate(name, p.Config); err != nil {
 			bad("plugins.%s: %w", name, err)
 		}
+	}
+	for _, err := range CheckVersion("host", st.HostVersion, st.HostRollout) {
+		bad("%s", err)
 	}
 	seen := map[string]bool{}
 	for i, t := range st.Tasks {
@@ -113,4 +120,36 @@ func CheckSize(docBytes, historyBytes, limit int) error {
 			ErrTooLarge, n, limit, (limit-requestOverhead)/2, docBytes)
 	}
 	return nil
+}
+
+// CheckVersion checks a desired release version and its rollout: the
+// version is semver (as release manifests are), the percent 1..100, the
+// rollout's from version semver too, and a rollout needs a version. at is
+// the key prefix the messages name ("plugins.procmon" or "host").
+func CheckVersion(at, version string, r *api.Rollout) []string {
+	vkey, rkey := at+".version", at+".rollout"
+	if at == "host" {
+		vkey, rkey = "host_version", "host_rollout"
+	}
+	var errs []string
+	if version != "" {
+		if _, err := semver.NewVersion(version); err != nil {
+			errs = append(errs, fmt.Sprintf("%s must be a semver version MAJOR.MINOR.PATCH (got %q)", vkey, version))
+		}
+	}
+	if r == nil {
+		return errs
+	}
+	if version == "" {
+		errs = append(errs, fmt.Sprintf("%s needs %s (a rollout of which version?)", rkey, vkey))
+	}
+	if r.Percent < 1 || r.Percent > 100 {
+		errs = append(errs, fmt.Sprintf("%s.percent must be between 1 and 100 (got %d)", rkey, r.Percent))
+	}
+	if r.From != "" {
+		if _, err := semver.NewVersion(r.From); err != nil {
+			errs = append(errs, fmt.Sprintf("%s.from must be a semver version MAJOR.MINOR.PATCH (got %q)", rkey, r.From))
+		}
+	}
+	return errs
 }

@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/vigil-hids/vigil/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -29,6 +31,30 @@ type Host struct {
 	// Mismatch is true when the value names another host than the key,
 	// or does not decode.
 	Mismatch bool
+	// Releases are what the host reports of each release it runs: every
+	// plugin's version and latest update, and its own (api.HostReleaseName),
+	// sorted by name. Their strings repeat across the fleet and are
+	// interned.
+	Releases []Release
+}
+
+// Release is one release name's state on a host.
+type Release struct {
+	Name    string
+	Version string
+	// Target, State and Error are the latest api.UpdateStatus; State is
+	// "" when the host reported none.
+	Target, State, Error string
+}
+
+// Release returns the host's entry for name.
+func (h Host) Release(name string) (Release, bool) {
+	for _, r := range h.Releases {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Release{}, false
 }
 
 // Index is a live index of one keyspace's registrations.
@@ -176,11 +202,44 @@ func decode(name string, v []byte) Host {
 		Applied struct {
 			Revision int64 `json:"revision"`
 		} `json:"applied"`
+		Version string                   `json:"version"`
+		Update  *api.UpdateStatus        `json:"host_update"`
+		Plugins map[string]releaseStatus `json:"plugins"`
 	}
 	if err := json.Unmarshal(v, &l); err != nil {
 		return Host{Mismatch: true}
 	}
-	return Host{Labels: l.Labels, Applied: l.Applied.Revision, Mismatch: l.Host != name}
+	h := Host{Labels: l.Labels, Applied: l.Applied.Revision, Mismatch: l.Host != name}
+	if l.Version != "" || l.Update != nil {
+		h.Releases = append(h.Releases, release(api.HostReleaseName, l.Version, l.Update))
+	}
+	for p, st := range l.Plugins {
+		h.Releases = append(h.Releases, release(p, st.Version, st.Update))
+	}
+	sort.Slice(h.Releases, func(i, j int) bool { return h.Releases[i].Name < h.Releases[j].Name })
+	return h
+}
+
+type releaseStatus struct {
+	Version string            `json:"version"`
+	Update  *api.UpdateStatus `json:"update"`
+}
+
+func release(name, version string, u *api.UpdateStatus) Release {
+	r := Release{Name: intern(name), Version: intern(version)}
+	if u != nil {
+		r.Target, r.State, r.Error = intern(u.Target), intern(u.State), u.Error
+	}
+	return r
+}
+
+// intern returns the canonical copy of s, so a million hosts running one
+// version hold one string.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	return unique.Make(s).Value()
 }
 
 // ErrNotSynced means the index is (re)listing; callers read etcd instead.

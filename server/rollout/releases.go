@@ -1,0 +1,272 @@
+// Package rollout is the server side of releases: it writes signed release
+// manifests to /hids/releases/{plugin}/{version} exactly as they were signed,
+// lists them, moves a plugin's (or vigil-host's) desired version at a scope,
+// optionally for a stable percentage of hosts, through the store's
+// versioned, history-keeping writes, undoes such a move from history, and
+// aggregates what hosts report of an update. The server is a mirror: it
+// never signs, and hosts verify every manifest and binary themselves.
+package rollout
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/coreos/go-semver/semver"
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/registry"
+	"github.com/vigil-hids/vigil/server/store"
+	"github.com/vigil-hids/vigil/signing"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Refusals, compared with errors.Is.
+var (
+	// ErrReleaseExists: another manifest is published under the same
+	// plugin and version; a version names one binary forever.
+	ErrReleaseExists = errors.New("rollout: release already published with other content")
+	// ErrNoRelease: no manifest is published for that plugin and version.
+	ErrNoRelease = errors.New("rollout: no such release")
+	// ErrInvalid: the request itself is wrong (name, version, percent).
+	ErrInvalid = errors.New("rollout: invalid request")
+	// ErrNothingToUndo: the scope's history has no earlier version.
+	ErrNothingToUndo = errors.New("rollout: nothing to undo")
+)
+
+// Options configures a Service.
+type Options struct {
+	Store *store.Store
+	// Index, if set, answers Status from memory while it is synced.
+	Index *registry.Index
+}
+
+// Service publishes releases and moves desired versions.
+type Service struct {
+	st  *store.Store
+	cli *clientv3.Client
+	ks  api.Keyspace
+	x   *registry.Index
+}
+
+// New returns a Service over opts.Store's etcd.
+func New(opts Options) *Service {
+	return &Service{st: opts.Store, cli: opts.Store.Client(), ks: opts.Store.Keyspace(), x: opts.Index}
+}
+
+// Release is a published release as listed.
+type Release struct {
+	Plugin         string    `json:"plugin"`
+	Version        string    `json:"version"`
+	OS             string    `json:"os"`
+	Arch           string    `json:"arch"`
+	Length         int64     `json:"length"`
+	SHA256         string    `json:"sha256"`
+	Expires        time.Time `json:"expires"`
+	MinHostVersion string    `json:"min_host_version"`
+	Rollback       bool      `json:"rollback,omitempty"`
+	// Signers are the key ids of the manifest's signatures (not verified
+	// here: hosts verify).
+	Signers []string `json:"signers"`
+	// Revision is the etcd mod revision of the release key.
+	Revision int64 `json:"revision"`
+	// Result says what Publish did: "created", "unchanged", or "updated"
+	// (the same manifest with signatures added).
+	Result string `json:"result,omitempty"`
+}
+
+func releaseOf(s signing.SignedManifest, rev int64) Release {
+	m := s.Manifest
+	r := Release{Plugin: m.Plugin, Version: m.Version, OS: m.OS, Arch: m.Arch, Length: m.Length, SHA256: m.SHA256,
+		Expires: m.Expires, MinHostVersion: m.MinHostVersion, Rollback: m.Rollback, Revision: rev, Signers: []string{}}
+	for _, sig := range s.Signatures {
+		r.Signers = append(r.Signers, sig.KeyID)
+	}
+	return r
+}
+
+// Publish writes raw, the signed manifest s as uploaded, to
+// /hids/releases/{plugin}/{version}, byte for byte. Publishing the same
+// bytes again changes nothing; the same manifest with more signatures (a
+// second key signed after the first publish) replaces it; anything else
+// under an existing version is ErrReleaseExists. The artifact must be
+// stored before: a host that sees the key may download at once.
+func (s *Service) Publish(ctx context.Context, raw []byte, sm signing.SignedManifest) (Release, error) {
+	key := s.ks.Release(sm.Manifest.Plugin, sm.Manifest.Version)
+	for attempt := 0; attempt < 5; attempt++ {
+		resp, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(raw))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			return Release{}, fmt.Errorf("writing %s: %w", key, err)
+		}
+		if resp.Succeeded {
+			r := releaseOf(sm, resp.Header.Revision)
+			r.Result = "created"
+			return r, nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(kvs) == 0 {
+			continue // deleted meanwhile
+		}
+		old := kvs[0]
+		same, err := compare(old.Value, raw, sm)
+		if err != nil {
+			return Release{}, err
+		}
+		if same {
+			r := releaseOf(sm, old.ModRevision)
+			r.Result = "unchanged"
+			return r, nil
+		}
+		tx, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", old.ModRevision)).
+			Then(clientv3.OpPut(key, string(raw))).
+			Commit()
+		if err != nil {
+			return Release{}, fmt.Errorf("writing %s: %w", key, err)
+		}
+		if tx.Succeeded {
+			r := releaseOf(sm, tx.Header.Revision)
+			r.Result = "updated"
+			return r, nil
+		}
+	}
+	return Release{}, fmt.Errorf("%w: %s kept changing while publishing; retry", store.ErrConflict, key)
+}
+
+// CanPublish checks, before any binary is received, that Publish would
+// not refuse sm because another manifest holds its version.
+func (s *Service) CanPublish(ctx context.Context, raw []byte, sm signing.SignedManifest) error {
+	key := s.ks.Release(sm.Manifest.Plugin, sm.Manifest.Version)
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	_, err = compare(resp.Kvs[0].Value, raw, sm)
+	return err
+}
+
+// compare decides whether raw (parsed as sm) may stand where old is
+// published: the same bytes (same is true), or the same manifest with
+// every old signature and more (same is false); anything else is
+// ErrReleaseExists.
+func compare(old, raw []byte, sm signing.SignedManifest) (same bool, err error) {
+	name := sm.Manifest.Plugin + " " + sm.Manifest.Version
+	if bytes.Equal(old, raw) {
+		return true, nil
+	}
+	prev, err := signing.ParseManifest(bytes.NewReader(old))
+	if err != nil {
+		return false, fmt.Errorf("%w: %s is published but does not parse (%v); refusing to replace it", ErrReleaseExists, name, err)
+	}
+	if !sameBody(prev.Manifest, sm.Manifest) {
+		return false, fmt.Errorf("%w: %s is published with sha256:%s, length %d; a version names one binary forever, publish a new version",
+			ErrReleaseExists, name, prev.Manifest.SHA256, prev.Manifest.Length)
+	}
+	if missing := missingSigners(prev, sm); len(missing) > 0 {
+		return false, fmt.Errorf("%w: %s is published with signatures by %v that the new upload lacks; signatures are only ever added",
+			ErrReleaseExists, name, missing)
+	}
+	return false, nil
+}
+
+func sameBody(a, b signing.Manifest) bool {
+	x, err1 := a.Body()
+	y, err2 := b.Body()
+	return err1 == nil && err2 == nil && bytes.Equal(x, y)
+}
+
+func missingSigners(old, new signing.SignedManifest) []string {
+	have := map[string]bool{}
+	for _, s := range new.Signatures {
+		have[s.KeyID] = true
+	}
+	var out []string
+	for _, s := range old.Signatures {
+		if !have[s.KeyID] {
+			out = append(out, s.KeyID)
+		}
+	}
+	return out
+}
+
+// Manifest returns the signed manifest of a release as published.
+func (s *Service) Manifest(ctx context.Context, plugin, version string) ([]byte, error) {
+	key := s.ks.Release(plugin, version)
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("%w: %s %s is not published (%s)", ErrNoRelease, plugin, version, key)
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+// Releases lists the published releases of plugin ("" for every plugin),
+// sorted by plugin, then by semver.
+func (s *Service) Releases(ctx context.Context, plugin string) ([]Release, error) {
+	prefix := s.ks.Releases()
+	if plugin != "" {
+		if err := checkRelease(plugin); err != nil {
+			return nil, err
+		}
+		prefix += plugin + "/"
+	}
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", prefix, err)
+	}
+	out := make([]Release, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		sm, err := signing.ParseManifest(bytes.NewReader(kv.Value))
+		if err != nil {
+			// Someone wrote etcd directly; show it rather than hide it.
+			out = append(out, Release{Plugin: string(kv.Key[len(s.ks.Releases()):]), Version: "(unreadable: " + err.Error() + ")",
+				Revision: kv.ModRevision, Signers: []string{}})
+			continue
+		}
+		out = append(out, releaseOf(sm, kv.ModRevision))
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Plugin != out[j].Plugin {
+			return out[i].Plugin < out[j].Plugin
+		}
+		a, errA := semver.NewVersion(out[i].Version)
+		b, errB := semver.NewVersion(out[j].Version)
+		if errA != nil || errB != nil {
+			return out[i].Version < out[j].Version
+		}
+		return a.LessThan(*b)
+	})
+	return out, nil
+}
+
+// checkRelease checks a release name: a plugin name or vigil-host.
+func checkRelease(name string) error {
+	if name == api.HostReleaseName || api.ValidName(name) {
+		return nil
+	}
+	return fmt.Errorf("%w: %q is not a plugin name", ErrInvalid, name)
+}
+
+func (s *Service) published(ctx context.Context, plugin, version string) error {
+	key := s.ks.Release(plugin, version)
+	resp, err := s.cli.Get(ctx, key, clientv3.WithCountOnly())
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", key, err)
+	}
+	if resp.Count == 0 {
+		return fmt.Errorf("%w: %s %s is not published (vigilctl release publish, then vigilctl release ls %s)",
+			ErrNoRelease, plugin, version, plugin)
+	}
+	return nil
+}

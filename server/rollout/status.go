@@ -1,0 +1,170 @@
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/registry"
+	"github.com/vigil-hids/vigil/server/store"
+)
+
+// MaxFailures bounds the failures Status names.
+const MaxFailures = 1000
+
+// NoState is how Status counts hosts that report no update for a release.
+const NoState = "none"
+
+// Status is how far a release's rollout is across the hosts a scope
+// targets, from what they report in their registrations.
+type Status struct {
+	Release string `json:"release"`
+	Scope   string `json:"scope"`
+	// Hosts counts the registered hosts the scope targets; Reporting
+	// those that report the release (a running version or an update).
+	Hosts     int64 `json:"hosts"`
+	Reporting int64 `json:"reporting"`
+	// Versions counts reporting hosts per running version ("" when the
+	// host reports an update but no running version yet).
+	Versions map[string]int64 `json:"versions"`
+	// States counts reporting hosts per update state (api.Update*), NoState
+	// for hosts that never reported one.
+	States map[string]int64 `json:"states"`
+	// Targets counts reporting hosts per update target version.
+	Targets map[string]int64 `json:"targets"`
+	// Failures name up to MaxFailures hosts whose latest update was
+	// refused, failed or rolled back, sorted by host; FailureCount is how
+	// many there are.
+	Failures     []Failure `json:"failures"`
+	FailureCount int64     `json:"failure_count"`
+	// AtRevision is the etcd revision the registrations were read at.
+	AtRevision int64 `json:"at_revision"`
+}
+
+// Failure is one host whose update did not succeed.
+type Failure struct {
+	Host    string `json:"host"`
+	Running string `json:"running,omitempty"`
+	Target  string `json:"target"`
+	State   string `json:"state"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Failed reports whether an update state is a failure.
+func Failed(state string) bool {
+	return state == api.UpdateRefused || state == api.UpdateFailed || state == api.UpdateRolledBack
+}
+
+func (st *Status) add(host string, r registry.Release) {
+	st.Reporting++
+	st.Versions[r.Version]++
+	state := r.State
+	if state == "" {
+		state = NoState
+	} else {
+		st.Targets[r.Target]++
+	}
+	st.States[state]++
+	if Failed(state) {
+		st.FailureCount++
+		st.Failures = append(st.Failures, Failure{Host: host, Running: r.Version, Target: r.Target, State: state, Error: r.Error})
+	}
+}
+
+func (st *Status) finish() {
+	sort.Slice(st.Failures, func(i, j int) bool { return st.Failures[i].Host < st.Failures[j].Host })
+	if len(st.Failures) > MaxFailures {
+		st.Failures = st.Failures[:MaxFailures:MaxFailures]
+	}
+}
+
+// Status aggregates release across the hosts scope targets: from the
+// registration index when it is synced up to the current revision (no
+// etcd range read), otherwise by reading every registration.
+func (s *Service) Status(ctx context.Context, release string, scope api.Scope) (Status, error) {
+	if err := checkRelease(release); err != nil {
+		return Status{}, err
+	}
+	fresh := func() Status {
+		return Status{Release: release, Scope: scope.String(), Versions: map[string]int64{}, States: map[string]int64{},
+			Targets: map[string]int64{}, Failures: []Failure{}}
+	}
+	sel, only := store.ForScope(scope)
+	match := func(name string, labels map[string]string) bool {
+		if only != "" {
+			return name == only
+		}
+		return sel.Matches(labels)
+	}
+	if s.x != nil && s.syncIndex(ctx) {
+		st := fresh()
+		rev, err := s.x.Each(func(name string, h registry.Host) {
+			if !match(name, h.Labels) {
+				return
+			}
+			st.Hosts++
+			if r, ok := h.Release(release); ok {
+				st.add(name, r)
+			}
+		})
+		if err == nil {
+			st.AtRevision = rev
+			st.finish()
+			return st, nil
+		}
+	}
+	st := fresh()
+	err := s.st.Each(ctx, func(a store.Agent) error {
+		if !match(a.Name, a.Labels) {
+			return nil
+		}
+		st.Hosts++
+		if r, ok := fromRegistration(a.Registration, release); ok {
+			st.add(a.Name, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return st, fmt.Errorf("reading registrations: %w", err)
+	}
+	st.finish()
+	return st, nil
+}
+
+// syncIndex waits (briefly) until the index reflects the current etcd
+// revision, so an answer from memory includes every report made before the
+// request.
+func (s *Service) syncIndex(ctx context.Context) bool {
+	resp, err := s.cli.Get(ctx, s.ks.Agents())
+	if err != nil {
+		return false
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return s.x.Sync(sctx, resp.Header.Revision)
+}
+
+// fromRegistration is registry.Host.Release for a registration read from
+// etcd.
+func fromRegistration(reg api.Registration, release string) (registry.Release, bool) {
+	r := registry.Release{Name: release}
+	var u *api.UpdateStatus
+	if release == api.HostReleaseName {
+		if reg.Version == "" && reg.HostUpdate == nil {
+			return r, false
+		}
+		r.Version, u = reg.Version, reg.HostUpdate
+	} else {
+		p, ok := reg.Plugins[release]
+		if !ok {
+			return r, false
+		}
+		r.Version, u = p.Version, p.Update
+	}
+	if u != nil {
+		r.Target, r.State, r.Error = u.Target, u.State, u.Error
+	}
+	return r, true
+}

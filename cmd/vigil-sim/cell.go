@@ -32,6 +32,7 @@ type cell struct {
 
 type member struct {
 	name, dataDir, clientURL, peerURL, logPath string
+	vethURL                                    string
 	args                                       []string
 	cmd                                        *exec.Cmd
 	done                                       chan struct{}
@@ -39,7 +40,9 @@ type member struct {
 
 // startCell starts n members with their data under base (a fresh
 // directory on /dev/shm when base is empty) and waits for a leader.
-func startCell(n int, bin, base string, noFsync bool) (*cell, error) {
+// A non-empty vethIP makes each member listen for clients on that address
+// too (member.vethURL), for the partitioned hosts.
+func startCell(n int, bin, base string, noFsync bool, vethIP string) (*cell, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("-cluster must be at least 1 (got %d)", n)
 	}
@@ -64,14 +67,21 @@ func startCell(n int, bin, base string, noFsync bool) (*cell, error) {
 			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			logPath:   filepath.Join(dir, fmt.Sprintf("m%d.log", i)),
 		}
+		if vethIP != "" {
+			m.vethURL = fmt.Sprintf("http://%s:%d", vethIP, ports[2*i])
+		}
 		initial = append(initial, m.name+"="+m.peerURL)
 		c.members = append(c.members, m)
 	}
 	for _, m := range c.members {
+		listen := m.clientURL
+		if m.vethURL != "" {
+			listen += "," + m.vethURL
+		}
 		m.args = []string{
 			"--name", m.name,
 			"--data-dir", m.dataDir,
-			"--listen-client-urls", m.clientURL,
+			"--listen-client-urls", listen,
 			"--advertise-client-urls", m.clientURL,
 			"--listen-peer-urls", m.peerURL,
 			"--initial-advertise-peer-urls", m.peerURL,
@@ -294,11 +304,15 @@ func serveMember(ctx context.Context, args []string) error {
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	u := func(s string) ([]url.URL, error) {
-		v, err := url.Parse(s)
-		if err != nil {
-			return nil, err
+		var out []url.URL
+		for _, p := range strings.Split(s, ",") {
+			v, err := url.Parse(p)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, *v)
 		}
-		return []url.URL{*v}, nil
+		return out, nil
 	}
 	for i := 0; i < len(args); i++ {
 		k := args[i]

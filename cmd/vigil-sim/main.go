@@ -54,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	endpoints := fs.String("endpoints", "", "comma-separated etcd client URLs; empty starts an embedded etcd")
 	fs.IntVar(&o.Cluster, "cluster", 0, "start a cell of this many etcd members, one child process each (0: one member embedded in this process)")
 	fs.StringVar(&o.EtcdBin, "etcd-bin", "", "with -cluster: run this etcd binary (e.g. /usr/bin/etcd) instead of vigil-sim -serve-member (embedded etcd 3.7.3)")
+	fs.IntVar(&o.Partition, "partition", 0, "with -cluster: this many more hosts run in a network namespace the simulator creates (root), for the partition scenario")
+	partChild := fs.String("partition-child", "", "internal: run the partitioned hosts and write their status to this file")
 	fs.StringVar(&o.DataDir, "data-dir", "", "embedded etcd data directory (default: a temporary directory); with -cluster the parent of the members' directories (default /dev/shm)")
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "embedded etcd without fsync (faster, unsafe; for comparison only)")
 	fs.StringVar(&o.Prefix, "prefix", "", "keyspace prefix (default: /vigil-sim-<time>, so runs never collide)")
@@ -62,7 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Spread, "spread", o.Spread, "spread of the hosts' first registration (control.spread)")
 	fs.DurationVar(&o.AckSpread, "ack-spread", o.AckSpread, "spread of the hosts' acknowledgements of fleet-wide changes (control.ack_spread)")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "how often each host polls plugin status")
-	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (leader-loss needs -cluster 3)")
+	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (needs -cluster 3),partition (needs -partition N)")
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
 	fs.IntVar(&o.Offline, "offline", o.Offline, "hosts killed in the offline scenario")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed choosing the pushed hosts")
@@ -98,6 +100,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *partChild != "" {
+		if err := runPartChild(ctx, o, *partChild); err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
+		return 0
+	}
 	if *serveEtcd != "" {
 		return serveOnly(ctx, o, *serveEtcd, stderr)
 	}

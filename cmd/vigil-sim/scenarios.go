@@ -118,6 +118,11 @@ func (s *Sim) allHosts() map[string]bool {
 			m[h.name] = true
 		}
 	}
+	if s.part != nil {
+		for _, n := range s.part.names {
+			m[n] = true
+		}
+	}
 	return m
 }
 
@@ -138,6 +143,11 @@ func (s *Sim) register(ctx context.Context) (Result, error) {
 	defer cancel()
 	evs := s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
 	t0 := time.Now()
+	if s.net != nil && s.opts.Partition > 0 {
+		if err := s.startPartChild(); err != nil {
+			return Result{}, err
+		}
+	}
 	if err := s.startHosts(ctx); err != nil {
 		return Result{}, err
 	}
@@ -171,7 +181,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
 	}
-	s.stopped = stop
+	s.stopped, s.lastFleetRev = stop, wrote
 	want := s.allHosts()
 	lat := waitHosts(ctx, evs, want, t0, 60*time.Second, func(e agentEvent) bool {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
@@ -210,7 +220,7 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
 	}
-	s.stopped = stop
+	s.stopped, s.lastFleetRev = stop, wrote
 	s.cell.kill(leader)
 	killed := time.Since(t0)
 	var elected atomic.Int64
@@ -404,6 +414,11 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 				return s.report, err
 			}
 			res = []Result{r}
+		case "partition":
+			res, err = s.partition(ctx)
+			if err != nil {
+				return s.report, err
+			}
 		case "leader-loss":
 			r, err := s.leaderLoss(ctx)
 			if err != nil {

@@ -32,6 +32,9 @@ type Options struct {
 	// process each (EtcdBin, or this binary with -serve-member).
 	Cluster int
 	EtcdBin string
+	// Partition hosts more run in a network namespace of their own for
+	// the partition scenario (needs Cluster > 0 and root).
+	Partition int
 	// DataDir of the embedded etcd when Endpoints is empty ("" = temp dir).
 	DataDir        string
 	NoFsync        bool
@@ -85,13 +88,19 @@ func (o Options) Validate() error {
 	if o.Cluster < 0 || o.Cluster > 7 {
 		errs = append(errs, fmt.Errorf("-cluster must be between 0 and 7 (got %d)", o.Cluster))
 	}
+	if o.Partition < 0 || (o.Partition > 0 && o.Cluster == 0) {
+		errs = append(errs, fmt.Errorf("-partition must be 0, or more with -cluster (got %d)", o.Partition))
+	}
 	if o.Cluster > 0 && len(o.Endpoints) > 0 {
 		errs = append(errs, errors.New("-cluster and -endpoints exclude each other"))
 	}
-	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true}
+	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true, "partition": true}
 	for _, s := range o.Scenarios {
 		if !known[s] {
-			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss)", s))
+			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss, partition)", s))
+		}
+		if s == "partition" && o.Partition == 0 {
+			errs = append(errs, errors.New("-scenarios partition needs -partition N (hosts in the cut-off namespace)"))
 		}
 		if s == "leader-loss" && o.Cluster < 3 {
 			errs = append(errs, errors.New("-scenarios leader-loss needs -cluster 3 or more (the simulator must own the members to kill the leader)"))
@@ -155,13 +164,17 @@ type host struct {
 
 // noopApplier acknowledges every state at once; it has no plugins.
 type noopApplier struct {
-	rev    atomic.Int64
-	notify chan int64 // latest applied revision, for the push scenario
+	rev     atomic.Int64
+	stopped atomic.Bool
+	firstAt atomic.Int64 // UnixNano of the first Apply
+	notify  chan int64   // latest applied revision, for the push scenario
 }
 
 func newNoopApplier() *noopApplier { return &noopApplier{notify: make(chan int64, 1)} }
 
-func (a *noopApplier) Apply(_ context.Context, rev int64, _ api.DesiredState) error {
+func (a *noopApplier) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
+	a.firstAt.CompareAndSwap(0, time.Now().UnixNano())
+	a.stopped.Store(ds.Stop != nil && *ds.Stop)
 	a.rev.Store(rev)
 	select {
 	case a.notify <- rev:
@@ -187,6 +200,10 @@ type Sim struct {
 	etcd    *embed.Etcd
 	cell    *cell
 	stopped bool // the fleet key's current stop value
+	// lastFleetRev is the revision of the simulator's last fleet write.
+	lastFleetRev int64
+	net          *netPart
+	part         *partChild
 	// load1AtStart is the load average when the run began.
 	load1AtStart float64
 	eps          []string
@@ -215,8 +232,17 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 	s.report.LoadStart = loadAvg()
 	s.eps = o.Endpoints
 	if o.Cluster > 0 {
-		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync)
+		vethIP := ""
+		if o.Partition > 0 {
+			n, err := setupNetns()
+			if err != nil {
+				return nil, err
+			}
+			s.net, vethIP = n, n.hostIP
+		}
+		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync, vethIP)
 		if err != nil {
+			s.Close()
 			return nil, err
 		}
 		s.cell, s.eps = c, c.endpoints()
@@ -301,6 +327,7 @@ func (s *Sim) startEtcd() error {
 
 // Close stops every host, the clients and the embedded etcd.
 func (s *Sim) Close() {
+	s.part.stop()
 	var wg sync.WaitGroup
 	for _, h := range s.hosts {
 		wg.Add(1)
@@ -321,6 +348,9 @@ func (s *Sim) Close() {
 	}
 	if s.cell != nil {
 		s.cell.close()
+	}
+	if s.net != nil {
+		s.net.close()
 	}
 	if s.tmpDir != "" {
 		_ = os.RemoveAll(s.tmpDir)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -70,5 +71,80 @@ func TestOptionsValidate(t *testing.T) {
 				t.Fatalf("Validate = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestMain lets this test binary serve as the etcd members and the
+// partitioned hosts' process that vigil-sim starts by re-executing itself.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && (os.Args[1] == "-serve-member" || os.Args[1] == "-partition-child") {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// runReport runs vigil-sim with args and returns its JSON report; exit code
+// 1 (a target missed, timing) is accepted, anything else fails the test.
+func runReport(t *testing.T, args ...string) Report {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "report.json")
+	var stdout, stderr bytes.Buffer
+	code := run(append(args, "-json", out), &stdout, &stderr)
+	if code != 0 && code != 1 {
+		t.Fatalf("vigil-sim exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatalf("%v\nstderr:\n%s", err, stderr.String())
+	}
+	var rep Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("report: %v", err)
+	}
+	return rep
+}
+
+func checkDone(t *testing.T, rep Report, want map[string]int) {
+	t.Helper()
+	for _, r := range rep.Results {
+		if n, ok := want[r.Scenario]; !ok || r.Done != n || r.Count != n {
+			t.Errorf("%s: %d of %d done, want %d (note: %s)", r.Scenario, r.Done, r.Count, n, r.Note)
+		}
+		delete(want, r.Scenario)
+	}
+	if len(want) != 0 {
+		t.Errorf("scenarios missing from the report: %v", want)
+	}
+}
+
+// TestSimClusterLeaderLoss runs a small fleet on a cell of three etcd
+// member processes and kills the leader right after a fleet-wide stop:
+// every host must still acknowledge, and the members are gone afterwards.
+func TestSimClusterLeaderLoss(t *testing.T) {
+	rep := runReport(t, "-hosts", "30", "-clients", "3", "-cluster", "3", "-ttl", "3s", "-request-timeout", "2s",
+		"-offline", "3", "-data-dir", t.TempDir(), "-scenarios", "register,stop,leader-loss,resume")
+	checkDone(t, rep, map[string]int{"register": 30, "stop": 30, "leader-loss": 30, "resume": 30})
+	if len(rep.EtcdAtEnd) != 3 {
+		t.Errorf("report has %d etcd members, want 3", len(rep.EtcdAtEnd))
+	}
+}
+
+// TestSimPartition cuts 10 hosts off in a network namespace and heals:
+// they keep (and, restarted, reapply) their persisted state and then
+// acknowledge the change made while they were away. Needs root and ip.
+func TestSimPartition(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs the ip command")
+	}
+	rep := runReport(t, "-hosts", "20", "-clients", "2", "-cluster", "1", "-ttl", "3s", "-partition", "10",
+		"-offline", "2", "-data-dir", t.TempDir(), "-scenarios", "register,stop,partition")
+	checkDone(t, rep, map[string]int{"register": 30, "stop": 30, "partition-offline": 10, "partition-persisted": 1, "partition-converge": 10})
+	for _, r := range rep.Results {
+		if r.Scenario == "partition-persisted" && !strings.Contains(r.Note, "10 of 10 hosts hold the pre-partition state") {
+			t.Errorf("partitioned hosts lost their state: %s", r.Note)
+		}
 	}
 }

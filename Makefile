@@ -11,7 +11,7 @@ BIN       := bin
 # Every binary: cmd/* plus each plugin's cmd/*.
 CMDS := $(sort $(dir $(filter-out plugins/testplugin/cmd/badcookie/% plugins/testplugin/cmd/garbage/% plugins/testplugin/cmd/oldapi/%,$(wildcard cmd/*/main.go plugins/*/cmd/*/main.go))))
 
-.PHONY: all build test test-short run bench lint fuzz proto clean
+.PHONY: all build test test-short run bench bench-scale lint fuzz proto clean
 
 all: build
 
@@ -30,6 +30,10 @@ run: build
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./sdk/... ./host/...
+
+# Control plane at scale on a 3-member etcd cell: JSON reports and scale.html (docs/scale.md).
+bench-scale:
+	./bench/scale/run.sh
 
 lint:
 	$(GO) vet ./...

@@ -1,89 +1,78 @@
 #!/bin/sh
 # bench/scale/run.sh runs the control plane's standard scale measurements
-# (docs/scale.md) and prints their tables:
-#   1. vigil-sim, 10,000 hosts over 16 etcd connections against etcd 3.7.3
-#      (the version vigil-server embeds) run by a second vigil-sim process
-#      (-serve-etcd), so that etcd has its own Go runtime as on a real
-#      server: registration, emergency stop and resume (twice), per-host
-#      config push, offline detection;
-#   2. BenchmarkRestartWhileEtcdDown: a host restarting while etcd is down
-#      hands its persisted state to the supervisor.
-# Environment: HOSTS (10000), CLIENTS (16), TTL (15s), SPREAD (20s),
-# DATA_DIR (etcd data; default a fresh directory on /dev/shm, see
-# docs/scale.md), OUT (directory for the JSON reports; default a temporary
-# directory), STORM=1 adds a registration storm without spread.
+# (docs/scale.md) on ONE CELL OF THREE etcd MEMBERS (each its own process:
+# vigil-sim -serve-member, i.e. etcd 3.7.3 as vigil-server embeds it; data
+# on /dev/shm) and writes JSON reports and a chart:
+#   1. for each fleet size in SIZES: registration (spread SIZE/500 s),
+#      emergency stop, resume, and the leader killed right after a stop;
+#      the largest size also measures offline detection (1,000 hosts crash);
+#   2. partition: PART_HOSTS hosts in a network namespace cut off by a veth
+#      pair while the fleet changes, then healed (needs root and ip; skipped
+#      otherwise);
+#   3. BenchmarkRestartWhileEtcdDown (host/control);
+#   4. $OUT/scale.html: p50/p99/max against fleet size per scenario
+#      (bench/scale/chart), and $OUT/*.json.
+# Environment: SIZES ("1000 5000 10000 20000"), CLUSTER (3), CLIENTS (32),
+# TTL (60s, see docs/scale.md "Tuning"), REQUEST_TIMEOUT (3s), PART_HOSTS
+# (500), PART_TTL (15s), OUT (default a temporary directory), ETCD_BIN (run
+# that etcd binary, e.g. /usr/bin/etcd, instead of the embedded version),
+# RUN_TIMEOUT (600: seconds one vigil-sim run may take).
 set -eu
 cd "$(dirname "$0")/../.."
 
-HOSTS=${HOSTS:-10000}
-CLIENTS=${CLIENTS:-16}
-TTL=${TTL:-15s}
-SPREAD=${SPREAD:-20s}
+SIZES=${SIZES:-1000 5000 10000 20000}
+CLUSTER=${CLUSTER:-3}
+CLIENTS=${CLIENTS:-32}
+TTL=${TTL:-60s}
+REQUEST_TIMEOUT=${REQUEST_TIMEOUT:-3s}
+PART_HOSTS=${PART_HOSTS:-500}
+PART_TTL=${PART_TTL:-15s}
+RUN_TIMEOUT=${RUN_TIMEOUT:-600}
 OUT=${OUT:-$(mktemp -d /tmp/vigil-scale.XXXXXX)}
 mkdir -p "$OUT"
 
 bin=$(mktemp /tmp/vigil-sim.XXXXXX)
-data=
-etcd_pid=
-cleanup() {
-	if [ -n "$etcd_pid" ]; then kill "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; fi
-	rm -f "$bin" "$bin.url"
-	if [ -n "$data" ]; then rm -rf "$data"; fi
-}
-trap cleanup EXIT INT TERM
+trap 'rm -f "$bin"' EXIT INT TERM
 go build -o "$bin" ./cmd/vigil-sim
+go build -o "$bin.chart" ./bench/scale/chart
+trap 'rm -f "$bin" "$bin.chart"' EXIT INT TERM
 
-fresh_data() {
-	if [ -n "${DATA_DIR:-}" ]; then
-		data=$DATA_DIR/vigil-sim-$$-$1
-	elif [ -d /dev/shm ]; then
-		data=/dev/shm/vigil-sim-$$-$1
-	else
-		data=$(mktemp -d /tmp/vigil-sim-data.XXXXXX)/etcd
-	fi
-	rm -rf "$data"
-}
+etcd_flags=""
+if [ -n "${ETCD_BIN:-}" ]; then etcd_flags="-etcd-bin $ETCD_BIN"; fi
 
-echo "== $(date -u +%FT%TZ) on $(nproc) cores, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== $(date -u +%FT%TZ) on $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 status=0
+largest=0
+for n in $SIZES; do
+	if [ "$n" -gt "$largest" ]; then largest=$n; fi
+done
 
-# start_etcd runs etcd in its own vigil-sim process and sets $url.
-start_etcd() {
-	fresh_data "$1"
-	rm -f "$bin.url"
-	"$bin" -serve-etcd "$bin.url" -data-dir "$data" &
-	etcd_pid=$!
-	i=0
-	while [ ! -s "$bin.url" ]; do
-		i=$((i + 1))
-		if [ $i -gt 300 ]; then echo "etcd did not start" >&2; exit 1; fi
-		sleep 0.1
-	done
-	url=$(cat "$bin.url")
-}
-stop_etcd() {
-	kill "$etcd_pid"
-	wait "$etcd_pid" || true
-	etcd_pid=
-	rm -rf "$data"
-}
+for n in $SIZES; do
+	spread=$((n / 500))s
+	scen=register,stop,resume,leader-loss
+	extra=""
+	if [ "$n" = "$largest" ]; then scen=$scen,offline; extra="-offline 1000"; fi
+	echo "== vigil-sim -hosts $n -cluster $CLUSTER -clients $CLIENTS -ttl $TTL -spread $spread -request-timeout $REQUEST_TIMEOUT -scenarios $scen $extra $etcd_flags"
+	# shellcheck disable=SC2086
+	timeout -k 20 "$RUN_TIMEOUT" "$bin" -hosts "$n" -cluster "$CLUSTER" -clients "$CLIENTS" -ttl "$TTL" -spread "$spread" \
+		-request-timeout "$REQUEST_TIMEOUT" -scenarios "$scen" $extra $etcd_flags -json "$OUT/sim-$n.json" || status=1
+done
 
-start_etcd standard
-echo "== vigil-sim -hosts $HOSTS -clients $CLIENTS -ttl $TTL -spread $SPREAD -scenarios register,stop,resume,stop,resume,push,offline"
-"$bin" -hosts "$HOSTS" -clients "$CLIENTS" -ttl "$TTL" -spread "$SPREAD" -endpoints "$url" \
-	-scenarios register,stop,resume,stop,resume,push,offline -json "$OUT/sim.json" || status=1
-stop_etcd
-
-if [ "${STORM:-0}" = 1 ]; then
-	start_etcd storm
-	echo "== registration storm: vigil-sim -hosts $HOSTS -clients $CLIENTS -ttl $TTL -spread 0 -scenarios register,stop"
-	"$bin" -hosts "$HOSTS" -clients "$CLIENTS" -ttl "$TTL" -spread 0 -endpoints "$url" \
-		-scenarios register,stop -json "$OUT/storm.json" || true
-	stop_etcd
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+	echo "== partition: vigil-sim -hosts 1000 -partition $PART_HOSTS -cluster $CLUSTER -ttl $PART_TTL -scenarios register,stop,partition"
+	# shellcheck disable=SC2086
+	timeout -k 20 "$RUN_TIMEOUT" "$bin" -hosts 1000 -partition "$PART_HOSTS" -cluster "$CLUSTER" -clients "$CLIENTS" -ttl "$PART_TTL" \
+		-spread 3s -request-timeout "$REQUEST_TIMEOUT" -offline 0 -scenarios register,stop,partition $etcd_flags \
+		-json "$OUT/partition.json" || status=1
+else
+	echo "== partition: skipped (needs root and ip)"
 fi
 
 echo "== go test -run '^$' -bench BenchmarkRestartWhileEtcdDown -benchtime 5x ./host/control"
 go test -run '^$' -bench BenchmarkRestartWhileEtcdDown -benchtime 5x ./host/control || status=1
 
-echo "== JSON reports in $OUT"
+# shellcheck disable=SC2046
+"$bin.chart" -o "$OUT/scale.html" $(for n in $SIZES; do [ -s "$OUT/sim-$n.json" ] && echo "$OUT/sim-$n.json"; done)
+echo "== $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== JSON reports and chart in $OUT (open $OUT/scale.html)"
 exit $status

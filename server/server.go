@@ -32,6 +32,7 @@ import (
 	"github.com/vigil-hids/vigil/server/pki"
 	"github.com/vigil-hids/vigil/server/registry"
 	"github.com/vigil-hids/vigil/server/store"
+	"github.com/vigil-hids/vigil/server/vulnstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -171,6 +172,10 @@ type Server struct {
 	mhttp   *http.Server
 	mln     net.Listener
 	started time.Time
+
+	vuln     *vulnstore.Service // nil when disabled (vuln.go)
+	vulnStop context.CancelFunc
+	vulnWG   sync.WaitGroup
 
 	leader    atomic.Bool
 	ready     chan struct{}
@@ -373,6 +378,7 @@ func (s *Server) Close() {
 			s.cancel()
 		}
 		s.wg.Wait()
+		s.closeVuln()
 		if s.index != nil {
 			s.index.Close()
 		}

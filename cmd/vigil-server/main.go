@@ -123,6 +123,7 @@ func serve(ctx context.Context, cfg server.Config) error {
 		return err
 	}
 	defer s.Close()
+	defer reloadOnHUP(s, cfg.Logger)()
 	select {
 	case <-ctx.Done():
 		cfg.Logger.Info("shutting down", "component", "server")

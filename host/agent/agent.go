@@ -34,6 +34,7 @@ import (
 	"github.com/vigil-hids/vigil/host/spawn"
 	"github.com/vigil-hids/vigil/host/status"
 	"github.com/vigil-hids/vigil/host/supervisor"
+	"github.com/vigil-hids/vigil/host/vulnreport"
 	"github.com/vigil-hids/vigil/internal/memtrim"
 	"github.com/vigil-hids/vigil/sdk"
 )
@@ -68,6 +69,7 @@ type Agent struct {
 	ctl     *control.Loop
 	gov     *governance
 	lock    *os.File
+	vuln    *vulnreport.Reporter // inventory reporter (vuln.go), nil when off
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -135,6 +137,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 	if cfg.Sinks.Stdout {
 		sinks = append(sinks, sink.NewStdout(cfg.HostName))
 		a.sinks = append(a.sinks, "stdout")
+	}
+	if sinks, err = a.addVulnSink(sinks); err != nil {
+		return nil, err
 	}
 	a.pipe, err = pipeline.New(cfg.Pipeline, sinks, opts.Log.With("component", "pipeline"), nil)
 	if err != nil {
@@ -229,6 +234,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 	if err := a.sup.Set(a.specs()); err != nil {
 		return nil, err
 	}
+	a.startVulnReport()
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()

@@ -288,7 +288,13 @@ func (x *Index) Top(n int) []CVECount {
 
 // Stats counts what the index holds.
 type Stats struct {
-	Hosts, Inventories, Packages, Versions, Advisories, Affected, Hits int
+	Hosts       int `json:"hosts"`
+	Inventories int `json:"inventories"`
+	Packages    int `json:"packages"`
+	Versions    int `json:"versions"`
+	Advisories  int `json:"advisories"`
+	Affected    int `json:"affected"`
+	Hits        int `json:"hits"`
 }
 
 // Stats returns the index's counts.

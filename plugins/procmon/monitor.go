@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
+	"unsafe"
 
 	hclog "github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -231,7 +233,7 @@ func (m *Monitor) read(ctx context.Context) error {
 	busy := false
 	for {
 		if busy && coalesce > 0 {
-			time.Sleep(coalesce)
+			pause(coalesce)
 		}
 		m.mu.Lock()
 		src := m.src
@@ -277,6 +279,28 @@ func (m *Monitor) read(ctx context.Context) error {
 			q.signal()
 		}
 	}
+}
+
+// rawPauseMax is the longest pause taken by pause without the scheduler.
+const rawPauseMax = 5 * time.Millisecond
+
+// pause lets the socket fill for d. The socket is in the Go runtime's
+// poller, and a thread waiting in the poller (as one does while this
+// goroutine sleeps on a timer) is woken by every datagram that arrives:
+// under a storm a timer sleep saves reads but not wake-ups. So the workers
+// are let run first (they were just handed a batch), and then a short pause
+// is a plain nanosleep that keeps this goroutine's P, so that no thread
+// waits in the poller meanwhile. It holds up the rest of the process (and
+// a garbage collection) for at most rawPauseMax; longer pauses sleep on a
+// timer.
+func pause(d time.Duration) {
+	if d > rawPauseMax {
+		time.Sleep(d)
+		return
+	}
+	runtime.Gosched()
+	ts := unix.NsecToTimespec(int64(d))
+	unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), 0, 0)
 }
 
 // dispatch queues ev for its process's worker. Exec events may use the

@@ -320,3 +320,51 @@ func BenchmarkExecEnrich(b *testing.B) {
 		w.handle(&ev)
 	}
 }
+
+// TestQueueGrowsInOrder checks that a queue that starts small grows up to
+// its size without losing or reordering events, even with its ring
+// wrapped, and refuses events past its size.
+func TestQueueGrowsInOrder(t *testing.T) {
+	const size = 1000
+	q := newEvQueue(size)
+	var batch []cnproc.Event
+	next, want := int32(1), int32(1)
+	// Wrap the small ring first: push and take a few, so head moves.
+	for range 3 {
+		for range 100 {
+			if !q.push(&cnproc.Event{What: cnproc.Exec, TGID: next}) {
+				t.Fatalf("push %d refused below the queue's size", next)
+			}
+			next++
+		}
+		batch = q.take(batch)
+		for _, ev := range batch {
+			if ev.TGID != want {
+				t.Fatalf("took %d, want %d", ev.TGID, want)
+			}
+			want++
+		}
+	}
+	for i := range size + 10 {
+		ok := q.push(&cnproc.Event{What: cnproc.Exec, TGID: next})
+		if ok != (i < size) {
+			t.Fatalf("push %d of %d: accepted %v", i+1, size+10, ok)
+		}
+		if ok {
+			next++
+		}
+	}
+	if len(q.ring) != size {
+		t.Errorf("ring grew to %d, want %d", len(q.ring), size)
+	}
+	batch = q.take(batch)
+	if len(batch) != size {
+		t.Fatalf("took %d events, want %d", len(batch), size)
+	}
+	for _, ev := range batch {
+		if ev.TGID != want {
+			t.Fatalf("took %d, want %d", ev.TGID, want)
+		}
+		want++
+	}
+}

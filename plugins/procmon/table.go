@@ -28,7 +28,7 @@ const maxInterned = 4096
 func newProcTable(capacity int) *procTable {
 	return &procTable{
 		cap:     capacity,
-		entries: make(map[int32]procEntry, capacity),
+		entries: make(map[int32]procEntry), // grows with the host's live processes, not to capacity
 		ring:    make([]int32, capacity),
 		interns: make(map[string]string, 256),
 	}

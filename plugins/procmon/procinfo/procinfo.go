@@ -77,15 +77,38 @@ func (r *Reader) pidPath(pid int32) []byte {
 	return append(r.path, 0)
 }
 
+// The system calls that cannot block for long (path lookups in /proc,
+// readlink of /proc links, reads of status and stat, close) are made raw,
+// without telling the Go scheduler: a scheduled system call wakes the
+// runtime's monitor thread (sysmon) whenever the process was idle, and
+// under an exec storm those wake-ups cost more than the reads themselves.
+// Reads that take a lock another process may hold for long (cmdline takes
+// the target's mmap lock, cgroup the cgroup mutex) stay scheduled system
+// calls, so a stuck process can only hold up the worker reading it.
+
 func openat(dirfd int, name []byte, flags int) (int, syscall.Errno) {
-	fd, _, errno := unix.Syscall6(unix.SYS_OPENAT, uintptr(dirfd), uintptr(unsafe.Pointer(&name[0])),
+	fd, _, errno := unix.RawSyscall6(unix.SYS_OPENAT, uintptr(dirfd), uintptr(unsafe.Pointer(&name[0])),
 		uintptr(flags|unix.O_CLOEXEC), 0, 0, 0)
 	return int(fd), errno
 }
 
 func readlinkat(dirfd int, name []byte, buf []byte) (int, syscall.Errno) {
-	n, _, errno := unix.Syscall6(unix.SYS_READLINKAT, uintptr(dirfd), uintptr(unsafe.Pointer(&name[0])),
+	n, _, errno := unix.RawSyscall6(unix.SYS_READLINKAT, uintptr(dirfd), uintptr(unsafe.Pointer(&name[0])),
 		uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0)
+	return int(n), errno
+}
+
+func closeFD(fd int) { unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0) }
+
+// read reads into buf; a blocking read is a scheduled system call.
+func read(fd int, buf []byte, blocking bool) (int, syscall.Errno) {
+	var n uintptr
+	var errno syscall.Errno
+	if blocking {
+		n, _, errno = unix.Syscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+	} else {
+		n, _, errno = unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+	}
 	return int(n), errno
 }
 
@@ -107,14 +130,15 @@ func (r *Reader) Open(pid int32) error {
 // Close ends the reading of the current process.
 func (r *Reader) Close() {
 	if r.dirfd >= 0 {
-		unix.Close(r.dirfd)
+		closeFD(r.dirfd)
 		r.dirfd = -1
 	}
 }
 
 // readFile reads name under the process directory into buf (up to its
-// size) and returns the bytes read.
-func (r *Reader) readFile(name []byte, buf []byte) ([]byte, error) {
+// size) and returns the bytes read. blocking says whether reading the file
+// may wait on a lock of the target process (see read).
+func (r *Reader) readFile(name []byte, buf []byte, blocking bool) ([]byte, error) {
 	fd, errno := openat(r.dirfd, name, unix.O_RDONLY)
 	if errno != 0 {
 		if gone(errno) {
@@ -122,15 +146,18 @@ func (r *Reader) readFile(name []byte, buf []byte) ([]byte, error) {
 		}
 		return nil, errno
 	}
-	defer unix.Close(fd)
+	defer closeFD(fd)
 	n := 0
 	for n < len(buf) {
-		m, err := unix.Read(fd, buf[n:])
-		if err != nil {
-			if errors.Is(err, unix.ESRCH) {
+		m, errno := read(fd, buf[n:], blocking)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			if errno == unix.ESRCH {
 				return nil, ErrGone
 			}
-			return nil, err
+			return nil, errno
 		}
 		if m == 0 {
 			break
@@ -168,7 +195,7 @@ func (r *Reader) FD(n int) ([]byte, error) { return r.readLink(nameFD[n], r.fds[
 // Cmdline returns the command line with the arguments joined by spaces,
 // capped at the Reader's limit. An exited process has an empty one.
 func (r *Reader) Cmdline() ([]byte, error) {
-	b, err := r.readFile(nameCmdline, r.cmdline)
+	b, err := r.readFile(nameCmdline, r.cmdline, true)
 	if err != nil {
 		return nil, err
 	}
@@ -192,7 +219,7 @@ type Status struct {
 
 // Status reads /proc/PID/status.
 func (r *Reader) Status(st *Status) error {
-	b, err := r.readFile(nameStatus, r.file)
+	b, err := r.readFile(nameStatus, r.file, false)
 	if err != nil {
 		return err
 	}
@@ -210,7 +237,7 @@ type Stat struct {
 
 // Stat reads /proc/PID/stat.
 func (r *Reader) Stat(st *Stat) error {
-	b, err := r.readFile(nameStat, r.file)
+	b, err := r.readFile(nameStat, r.file, false)
 	if err != nil {
 		return err
 	}
@@ -244,7 +271,7 @@ func nsInode(b []byte) uint64 {
 
 // Cgroup reads /proc/PID/cgroup and returns its container attribution.
 func (r *Reader) Cgroup(c *Container) error {
-	b, err := r.readFile(nameCgroup, r.cgroup)
+	b, err := r.readFile(nameCgroup, r.cgroup, true)
 	if err != nil {
 		return err
 	}
@@ -280,10 +307,13 @@ func (r *Reader) OtherPPid(pid int32) (int32, error) {
 		}
 		return 0, errno
 	}
-	defer unix.Close(fd)
-	n, err := unix.Read(fd, r.file)
-	if err != nil {
-		return 0, err
+	defer closeFD(fd)
+	n, errno := read(fd, r.file, false)
+	if errno != 0 {
+		if errno == unix.ESRCH {
+			return 0, ErrGone
+		}
+		return 0, errno
 	}
 	var st Stat
 	if err := ParseStat(r.file[:n], &st); err != nil {

@@ -19,7 +19,8 @@ if [ ! -f "$run/pki/ca.crt" ]; then
   ./bin/vigil-server init --dir "$run/pki" --data-dir "$run/server-data" --log-level warn
 fi
 
-./bin/vigil-server --tls-dir "$run/pki" --data-dir "$run/server-data" --log-level warn 2>"$run/server.log" &
+# --osv: a few bundled Debian 12 advisories, so `vigilctl vuln top` shows this host's findings.
+./bin/vigil-server --tls-dir "$run/pki" --data-dir "$run/server-data" --log-level warn --osv "$top/vuln/osv/sample" 2>"$run/server.log" &
 server=$!
 pids=$server
 trap 'kill -TERM $pids 2>/dev/null; wait 2>/dev/null; echo "stopped"' EXIT INT TERM
@@ -29,6 +30,8 @@ export VIGIL_CERT="$run/pki/admin.crt" VIGIL_KEY="$run/pki/admin.key"
 for _ in $(seq 100); do ./bin/vigilctl server status >/dev/null 2>&1 && break; sleep 0.2; done
 
 plugins="  - {name: example, path: $top/bin/vigil-example, config: {interval: 10s}}"
+plugins="$plugins
+  - {name: vulnscan, path: $top/bin/vigil-vulnscan}"
 if [ "$root" = 1 ]; then
   plugins="$plugins
   - {name: procmon, path: $top/bin/vigil-procmon}
@@ -48,6 +51,7 @@ control:
   ca_file: $run/pki/ca.crt
   cert_file: $run/pki/host.crt
   key_file: $run/pki/host.key
+server: {url: https://127.0.0.1:8443}
 plugins:
 $plugins
 YAML
@@ -67,6 +71,7 @@ Vigil is running: vigil-server (embedded etcd, API on https://127.0.0.1:8443) an
             ./bin/vigilctl fleet resume --wait
             echo '{"plugins":{"example":{"config":{"interval":"2s"}}}}' | ./bin/vigilctl config set --scope fleet --comment faster
             ./bin/vigilctl config history --scope fleet
+  vulns:    ./bin/vigilctl vuln top; ./bin/vigilctl vuln host $(hostname -s 2>/dev/null || echo dev)
   logs:     run/host.log  run/server.log
 Ctrl-C stops it.
 MSG

@@ -21,12 +21,18 @@ type Config struct {
 	// QueueSize bounds the events waiting for the enrichment workers
 	// (shared out among the workers).
 	QueueSize int `json:"queue_size" vigil:"min=1024,max=1048576" desc:"events queued between the socket reader and the workers"`
-	// ReadCoalesce is the pause after a socket read that found a dozen or
-	// more messages waiting. Under load each read then drains a batch of
-	// events instead of one, which divides the reader's and the workers'
-	// wake-ups; the receive buffer holds the events meanwhile. A quiet
-	// socket is read without pausing. 0 never pauses.
+	// ReadCoalesce is the pause after a socket read that found at least
+	// ReadCoalesceAfter messages waiting. Under load each read then drains
+	// a batch of events instead of one, which divides the reader's and the
+	// workers' wake-ups; the receive buffer holds the events meanwhile. A
+	// quiet socket is read without pausing. 0 never pauses.
 	ReadCoalesce sdk.Duration `json:"read_coalesce" vigil:"min=0s,max=100ms" desc:"pause after each socket read, to batch events"`
+	// ReadCoalesceAfter is the number of messages a read must find for the
+	// reader to pause after it. The default (12, four processes' fork, exec
+	// and exit) pauses only under storms; lower values pause at lower
+	// rates too, which saves CPU but reads /proc later, so fewer
+	// short-lived processes are still there to be read.
+	ReadCoalesceAfter int `json:"read_coalesce_after" vigil:"min=1,max=4096" desc:"messages a socket read must find to pause after it"`
 	// Workers is the number of enrichment workers.
 	Workers int `json:"workers" vigil:"min=1,max=64" desc:"enrichment workers reading /proc"`
 	// CmdlineMax caps the bytes of a command line kept.
@@ -77,15 +83,16 @@ type AllowRule struct {
 // DefaultConfig returns procmon's defaults.
 func DefaultConfig() *Config {
 	return &Config{
-		ReceiveBuffer:    8 << 20,
-		QueueSize:        16384,
-		ReadCoalesce:     sdk.Duration(2e6),
-		Workers:          2,
-		CmdlineMax:       4096,
-		ProcessTableSize: 16384,
-		Emit:             []string{"exec", "uid", "gid", "sid", "comm", "ptrace", "coredump"},
-		ReconnectMin:     sdk.Duration(100e6),
-		ReconnectMax:     sdk.Duration(30e9),
+		ReceiveBuffer:     8 << 20,
+		QueueSize:         16384,
+		ReadCoalesce:      sdk.Duration(2e6),
+		ReadCoalesceAfter: 12,
+		Workers:           2,
+		CmdlineMax:        4096,
+		ProcessTableSize:  16384,
+		Emit:              []string{"exec", "uid", "gid", "sid", "comm", "ptrace", "coredump"},
+		ReconnectMin:      sdk.Duration(100e6),
+		ReconnectMax:      sdk.Duration(30e9),
 		Detections: Detections{
 			Disabled: []string{},
 			Shells:   []string{"sh", "bash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "ash", "busybox"},

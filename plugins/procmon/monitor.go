@@ -189,10 +189,6 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 	return m, nil
 }
 
-// coalesceAbove is the read size, in bytes, from which the reader counts
-// as busy and pauses between reads: about a dozen messages.
-const coalesceAbove = 12 * 76
-
 // readBufSize holds the largest datagram the connector sends (one page of
 // messages) with room to spare.
 const readBufSize = 64 << 10
@@ -230,6 +226,9 @@ func (m *Monitor) Close() error {
 func (m *Monitor) read(ctx context.Context) error {
 	var ev cnproc.Event
 	coalesce := m.cfg.ReadCoalesce.D()
+	// A read's size in bytes from which the reader counts as busy and
+	// pauses: cn_proc messages are 76 bytes (40 for an acknowledgement).
+	coalesceAbove := m.cfg.ReadCoalesceAfter * 76
 	busy := false
 	for {
 		if busy && coalesce > 0 {

@@ -203,6 +203,8 @@ func TestConfigValidate(t *testing.T) {
 		{"defaults", `{}`, ""},
 		{"queue too small", `{"queue_size": 12}`, "procmon.queue_size must be between 1024 and 1048576 (got 12)"},
 		{"workers", `{"workers": 0}`, "procmon.workers must be between 1 and 64 (got 0)"},
+		{"coalesce after", `{"read_coalesce_after": 5000}`, "procmon.read_coalesce_after must be between 1 and 4096 (got 5000)"},
+		{"coalesce after 1", `{"read_coalesce_after": 1}`, ""},
 		{"unknown key", `{"queue": 5}`, `unknown key "queue"`},
 		{"emit kind", `{"emit": ["exec", "clone"]}`, `procmon.emit[1] must be one of fork, exec, exit, uid, gid, sid, comm, ptrace, coredump (got "clone")`},
 		{"backoff order", `{"reconnect_min": "10s", "reconnect_max": "1s"}`, "procmon.reconnect_max must be at least procmon.reconnect_min (10s) (got 1s)"},

@@ -163,6 +163,13 @@ func (r *Reader) readFile(name []byte, buf []byte, blocking bool) ([]byte, error
 			break
 		}
 		n += m
+		if n < len(buf) {
+			// A short read is the end: these files (seq_file status,
+			// stat, cgroup; cmdline, read page by page) give as much as
+			// asked for until the end, so the read that would return 0
+			// is saved.
+			break
+		}
 	}
 	return buf[:n], nil
 }

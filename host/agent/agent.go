@@ -69,6 +69,7 @@ type Agent struct {
 	ctl     *control.Loop
 	gov     *governance
 	lock    *os.File
+	upd     *pluginUpdates       // plugin release installs (update.go), nil when off
 	vuln    *vulnreport.Reporter // inventory reporter (vuln.go), nil when off
 
 	ctx    context.Context
@@ -212,6 +213,9 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		a.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = a.metrics.Serve(ln) }()
 	}
+	if err := a.startUpdates(); err != nil {
+		return nil, err
+	}
 	if cfg.Control != nil {
 		a.waiting = true
 		cc := cfg.ControlConfig(opts.Version)
@@ -219,6 +223,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		if err != nil {
 			return nil, err
 		}
+		a.connectUpdates()
 		// Neither etcd nor a persisted state after the grace period: run
 		// what the config file says, and converge when etcd answers.
 		a.wg.Add(1)
@@ -259,6 +264,7 @@ func (a *Agent) Err() <-chan error { return a.errc }
 func (a *Agent) Close() error {
 	var errs []error
 	a.once.Do(func() {
+		a.closeUpdates()
 		if a.ctl != nil {
 			a.ctl.Close()
 		}
@@ -335,12 +341,14 @@ func (a *Agent) specs() []supervisor.Spec {
 		}}}
 		eff := api.Merge(base, ds).Plugins[p.Name]
 		a.gov.apply(p.Name, eff.Limits)
-		out = append(out, supervisor.Spec{
+		spec := supervisor.Spec{
 			Name: p.Name, Path: p.Path, SHA256: p.SHA256,
 			Enabled:  eff.Enabled == nil || *eff.Enabled,
 			Config:   eff.Config,
 			LogLevel: eff.LogLevel,
-		})
+		}
+		a.installedBinary(&spec)
+		out = append(out, spec)
 	}
 	return out
 }
@@ -383,6 +391,7 @@ func (a *Agent) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
 	if err := a.sup.Set(a.specs()); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, a.wantVersions(ds)...)
 	a.sup.Poke()
 	return errors.Join(errs...)
 }
@@ -396,7 +405,7 @@ func (a *Agent) Status() map[string]api.PluginStatus {
 			last = "config rejected: " + s.ConfigError
 		}
 		out[s.Name] = api.PluginStatus{Version: s.Version, State: string(s.State), LastError: last, Restarts: s.Restarts,
-			Breaker: a.gov.summary(s.Name)}
+			Breaker: a.gov.summary(s.Name), Update: a.updateStatus(s.Name)}
 	}
 	return out
 }

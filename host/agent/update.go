@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/host/supervisor"
+	"github.com/vigil-hids/vigil/host/update"
+)
+
+// pluginUpdates installs the plugin versions the desired state asks for
+// (package update): manifests from etcd through the control loop's client,
+// binaries from the server section's artifact store.
+type pluginUpdates struct {
+	u   *update.Updater
+	cli atomic.Pointer[clientv3.Client]
+	ks  api.Keyspace
+}
+
+// startUpdates builds the updater from the update section (nil without
+// one). It loads the installed releases, so specs() runs them from the
+// first start.
+func (a *Agent) startUpdates() error {
+	us := a.cfg.UpdateSettings()
+	if us == nil {
+		return nil
+	}
+	trust, err := update.LoadTrust(us.TrustFile, us.RootsFile, us.KeyringFile)
+	if err != nil {
+		return err
+	}
+	link := a.cfg.ServerLink()
+	client, err := link.HTTPClient(0)
+	if err != nil {
+		return err
+	}
+	pu := &pluginUpdates{ks: api.NewKeyspace(a.cfg.ControlConfig(a.opts.Version).Prefix)}
+	pu.u, err = update.New(update.Config{
+		Host: a.cfg.HostName, HostVersion: a.opts.Version, OS: runtime.GOOS, Arch: runtime.GOARCH,
+		Trust: trust,
+		Source: update.Source{Client: client, BaseURL: link.URL, RequestTimeout: us.RequestTimeout,
+			StallTimeout: us.StallTimeout, Attempts: us.Attempts},
+		Dir: us.Dir, StateDir: a.cfg.StateDir,
+		SpreadWindow: us.SpreadWindow, HealthWindow: us.HealthWindow, StartTimeout: us.StartTimeout, Keep: us.Keep,
+		Manifests: pu.manifest,
+		Plugins:   agentPlugins{a},
+		Log:       a.opts.Log,
+	})
+	if err != nil {
+		return err
+	}
+	a.upd = pu
+	return nil
+}
+
+// connectUpdates hands the control loop's etcd client to the updater.
+func (a *Agent) connectUpdates() {
+	if a.upd != nil && a.ctl != nil {
+		a.upd.cli.Store(a.ctl.Client())
+	}
+}
+
+func (a *Agent) closeUpdates() {
+	if a.upd != nil {
+		a.upd.u.Close()
+	}
+}
+
+// manifest reads /hids/releases/{plugin}/{version} from etcd.
+func (pu *pluginUpdates) manifest(ctx context.Context, plugin, version string) ([]byte, error) {
+	cli := pu.cli.Load()
+	if cli == nil {
+		return nil, errors.New("not connected to etcd yet")
+	}
+	key := pu.ks.Release(plugin, version)
+	resp, err := cli.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("no release at %s (not published?)", key)
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+// wantVersions passes each plugin's effective desired version (after its
+// rollout percentage) to the updater; without an update section a desired
+// version is refused by name.
+func (a *Agent) wantVersions(ds api.DesiredState) []error {
+	var errs []error
+	for _, p := range a.cfg.Plugins {
+		st := ds.Plugins[p.Name]
+		target := api.TargetVersion(a.cfg.HostName, p.Name, st.Version, st.Rollout)
+		if a.upd == nil {
+			if target != "" {
+				errs = append(errs, fmt.Errorf("plugin %q: version %s asked for, but this host has no update section (no trusted release keys)", p.Name, target))
+			}
+			continue
+		}
+		a.upd.u.Want(p.Name, target)
+	}
+	return errs
+}
+
+// installedBinary lays an installed release over the config file's binary.
+func (a *Agent) installedBinary(s *supervisor.Spec) {
+	if a.upd == nil {
+		return
+	}
+	if b := a.upd.u.Binary(s.Name); b != nil {
+		s.Path, s.SHA256 = b.Path, b.SHA256
+	}
+}
+
+// updateStatus is the plugin's latest install status for the registration.
+func (a *Agent) updateStatus(plugin string) *api.UpdateStatus {
+	if a.upd == nil {
+		return nil
+	}
+	return a.upd.u.Status(plugin)
+}
+
+// agentPlugins is the supervisor as the updater drives it.
+type agentPlugins struct{ a *Agent }
+
+func (p agentPlugins) Refresh(string) {
+	if err := p.a.sup.Set(p.a.specs()); err != nil {
+		p.a.log.Error("switching plugin binary", "err", err)
+	}
+}
+
+func (p agentPlugins) Observe(name string, fn func(supervisor.Lifecycle)) func() {
+	return p.a.sup.Observe(name, fn)
+}
+
+func (p agentPlugins) State(name string) (supervisor.State, string) {
+	pl := p.a.sup.Plugin(name)
+	if pl == nil {
+		return supervisor.StateStopped, ""
+	}
+	st := pl.Status()
+	return st.State, st.Version
+}

@@ -37,10 +37,13 @@ type dumper struct {
 	// tap, when set, sees every datagram before it is parsed (tests use it
 	// to capture fixtures).
 	tap func([]byte)
+	// refuseCompat, for tests, answers a TCPDIAG_GETSOCK dump as a kernel
+	// without it would.
+	refuseCompat bool
 }
 
 func newDumper() (*dumper, error) {
-	d := &dumper{buf: make([]byte, dumpBufSize), req: make([]byte, 0, inetDiagReqV2Len), Timeout: 30 * time.Second}
+	d := &dumper{buf: make([]byte, dumpBufSize), req: make([]byte, 0, inetDiagReqLen), Timeout: 30 * time.Second}
 	d.readFn = func(fd uintptr) bool {
 		d.n, d.rerr = unix.Read(int(fd), d.buf)
 		return d.rerr != unix.EAGAIN
@@ -86,9 +89,21 @@ func (d *dumper) dump(family, proto uint8, states uint32, s *Socket, fn func(*So
 			return total, err
 		}
 	}
-	d.req = appendDiagRequest(d.req[:0], family, proto, states)
+	typ := netlink.HeaderType(sockDiagByFamily)
+	if family == afUnspec {
+		if proto != protoTCP {
+			return total, fmt.Errorf("netmon: a dump of both families is for TCP only (protocol %d)", proto)
+		}
+		if d.refuseCompat {
+			return total, fmt.Errorf("%w: %w", ErrDumpRefused, unix.EINVAL)
+		}
+		typ = tcpDiagGetSock
+		d.req = appendCompatRequest(d.req[:0], states)
+	} else {
+		d.req = appendDiagRequest(d.req[:0], family, proto, states)
+	}
 	if _, err := d.conn.Send(netlink.Message{
-		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request | netlink.Dump},
+		Header: netlink.Header{Type: typ, Flags: netlink.Request | netlink.Dump},
 		Data:   d.req,
 	}); err != nil {
 		_ = d.Close()

@@ -74,12 +74,23 @@ const (
 	sockDiagByFamily = 20
 	inetDiagMsgLen   = 72
 	inetDiagReqV2Len = 56
+	// TCPDIAG_GETSOCK is the older inet_diag request (struct
+	// inet_diag_req, 60 bytes). The kernel serves it as a dump of both
+	// address families (AF_UNSPEC) in one walk of its socket tables, where
+	// SOCK_DIAG_BY_FAMILY needs one walk per family; replies carry this
+	// type.
+	tcpDiagGetSock = 18
+	inetDiagReqLen = 60
+	afUnspec       = 0
 )
 
 // Parser errors.
 var (
 	ErrShortMessage = errors.New("netmon: truncated netlink message")
 	ErrBadFamily    = errors.New("netmon: inet_diag message with unknown address family")
+	// ErrDumpRefused wraps the errno of a netlink error message: the
+	// kernel refused the request.
+	ErrDumpRefused = errors.New("netmon: sock_diag dump refused")
 )
 
 // dumpResult says how a parsed datagram ended.
@@ -115,9 +126,9 @@ func parseDiag(b []byte, proto uint8, s *Socket, fn func(*Socket)) (dumpResult, 
 				return r, fmt.Errorf("%w: error message of %d bytes", ErrShortMessage, len(payload))
 			}
 			if errno := -int32(binary.NativeEndian.Uint32(payload)); errno != 0 {
-				return r, fmt.Errorf("netmon: sock_diag dump: %w", errnoErr(errno))
+				return r, fmt.Errorf("%w: %w", ErrDumpRefused, errnoErr(errno))
 			}
-		case sockDiagByFamily:
+		case sockDiagByFamily, tcpDiagGetSock:
 			if len(payload) < inetDiagMsgLen {
 				return r, fmt.Errorf("%w: inet_diag_msg of %d bytes", ErrShortMessage, len(payload))
 			}
@@ -170,5 +181,15 @@ func appendDiagRequest(dst []byte, family, proto uint8, states uint32) []byte {
 	req[0] = family
 	req[1] = proto
 	binary.NativeEndian.PutUint32(req[4:8], states)
+	return append(dst, req[:]...)
+}
+
+// appendCompatRequest appends a TCPDIAG_GETSOCK dump request body (struct
+// inet_diag_req: family, lengths, extensions, the 48-byte socket id,
+// states, dbs) asking for no extensions. The kernel ignores the family and
+// dumps IPv4 and IPv6 together.
+func appendCompatRequest(dst []byte, states uint32) []byte {
+	var req [inetDiagReqLen]byte
+	binary.NativeEndian.PutUint32(req[52:56], states)
 	return append(dst, req[:]...)
 }

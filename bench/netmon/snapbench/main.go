@@ -57,6 +57,10 @@ func main() {
 	switch *mode {
 	case "compare":
 		compare(*reps)
+	case "tan":
+		compareTan(*reps)
+	case "loop":
+		loop(*reps)
 	case "run":
 		run(*duration, *interval, *attribution, *budget)
 	case "plugin":
@@ -223,6 +227,64 @@ func compare(reps int) {
 		ratio(coldAttr, ssTanp), minRatio(coldAttr, ssTanp), cpuRatio(coldAttr, ssTanp))
 	fmt.Printf("netmon+attribution steady / ss -tanp: median wall %.2f, min wall %.2f, median cpu %.2f\n",
 		ratio(warmAttr, ssTanp), minRatio(warmAttr, ssTanp), cpuRatio(warmAttr, ssTanp))
+}
+
+// compareTan alternates ss -tan with steady netmon snapshots (no
+// attribution, TCP only, like ss -tan) and reports median and spread.
+func compareTan(reps int) {
+	var ssTan, warm series
+	steady := newMonitor(false)
+	defer steady.Close()
+	_, plain := snapshot(steady)
+	_ = ss("-tan") // warm
+	var ratios []float64
+	for range reps {
+		a := ss("-tan")
+		b, _ := snapshot(steady)
+		ssTan, warm = append(ssTan, a), append(warm, b)
+		ratios = append(ratios, float64(b.cpu)/float64(a.cpu))
+	}
+	slices.Sort(ratios)
+	fmt.Printf("sockets in the dump: %d (listeners %d)\n", plain.Sockets, plain.Listeners)
+	fmt.Printf("%-34s %11s %11s %11s %11s %11s\n", fmt.Sprintf("measurement (%d runs, alternated)", reps), "median wall", "min wall", "median cpu", "min cpu", "max cpu")
+	row := func(name string, s series) {
+		md, mn := s.median(), s.min()
+		fmt.Printf("%-34s %11s %11s %11s %11s %11s\n", name, ms(md.wall), ms(mn.wall), ms(md.cpu), ms(s.minCPU()), ms(s.maxCPU()))
+	}
+	row("ss -tan > /dev/null", ssTan)
+	row("netmon snapshot (steady)", warm)
+	fmt.Printf("netmon / ss -tan: median wall %.2f, min wall %.2f, median cpu %.2f, min cpu %.2f; per-pair cpu ratios min %.2f median %.2f max %.2f (target <= 0.50)\n",
+		ratio(warm, ssTan), minRatio(warm, ssTan), cpuRatio(warm, ssTan), float64(warm.minCPU())/float64(ssTan.minCPU()),
+		ratios[0], ratios[len(ratios)/2], ratios[len(ratios)-1])
+}
+
+// loop takes reps steady snapshots without attribution (for profiling).
+func loop(reps int) {
+	m := newMonitor(false)
+	defer m.Close()
+	var s series
+	for range reps {
+		x, _ := snapshot(m)
+		s = append(s, x)
+	}
+	md := s.median()
+	fmt.Printf("%d snapshots: median wall %s, median cpu %s, min cpu %s\n", reps, ms(md.wall), ms(md.cpu), ms(s.minCPU()))
+}
+
+func (s series) minCPU() time.Duration {
+	m := s[0].cpu
+	for _, x := range s[1:] {
+		m = min(m, x.cpu)
+	}
+	return m
+}
+
+func (s series) maxCPU() time.Duration {
+	m := s[0].cpu
+	for _, x := range s[1:] {
+		m = max(m, x.cpu)
+	}
+	return m
 }
 
 func minRatio(a, b series) float64 { return float64(a.min().wall) / float64(b.min().wall) }

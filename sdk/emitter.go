@@ -55,8 +55,12 @@ type BatchOptions struct {
 	Pending int
 }
 
-// DefaultBatchOptions are used by Serve.
-var DefaultBatchOptions = BatchOptions{MaxEvents: 512, MaxBytes: 256 << 10, FlushInterval: 200 * time.Millisecond, Pending: 64}
+// DefaultBatchOptions are used by Serve. MaxBytes keeps an encoded batch
+// (events, a last event past the mark, and the counters) within gRPC's
+// 32 KiB buffer class: larger messages are encoded into pooled 1 MiB
+// buffers that gRPC clears in full on every use, which under a steady
+// flow of events kept a megabyte resident and cleared one per batch.
+var DefaultBatchOptions = BatchOptions{MaxEvents: 512, MaxBytes: 28 << 10, FlushInterval: 200 * time.Millisecond, Pending: 64}
 
 type lane struct {
 	buf   []byte

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/vigil-hids/vigil/sdk/pluginpb"
 )
 
@@ -287,5 +289,32 @@ func TestBatcherConcurrentEmitAccountsForEverything(t *testing.T) {
 	dropped := final.DroppedTotal[DropBufferFull]
 	if final.EmittedTotal != 8*20000 || sent+dropped != final.EmittedTotal {
 		t.Errorf("emitted %d, sent %d, dropped %d", final.EmittedTotal, sent, dropped)
+	}
+}
+
+// TestDefaultBatchFitsSmallBuffers checks that a batch flushed by size at
+// the default options, stamped with a plugin's counters, encodes within
+// 32 KiB, the largest of gRPC's pooled buffer classes below 1 MiB.
+func TestDefaultBatchFitsSmallBuffers(t *testing.T) {
+	b := newTestBatcher(t, BatchOptions{})
+	for i := range 12 {
+		b.Counter("some_plugin_counter_" + string(rune('a'+i))).Add(uint64(1) << 40)
+	}
+	ev := Event{Type: "exec", Fields: []Field{Int("pid", 123456), String("exe", "/usr/lib/jvm/java-21/bin/java"),
+		String("cmdline", string(make([]byte, 300))), String("cwd", "/srv/app"), Int("uid", 1000)}}
+	for len(b.tele.out) == 0 {
+		if err := b.Emit(&ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch := <-b.tele.out
+	b.dropped.Add(1) // a batch that carries a drop count too
+	b.stamp(batch)
+	n, err := proto.Marshal(batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(n) > 32<<10 {
+		t.Errorf("a full batch of %d events encodes to %d bytes, more than 32 KiB", batch.Count, len(n))
 	}
 }

@@ -3,6 +3,7 @@
 //
 //	vigil-host run --config /etc/vigil/host.yaml
 //	vigil-host status [-o json]
+//	vigil-host selfupdate status|install|rollback
 package main
 
 import (
@@ -44,7 +45,7 @@ func root() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	cmd.AddCommand(runCmd(), statusCmd(), versionCmd())
+	cmd.AddCommand(runCmd(), statusCmd(), versionCmd(), selfUpdateCmd())
 	return cmd
 }
 
@@ -58,10 +59,18 @@ func versionCmd() *cobra.Command {
 
 func runCmd() *cobra.Command {
 	var path, hostName, logLevel string
+	var sf selfUpdateFlags
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the host daemon in the foreground",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// First, before the config is read: finish or undo a
+			// self-update (a new binary that cannot read the config must
+			// still roll back).
+			boot, err := sf.startup()
+			if err != nil {
+				return err
+			}
 			cfg, err := config.Load(path)
 			if err != nil {
 				return err
@@ -76,24 +85,33 @@ func runCmd() *cobra.Command {
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("host config %s with flags: %w", path, err)
 			}
-			return run(cfg)
+			restart, err := run(cfg, &sf, boot)
+			if restart && err == nil {
+				return sf.restart()
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVarP(&path, "config", "c", "/etc/vigil/host.yaml", "host config file (YAML)")
+	sf.register(cmd)
 	cmd.Flags().StringVar(&hostName, "host-name", "", "override host_name")
 	cmd.Flags().StringVar(&logLevel, "log-level", "", "override log.level (emergency, alert, critical, error, warning, notice, info, debug)")
 	return cmd
 }
 
-func run(cfg config.Config) error {
+func run(cfg config.Config, sf *selfUpdateFlags, boot *bootState) (restart bool, _ error) {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "vigil-host: warning: not running as root; plugins that need netlink or cgroups will fail and the status socket is only as private as its directory")
 	}
 	log, err := logging.New(cfg.Log)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer log.Close()
+	su, err := sf.agentSelfUpdate(cfg, boot, log.Logger)
+	if err != nil {
+		return false, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -105,17 +123,21 @@ func run(cfg config.Config) error {
 		PluginLog:   logging.HCLog(log.Logger, ""),
 		Registry:    reg,
 		SetLogLevel: log.SetLevel,
+		SelfUpdate:  su,
 	})
 	if err != nil {
-		return err
+		return false, err
 	}
 	select {
 	case <-ctx.Done():
 		log.Info("stopping", "reason", "signal")
 	case err = <-a.Err():
 		log.Error("stopping", "error", err)
+	case why := <-a.RestartRequested():
+		log.Info("stopping to restart into the binary at its path", "reason", why, "binary", sf.target)
+		restart = true
 	}
-	return errors.Join(err, a.Close())
+	return restart, errors.Join(err, a.Close())
 }
 
 func statusCmd() *cobra.Command {

@@ -50,6 +50,9 @@ type Options struct {
 	// SetLogLevel, if set, changes the host's log level at run time (a
 	// syslog level name); the fleet's desired state may set it.
 	SetLogLevel func(level string) error
+	// SelfUpdate, if set, lets the desired HostVersion replace vigil-host's
+	// own binary (selfupdate.go).
+	SelfUpdate *SelfUpdate
 }
 
 // Agent is a running vigil-host.
@@ -70,6 +73,7 @@ type Agent struct {
 	gov     *governance
 	lock    *os.File
 	upd     *pluginUpdates       // plugin release installs (update.go), nil when off
+	hu      *hostUpdate          // self-update worker (selfupdate.go), nil when off
 	vuln    *vulnreport.Reporter // inventory reporter (vuln.go), nil when off
 
 	ctx    context.Context
@@ -114,7 +118,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 	a := &Agent{
 		cfg: cfg, opts: opts, log: opts.Log.With("component", "host"),
 		started: time.Now(), errc: make(chan error, 1), ready: make(chan struct{}),
-		usage: map[string]usage{},
+		usage: map[string]usage{}, hu: newHostUpdate(opts.SelfUpdate),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	defer func() {
@@ -245,6 +249,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		defer a.wg.Done()
 		a.heartbeat()
 	}()
+	a.startHostGate()
 	close(a.ready)
 	// Drop the file pages start-up touched once the plugins are up, then
 	// now and again (see package memtrim).
@@ -388,6 +393,9 @@ func (a *Agent) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
 	a.mu.Lock()
 	a.desired, a.rev, a.waiting = ds, rev, false
 	a.mu.Unlock()
+	if err := a.wantHostVersion(ds); err != nil {
+		errs = append(errs, err)
+	}
 	if err := a.sup.Set(a.specs()); err != nil {
 		errs = append(errs, err)
 	}

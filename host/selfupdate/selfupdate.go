@@ -59,8 +59,10 @@ type Config struct {
 	// OS and Arch default to the running platform.
 	OS, Arch string
 	// Trust verifies release manifests and the binaries' minisign
-	// signatures.
-	Trust signing.Trust
+	// signatures; ReleaseKeys, when set, is asked instead at each install
+	// (a keyring checked against root keys at the current time).
+	Trust       signing.Trust
+	ReleaseKeys func(now time.Time) (signing.Trust, error)
 	// Window, Settle and CheckEvery tune the health gate (zero: defaults).
 	Window, Settle, CheckEvery time.Duration
 	Clock                      sdk.Clock
@@ -132,6 +134,13 @@ func (u *Updater) newPath() string { return u.sibling(".new") }
 // oldPath is where minio/selfupdate's CommitBinary moves the target.
 func (u *Updater) oldPath() string { return u.sibling(".old") }
 
+// Dir is the target's directory, where a download must land so that the
+// swap is a rename within one file system.
+func (u *Updater) Dir() string { return filepath.Dir(u.cfg.Target) }
+
+// Target is the binary the updater replaces.
+func (u *Updater) Target() string { return u.cfg.Target }
+
 // Running is the running version.
 func (u *Updater) Running() string { return u.cfg.Running }
 
@@ -181,12 +190,24 @@ func (u *Updater) Check(version string) (skip string, err error) {
 	return "", nil
 }
 
+// trust returns the release keys in force now.
+func (u *Updater) trust() (signing.Trust, error) {
+	if u.cfg.ReleaseKeys != nil {
+		return u.cfg.ReleaseKeys(u.cfg.Clock.Now())
+	}
+	return u.cfg.Trust, nil
+}
+
 // Verify runs every check on r without installing it.
 func (u *Updater) Verify(r Release) (signing.Verified, error) {
 	if _, err := semver.NewVersion(u.cfg.Running); err != nil {
 		return signing.Verified{}, fmt.Errorf("%w: running %q", ErrNotRelease, u.cfg.Running)
 	}
-	v, err := signing.VerifyManifest(r.Manifest, u.cfg.Trust, signing.Expect{
+	trust, err := u.trust()
+	if err != nil {
+		return signing.Verified{}, err
+	}
+	v, err := signing.VerifyManifest(r.Manifest, trust, signing.Expect{
 		Plugin: api.HostReleaseName, OS: u.cfg.OS, Arch: u.cfg.Arch,
 		Running: u.cfg.Running, HostVersion: u.cfg.Running, Now: u.cfg.Clock.Now(),
 	})
@@ -207,8 +228,12 @@ func (u *Updater) Verify(r Release) (signing.Verified, error) {
 // verifiers loads minio/selfupdate's minisign verifier for each trusted
 // key that signed the binary; keys the host does not trust are ignored.
 func (u *Updater) verifiers(r Release) ([]*minio.Verifier, error) {
+	trust, err := u.trust()
+	if err != nil {
+		return nil, err
+	}
 	trusted := map[string]string{}
-	for _, k := range u.cfg.Trust.Keys() {
+	for _, k := range trust.Keys() {
 		pub, err := signing.ParsePublicKey([]byte(k))
 		if err != nil {
 			return nil, err

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,7 +43,9 @@ type member struct {
 // directory on /dev/shm when base is empty) and waits for a leader.
 // A non-empty vethIP makes each member listen for clients on that address
 // too (member.vethURL), for the partitioned hosts.
-func startCell(n int, bin, base string, noFsync bool, vethIP string) (*cell, error) {
+// heartbeat and election (0: etcd's defaults, 100 ms and 1 s) are the raft
+// timings of every member.
+func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, election time.Duration) (*cell, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("-cluster must be at least 1 (got %d)", n)
 	}
@@ -89,6 +92,12 @@ func startCell(n int, bin, base string, noFsync bool, vethIP string) (*cell, err
 			"--initial-cluster-state", "new",
 			"--initial-cluster-token", filepath.Base(dir),
 			"--quota-backend-bytes", strconv.Itoa(8 << 30),
+		}
+		if heartbeat > 0 {
+			m.args = append(m.args, "--heartbeat-interval", strconv.FormatInt(heartbeat.Milliseconds(), 10))
+		}
+		if election > 0 {
+			m.args = append(m.args, "--election-timeout", strconv.FormatInt(election.Milliseconds(), 10))
 		}
 		if bin != "" {
 			m.args = append(m.args, "--logger", "zap", "--log-outputs", m.logPath, "--log-level", "warn")
@@ -250,6 +259,41 @@ func memberStatus(ctx context.Context, ep string) (*clientv3.StatusResponse, err
 	return cli.Status(ctx, ep)
 }
 
+// watchLeader polls the members' status every second until ctx ends and
+// counts the changes of leader (the simulator's own kills included) and
+// the polls that found no leader.
+func (c *cell) watchLeader(ctx context.Context, changes, leaderless *atomic.Int64) {
+	var last uint64
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var id uint64
+		for _, m := range c.members {
+			if m.cmd == nil {
+				continue
+			}
+			st, err := memberStatus(ctx, m.clientURL)
+			if err == nil && st.Leader != 0 {
+				id = st.Leader
+				break
+			}
+		}
+		if id == 0 {
+			leaderless.Add(1)
+			continue
+		}
+		if last != 0 && id != last {
+			changes.Add(1)
+		}
+		last = id
+	}
+}
+
 // MemberStat is one etcd member process's resource use.
 type MemberStat struct {
 	Name       string  `json:"name"`
@@ -347,6 +391,14 @@ func serveMember(ctx context.Context, args []string) error {
 			cfg.InitialClusterToken = v
 		case "--quota-backend-bytes":
 			cfg.QuotaBackendBytes, err = strconv.ParseInt(v, 10, 64)
+		case "--heartbeat-interval", "--election-timeout":
+			var n uint64
+			n, err = strconv.ParseUint(v, 10, 32)
+			if k == "--heartbeat-interval" {
+				cfg.TickMs = uint(n)
+			} else {
+				cfg.ElectionMs = uint(n)
+			}
 		default:
 			return fmt.Errorf("-serve-member: unknown flag %s", k)
 		}
@@ -365,4 +417,90 @@ func serveMember(ctx context.Context, args []string) error {
 		return err
 	}
 	return nil
+}
+
+// proxies are etcd gRPC proxies (etcd grpc-proxy start) in front of a
+// cell: the hosts connect to them, the simulated server to the members.
+// A proxy coalesces identical watches (the fleet key, the group keys) into
+// one upstream watch and serves the events to every watcher itself.
+type proxies struct {
+	urls []string
+	cmds []*exec.Cmd
+	done []chan struct{}
+}
+
+func startProxies(n int, bin string, upstream []string, dir string) (*proxies, error) {
+	p := &proxies{}
+	ports, err := freePorts(n)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", ports[i])
+		var eps []string
+		for _, u := range upstream {
+			eps = append(eps, strings.TrimPrefix(u, "http://"))
+		}
+		cmd := exec.Command(bin, "grpc-proxy", "start", "--listen-addr", addr, "--advertise-client-url", addr,
+			"--endpoints", strings.Join(eps, ","), "--data-dir", filepath.Join(dir, fmt.Sprintf("proxy%d", i)))
+		lf, err := os.Create(filepath.Join(dir, fmt.Sprintf("proxy%d.log", i)))
+		if err != nil {
+			p.close()
+			return nil, err
+		}
+		cmd.Stdout, cmd.Stderr = lf, lf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		err = cmd.Start()
+		lf.Close()
+		if err != nil {
+			p.close()
+			return nil, fmt.Errorf("starting gRPC proxy %d: %w", i, err)
+		}
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		p.cmds, p.done, p.urls = append(p.cmds, cmd), append(p.done, done), append(p.urls, "http://"+addr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, u := range p.urls {
+		for {
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{u}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+			if err == nil {
+				rctx, rcancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err = cli.Get(rctx, "/vigil-sim-proxy-probe")
+				rcancel()
+				cli.Close()
+			}
+			if err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				p.close()
+				return nil, fmt.Errorf("gRPC proxy %s not ready: %w (logs in %s)", u, err, dir)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return p, nil
+}
+
+func (p *proxies) stats() []MemberStat {
+	var out []MemberStat
+	for i, c := range p.cmds {
+		st := MemberStat{Name: fmt.Sprintf("proxy%d", i), Running: true}
+		st.RSSMB, st.CPUSeconds = procStats(c.Process.Pid)
+		out = append(out, st)
+	}
+	return out
+}
+
+func (p *proxies) close() {
+	if p == nil {
+		return
+	}
+	for i, c := range p.cmds {
+		_ = c.Process.Signal(syscall.SIGKILL)
+		<-p.done[i]
+	}
+	p.cmds = nil
 }

@@ -55,6 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Cluster, "cluster", 0, "start a cell of this many etcd members, one child process each (0: one member embedded in this process)")
 	fs.StringVar(&o.EtcdBin, "etcd-bin", "", "with -cluster: run this etcd binary (e.g. /usr/bin/etcd) instead of vigil-sim -serve-member (embedded etcd 3.7.3)")
 	fs.IntVar(&o.Partition, "partition", 0, "with -cluster: this many more hosts run in a network namespace the simulator creates (root), for the partition scenario")
+	fs.IntVar(&o.GRPCProxies, "grpc-proxy", 0, "with -cluster: put this many etcd gRPC proxies between the hosts and the cell")
+	fs.StringVar(&o.GRPCProxyBin, "grpc-proxy-bin", "/usr/bin/etcd", "etcd binary whose grpc-proxy subcommand -grpc-proxy runs")
+	fs.DurationVar(&o.Heartbeat, "heartbeat", 0, "with -cluster: the members' raft heartbeat interval (0: etcd's 100ms)")
+	fs.DurationVar(&o.Election, "election", 0, "with -cluster: the members' election timeout (0: etcd's 1s)")
 	partChild := fs.String("partition-child", "", "internal: run the partitioned hosts and write their status to this file")
 	fs.StringVar(&o.DataDir, "data-dir", "", "embedded etcd data directory (default: a temporary directory); with -cluster the parent of the members' directories (default /dev/shm)")
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "embedded etcd without fsync (faster, unsafe; for comparison only)")
@@ -161,6 +165,9 @@ func printTable(w io.Writer, rep Report) {
 	_ = tw.Flush()
 	fmt.Fprintf(w, "process: %d goroutines at the end, max RSS %.0f MiB, CPU %.1f s (after registration: RSS %.0f MiB, CPU %.1f s); load average %s at the start, %s at the end\n",
 		rep.Goroutines, rep.MaxRSSMB, rep.CPUSeconds, rep.SimAfterRegisterRSSMB, rep.SimAfterRegisterCPU, rep.LoadStart, rep.LoadEnd)
+	if rep.Cluster > 0 {
+		fmt.Fprintf(w, "etcd cell: %d leader changes, %d polls without a leader (polled every second)\n", rep.LeaderChanges, rep.LeaderlessPolls)
+	}
 	for i, st := range rep.EtcdAtEnd {
 		var reg MemberStat
 		if i < len(rep.EtcdAfterRegister) {

@@ -371,10 +371,20 @@ wait:
 // Run runs the scenarios in order. The register scenario always runs
 // first (the others need hosts).
 func (s *Sim) Run(ctx context.Context) (Report, error) {
+	var changes, leaderless atomic.Int64
+	if s.cell != nil {
+		lctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go s.cell.watchLeader(lctx, &changes, &leaderless)
+	}
 	rep, err := s.run(ctx)
+	rep.LeaderChanges, rep.LeaderlessPolls = changes.Load(), leaderless.Load()
 	rep.LoadEnd = loadAvg()
 	if s.cell != nil {
 		rep.EtcdAtEnd = s.cell.stats()
+	}
+	if s.proxies != nil {
+		rep.EtcdAtEnd = append(rep.EtcdAtEnd, s.proxies.stats()...)
 	}
 	return rep, err
 }
@@ -390,6 +400,9 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 	s.report.SimAfterRegisterRSSMB, s.report.SimAfterRegisterCPU = procStats(os.Getpid())
 	if s.cell != nil {
 		s.report.EtcdAfterRegister = s.cell.stats()
+	}
+	if s.proxies != nil {
+		s.report.EtcdAfterRegister = append(s.report.EtcdAfterRegister, s.proxies.stats()...)
 	}
 	for _, sc := range s.opts.Scenarios {
 		var res []Result

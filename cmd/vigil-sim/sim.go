@@ -35,6 +35,13 @@ type Options struct {
 	// Partition hosts more run in a network namespace of their own for
 	// the partition scenario (needs Cluster > 0 and root).
 	Partition int
+	// GRPCProxies > 0 puts that many etcd gRPC proxies (GRPCProxyBin
+	// grpc-proxy start) between the hosts and the cell.
+	GRPCProxies  int
+	GRPCProxyBin string
+	// Heartbeat and Election are the members' raft timings (0: etcd's
+	// defaults, 100ms and 1s).
+	Heartbeat, Election time.Duration
 	// DataDir of the embedded etcd when Endpoints is empty ("" = temp dir).
 	DataDir        string
 	NoFsync        bool
@@ -90,6 +97,9 @@ func (o Options) Validate() error {
 	}
 	if o.Partition < 0 || (o.Partition > 0 && o.Cluster == 0) {
 		errs = append(errs, fmt.Errorf("-partition must be 0, or more with -cluster (got %d)", o.Partition))
+	}
+	if o.GRPCProxies < 0 || (o.GRPCProxies > 0 && o.Cluster == 0) {
+		errs = append(errs, fmt.Errorf("-grpc-proxy must be 0, or more with -cluster (got %d)", o.GRPCProxies))
 	}
 	if o.Cluster > 0 && len(o.Endpoints) > 0 {
 		errs = append(errs, errors.New("-cluster and -endpoints exclude each other"))
@@ -149,8 +159,15 @@ type Report struct {
 	// host registered.
 	SimAfterRegisterRSSMB float64 `json:"sim_after_register_rss_mb"`
 	SimAfterRegisterCPU   float64 `json:"sim_after_register_cpu_s"`
-	LoadStart             string  `json:"load_start"`
-	LoadEnd               string  `json:"load_end"`
+	// LeaderChanges counts leader changes seen by polling every second
+	// (kills by leader-loss included); LeaderlessPolls the polls that
+	// found no leader.
+	LeaderChanges   int64  `json:"leader_changes"`
+	LeaderlessPolls int64  `json:"leaderless_polls"`
+	Heartbeat       string `json:"heartbeat,omitempty"`
+	Election        string `json:"election,omitempty"`
+	LoadStart       string `json:"load_start"`
+	LoadEnd         string `json:"load_end"`
 }
 
 // host is one simulated host: the real control loop and an applier that
@@ -204,6 +221,8 @@ type Sim struct {
 	lastFleetRev int64
 	net          *netPart
 	part         *partChild
+	proxies      *proxies
+	hostEps      []string // what the hosts connect to (eps, or the proxies)
 	// load1AtStart is the load average when the run began.
 	load1AtStart float64
 	eps          []string
@@ -240,13 +259,23 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 			}
 			s.net, vethIP = n, n.hostIP
 		}
-		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync, vethIP)
+		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync, vethIP, o.Heartbeat, o.Election)
 		if err != nil {
 			s.Close()
 			return nil, err
 		}
 		s.cell, s.eps = c, c.endpoints()
 		s.report.Etcd = c.describe()
+		s.report.Heartbeat, s.report.Election = o.Heartbeat.String(), o.Election.String()
+		if o.GRPCProxies > 0 {
+			p, err := startProxies(o.GRPCProxies, o.GRPCProxyBin, s.eps, c.dir)
+			if err != nil {
+				s.Close()
+				return nil, err
+			}
+			s.proxies, s.hostEps = p, p.urls
+			s.report.Etcd += fmt.Sprintf("; hosts through %d gRPC proxies (%s grpc-proxy)", o.GRPCProxies, o.GRPCProxyBin)
+		}
 	} else if len(s.eps) == 0 {
 		if err := s.startEtcd(); err != nil {
 			return nil, err
@@ -255,9 +284,16 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 	} else {
 		s.report.Etcd = "external " + strings.Join(s.eps, ",")
 	}
+	if s.hostEps == nil {
+		s.hostEps = s.eps
+	}
 	for i := 0; i <= o.Clients; i++ {
+		eps := s.hostEps
+		if i == o.Clients {
+			eps = s.eps // the server talks to the members
+		}
 		cli, err := clientv3.New(clientv3.Config{
-			Endpoints:   s.eps,
+			Endpoints:   eps,
 			DialTimeout: 10 * time.Second,
 			// No keepalive pings on loopback: a ping answered late by a
 			// starved process would drop the connection of every host on
@@ -346,6 +382,7 @@ func (s *Sim) Close() {
 	if s.etcd != nil {
 		s.etcd.Close()
 	}
+	s.proxies.close()
 	if s.cell != nil {
 		s.cell.close()
 	}
@@ -378,7 +415,7 @@ func (s *Sim) startHosts(ctx context.Context) error {
 		name := s.hostName(i)
 		a := newNoopApplier()
 		cfg := control.Config{
-			Endpoints:      s.eps,
+			Endpoints:      s.hostEps,
 			Prefix:         s.opts.Prefix,
 			Host:           name,
 			Labels:         s.labels(i),

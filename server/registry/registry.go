@@ -33,9 +33,9 @@ type Host struct {
 	Mismatch bool
 	// Releases are what the host reports of each release it runs: every
 	// plugin's version and latest update, and its own (api.HostReleaseName),
-	// sorted by name. Their strings repeat across the fleet and are
-	// interned.
-	Releases []Release
+	// sorted by name. Most hosts of a fleet report the same few states, so
+	// each is interned: a host holds one pointer per release.
+	Releases []unique.Handle[Release]
 }
 
 // Release is one release name's state on a host.
@@ -50,8 +50,8 @@ type Release struct {
 // Release returns the host's entry for name.
 func (h Host) Release(name string) (Release, bool) {
 	for _, r := range h.Releases {
-		if r.Name == name {
-			return r, true
+		if v := r.Value(); v.Name == name {
+			return v, true
 		}
 	}
 	return Release{}, false
@@ -203,43 +203,46 @@ func decode(name string, v []byte) Host {
 			Revision int64 `json:"revision"`
 		} `json:"applied"`
 		Version string                   `json:"version"`
-		Update  *api.UpdateStatus        `json:"host_update"`
+		Update  *updateStatus            `json:"host_update"`
 		Plugins map[string]releaseStatus `json:"plugins"`
 	}
 	if err := json.Unmarshal(v, &l); err != nil {
 		return Host{Mismatch: true}
 	}
 	h := Host{Labels: l.Labels, Applied: l.Applied.Revision, Mismatch: l.Host != name}
+	if n := len(l.Plugins) + 1; n > 1 || l.Version != "" || l.Update != nil {
+		h.Releases = make([]unique.Handle[Release], 0, n)
+	}
 	if l.Version != "" || l.Update != nil {
 		h.Releases = append(h.Releases, release(api.HostReleaseName, l.Version, l.Update))
 	}
 	for p, st := range l.Plugins {
 		h.Releases = append(h.Releases, release(p, st.Version, st.Update))
 	}
-	sort.Slice(h.Releases, func(i, j int) bool { return h.Releases[i].Name < h.Releases[j].Name })
+	sort.Slice(h.Releases, func(i, j int) bool { return h.Releases[i].Value().Name < h.Releases[j].Value().Name })
 	return h
 }
 
+// releaseStatus and updateStatus are the parts of api.PluginStatus and
+// api.UpdateStatus the index keeps; skipping the rest (times above all)
+// keeps decoding cheap.
 type releaseStatus struct {
-	Version string            `json:"version"`
-	Update  *api.UpdateStatus `json:"update"`
+	Version string        `json:"version"`
+	Update  *updateStatus `json:"update"`
 }
 
-func release(name, version string, u *api.UpdateStatus) Release {
-	r := Release{Name: intern(name), Version: intern(version)}
+type updateStatus struct {
+	Target string `json:"target"`
+	State  string `json:"state"`
+	Error  string `json:"error"`
+}
+
+func release(name, version string, u *updateStatus) unique.Handle[Release] {
+	r := Release{Name: name, Version: version}
 	if u != nil {
-		r.Target, r.State, r.Error = intern(u.Target), intern(u.State), u.Error
+		r.Target, r.State, r.Error = u.Target, u.State, u.Error
 	}
-	return r
-}
-
-// intern returns the canonical copy of s, so a million hosts running one
-// version hold one string.
-func intern(s string) string {
-	if s == "" {
-		return ""
-	}
-	return unique.Make(s).Value()
+	return unique.Make(r)
 }
 
 // ErrNotSynced means the index is (re)listing; callers read etcd instead.

@@ -19,8 +19,8 @@ func TestDecodeKeepsReleases(t *testing.T) {
 		{Name: api.HostReleaseName, Version: "1.0.0", Target: "1.1.0", State: api.UpdateFailed, Error: "boom"},
 	}
 	for i, w := range want {
-		if h.Releases[i] != w {
-			t.Fatalf("release %d = %+v, want %+v", i, h.Releases[i], w)
+		if h.Releases[i].Value() != w {
+			t.Fatalf("release %d = %+v, want %+v", i, h.Releases[i].Value(), w)
 		}
 	}
 	if r, ok := h.Release("procmon"); !ok || r.Version != "2.0.0" {

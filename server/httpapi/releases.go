@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/vigil-hids/vigil/api"
@@ -294,5 +293,6 @@ func (h *handler) rolloutStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// ArtifactPath is the download path of an artifact.
-func ArtifactPath(sha string) string { return "/v1/artifacts/" + strings.ToLower(sha) }
+// ArtifactPath is the download path of the artifact whose sha256 is sha
+// (64 lowercase hex digits).
+func ArtifactPath(sha string) string { return "/v1/artifacts/" + sha }

@@ -13,14 +13,20 @@
 #    that favours enrichment of very short-lived processes over CPU.
 # 4. A storm of a dynamically linked /bin/true copy at DYN_RATE, a child
 #    that lives about a millisecond like real short commands, in both modes.
+# 4b. A storm at LOW_RATE (default 1000/s), where reads find too few
+#    messages to pause after them, by default and with
+#    read_coalesce_after 3 (pause after every process's messages).
 # 5. An overload run: a 128 KiB socket buffer, one worker, a 1024-event
 #    queue and 50 ms pauses between reads, so events are lost on purpose and
 #    the loss counters can be checked against the generated execs.
 # 6. A soak at SOAK_RATE for SOAK (procmon only) for steady RSS.
 #
 # Environment: RATES (default "5000 20000"), DURATION (20s), DYN_RATE
-# (1000), SOAK (10m, empty to skip), SOAK_RATE (2000), STORM_WORKERS (2),
-# ONLY (run only the named parts: micro rates coalesce dyn overload soak).
+# (1000), LOW_RATE (1000), SOAK (10m, empty to skip), SOAK_RATE (2000),
+# STORM_WORKERS (2), ONLY (run only the named parts: micro rates coalesce
+# dyn low overload soak), PPROF (a directory: build the plugin with the
+# pprof tag and have it write cpu.pprof, heap.pprof and memstats.txt there;
+# each storm overwrites them).
 set -eu
 
 RATES=${RATES:-"5000 20000"}
@@ -28,7 +34,9 @@ DURATION=${DURATION:-20s}
 SOAK=${SOAK-10m}
 SOAK_RATE=${SOAK_RATE:-2000}
 DYN_RATE=${DYN_RATE:-1000}
-ONLY=${ONLY:-"micro rates coalesce dyn overload soak"}
+LOW_RATE=${LOW_RATE:-1000}
+ONLY=${ONLY:-"micro rates coalesce dyn low overload soak"}
+PPROF=${PPROF:-}
 want() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 STORM_WORKERS=${STORM_WORKERS:-2}
 
@@ -46,12 +54,18 @@ trap 'rm -rf "$work"' EXIT INT TERM
 chmod 755 "$work"
 
 echo "== build =="
-go build -o "$work/vigil-procmon" ./plugins/procmon/cmd/vigil-procmon
+if [ -n "$PPROF" ]; then
+	mkdir -p "$PPROF"
+	export VIGIL_PROCMON_PPROF="$PPROF"
+	go build -tags pprof -o "$work/vigil-procmon" ./plugins/procmon/cmd/vigil-procmon
+else
+	go build -o "$work/vigil-procmon" ./plugins/procmon/cmd/vigil-procmon
+fi
 go build -o "$work/driver" ./bench/procmon/driver
 cc -O2 -Wall -o "$work/storm" "$here/storm/storm.c"
 cc -O2 -static -nostdlib -o "$work/stormchild" "$here/storm/child.c"
 cp /bin/true "$work/dyntrue"
-drive() { "$work/driver" -plugin "$work/vigil-procmon" -storm "$work/storm" -workers "$STORM_WORKERS" "$@"; }
+drive() { echo "load: $(cut -d" " -f1-3 /proc/loadavg)"; "$work/driver" -plugin "$work/vigil-procmon" -storm "$work/storm" -workers "$STORM_WORKERS" "$@"; }
 uname -r
 nproc
 uptime
@@ -79,6 +93,12 @@ if want dyn; then
 	drive -target "$work/dyntrue" -rate "$DYN_RATE" -duration "$DURATION"
 	echo
 	drive -target "$work/dyntrue" -rate "$DYN_RATE" -duration "$DURATION" -config '{"read_coalesce": "0s"}'
+fi
+if want low; then
+	echo
+	drive -target "$work/stormchild" -rate "$LOW_RATE" -duration "$DURATION"
+	echo
+	drive -target "$work/stormchild" -rate "$LOW_RATE" -duration "$DURATION" -config '{"read_coalesce_after": 3}'
 fi
 if want overload; then
 	echo

@@ -230,7 +230,7 @@ func decodeStored(v []byte) (*inventory.Inventory, error) {
 
 func encodeStored(inv *inventory.Inventory) ([]byte, error) {
 	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
+	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed) // a valid level: no error
 	if err := json.NewEncoder(zw).Encode(inv); err != nil {
 		return nil, err
 	}

@@ -4,7 +4,9 @@
 # Usage (as root, from anywhere):  bench/netmon/run.sh
 # Environment: N (connections for the snapshot and RSS figures, default
 # 100000), STEADY_N (connections for the CPU figure, default 10000), REPS
-# (repetitions, default 5), DURATION (seconds per run, default 60).
+# (repetitions, default 5), TAN_REPS (alternated ss -tan / snapshot pairs
+# for the median and spread, default 11), DURATION (seconds per run,
+# default 60).
 #
 # Everything happens in a network namespace the script creates, so the
 # host's own port range and sockets are untouched; the raised fd limit
@@ -15,6 +17,7 @@ set -euo pipefail
 N=${N:-100000}
 STEADY_N=${STEADY_N:-10000}
 REPS=${REPS:-5}
+TAN_REPS=${TAN_REPS:-11}
 DURATION=${DURATION:-60}
 NS=vigil-netmon-bench-$$
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,9 +43,12 @@ netns() {
 	ip netns del "$NS" 2>/dev/null || true
 	ip netns add "$NS"
 	in_ns ip link set lo up
-	in_ns sysctl -q -w net.ipv4.ip_local_port_range="1024 65535"
+	# The holders' listeners sit below the ephemeral range, so their
+	# outgoing connections never take a port another holder has yet to
+	# bind (which happened under load with the range starting at 1024).
+	in_ns sysctl -q -w net.ipv4.ip_local_port_range="10000 65535"
 	in_ns sysctl -q -w net.core.somaxconn=65535
-	echo "== network namespace $NS (port range 1024-65535 inside it only)"
+	echo "== network namespace $NS (port range 10000-65535 inside it only)"
 }
 
 # hold starts holders for $1 connections in all and waits until they are
@@ -52,7 +58,7 @@ netns() {
 PER_HOLDER=${PER_HOLDER:-$(( ($(ulimit -Hn) - 100) / 2 ))}
 HOLDER_PIDS=()
 stop_holders() {
-	exec 8>&- 2>/dev/null || true
+	exec 8>&-
 	for p in "${HOLDER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 	HOLDER_PIDS=()
 }
@@ -69,7 +75,7 @@ hold() {
 		left=$(( left - n )); i=$(( i + 1 ))
 	done
 	spawn() { # spawn INDEX: (re)starts holder INDEX
-		ip netns exec "$NS" "$TMP/holder" -n "${counts[$1]}" -base $(( 20001 + 10 * $1 )) <"$TMP/in" >"$TMP/out.$1" &
+		ip netns exec "$NS" "$TMP/holder" -n "${counts[$1]}" -base $(( 2001 + 10 * $1 )) <"$TMP/in" >"$TMP/out.$1" &
 		HOLDER_PIDS[$1]=$!
 	}
 	for (( j = 0; j < i; j++ )); do spawn "$j"; done
@@ -99,7 +105,8 @@ echo "$(nproc) cores, $(uname -r), $(ss -V), load: $(cut -d' ' -f1-3 /proc/loada
 
 netns
 hold "$N"
-echo "== snapshot time at $N connections ($((2 * N)) established sockets on loopback)"
+echo "== snapshot time at $N connections ($((2 * N)) established sockets on loopback), load $(cut -d' ' -f1-3 /proc/loadavg)"
+in_ns "$TMP/snapbench" -mode tan -reps "$TAN_REPS"
 in_ns "$TMP/snapbench" -mode compare -reps "$REPS"
 echo "== vigil-netmon plugin process at $N connections, default config, ${DURATION}s (RSS)"
 in_ns "$TMP/snapbench" -mode plugin -plugin "$TMP/vigil-netmon" -duration "${DURATION}s" -interval 5s

@@ -38,7 +38,7 @@ type Config struct {
 	// baseline instead of alerting.
 	LearningPeriod sdk.Duration `json:"learning_period" vigil:"min=0s,max=720h" desc:"time after start during which listeners form the baseline"`
 	// BaselinePorts are listening ports always in the baseline.
-	BaselinePorts []uint16 `json:"baseline_ports" vigil:"max=4096" desc:"listening ports always in the baseline"`
+	BaselinePorts []int `json:"baseline_ports" vigil:"max=4096" desc:"listening ports always in the baseline"`
 	// BaselineExes are executables always in the listener baseline.
 	BaselineExes []string `json:"baseline_exes" vigil:"max=4096" desc:"executables always in the listener baseline"`
 	// Blocklist holds networks (CIDR) an outbound connection must not reach.
@@ -76,7 +76,7 @@ func DefaultConfig() *Config {
 		AttributionFDs:       DefaultAttributionFDs,
 		UDP:                  true,
 		LearningPeriod:       sdk.Duration(DefaultLearningPeriod),
-		BaselinePorts:        []uint16{},
+		BaselinePorts:        []int{},
 		BaselineExes:         []string{},
 		Blocklist:            []string{},
 		Shells:               append([]string(nil), DefaultShells...),
@@ -97,8 +97,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, p := range c.BaselinePorts {
-		if p == 0 {
-			errs = append(errs, fmt.Errorf("netmon.baseline_ports[%d] must be between 1 and 65535 (got 0)", i))
+		if p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("netmon.baseline_ports[%d] must be between 1 and 65535 (got %d)", i, p))
 		}
 	}
 	for i, s := range c.Shells {

@@ -23,10 +23,21 @@ type ourSocket struct {
 func TestDumpBothFamilies(t *testing.T) {
 	ports := map[uint16]bool{}
 	for _, n := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
-		l := listen(t, n.network, n.addr)
+		l, err := net.Listen(n.network, n.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
 		ports[uint16(portOf(l.Addr()))] = true
 		c := dial(t, n.network, l.Addr().String())
 		ports[uint16(portOf(c.LocalAddr()))] = true
+		// Accepted here, so the server end is established before the
+		// dumps (not a request socket turning into one between them).
+		srv, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
 	}
 	d, err := newDumper()
 	if err != nil {

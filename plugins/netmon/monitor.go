@@ -17,8 +17,8 @@ import (
 
 // maxPending bounds the new outbound connections kept for attribution and
 // aggregation per snapshot; beyond it they are only counted (blocklisted
-// ones are always kept).
-const maxPending = 16384
+// ones are always kept). A variable so a test can lower it.
+var maxPending = 16384
 
 // listenerKey identifies a listening socket.
 type listenerKey struct {

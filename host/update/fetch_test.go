@@ -19,6 +19,14 @@ import (
 // artifactServer serves body at /v1/artifacts/{sha} with ranges, the way
 // vigil-server does; handler, if set, replaces it.
 func artifactServer(t *testing.T, body []byte, sha string) *httptest.Server {
+	return newArtifactServerSrv(t, body, sha)
+}
+
+func newArtifactServer(t testing.TB, body []byte, sha string) string {
+	return newArtifactServerSrv(t, body, sha).URL
+}
+
+func newArtifactServerSrv(t testing.TB, body []byte, sha string) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/v1/artifacts/"+sha {
@@ -245,4 +253,39 @@ func TestFetchSignedRollback(t *testing.T) {
 		t.Fatalf("signed rollback refused: %v", err)
 	}
 	os.Remove(path)
+}
+
+func FuzzRangeStart(f *testing.F) {
+	for _, s := range []string{"bytes 100-199/200", "bytes 0-0/1", "bytes -5/10", "bytes */200", "items 1-2/3", "bytes 9223372036854775807-1/2", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, ok := rangeStart(s)
+		if ok && (n < 0 || !strings.HasPrefix(s, "bytes ")) {
+			t.Fatalf("rangeStart(%q) = %d, true", s, n)
+		}
+	})
+}
+
+func FuzzLoadState(f *testing.F) {
+	f.Add([]byte(`{"plugins":{"procmon":{"current":{"version":"1.1.0","path":"/x","sha256":"ab"},"highest":"1.1.0"}},"keyring_serial":2}`))
+	f.Add([]byte(`{"plugins":null}`))
+	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"plugins":{"x":null}}`))
+	f.Add([]byte(`{"plugins":{"x":{"current":{"version":"v1","path":"rel","sha256":"zz"}}}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(dir+"/"+stateFile, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := loadState(dir)
+		if s.Plugins == nil {
+			t.Fatalf("nil plugin map (err %v)", err)
+		}
+		for name, r := range s.Plugins {
+			if r == nil || r.validate() != nil {
+				t.Fatalf("invalid record %q accepted", name)
+			}
+		}
+	})
 }

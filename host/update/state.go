@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"github.com/coreos/go-semver/semver"
 )
 
 // stateFile is the installed-releases record under the host's state dir.
@@ -60,7 +63,39 @@ func loadState(dir string) (state, error) {
 	if s.Plugins == nil {
 		s.Plugins = map[string]*record{}
 	}
+	for name, r := range s.Plugins {
+		if err := r.validate(); err != nil {
+			return state{Plugins: map[string]*record{}}, fmt.Errorf("reading installed releases %s: plugin %q: %w", filepath.Join(dir, stateFile), name, err)
+		}
+	}
 	return s, nil
+}
+
+func (r *record) validate() error {
+	if r == nil {
+		return errors.New("empty record")
+	}
+	bins := append([]Binary(nil), r.Previous...)
+	if r.Current != nil {
+		bins = append(bins, *r.Current)
+	}
+	for _, b := range bins {
+		if _, err := semver.NewVersion(b.Version); err != nil {
+			return fmt.Errorf("version %q is not semver", b.Version)
+		}
+		if !filepath.IsAbs(b.Path) {
+			return fmt.Errorf("path %q is not absolute", b.Path)
+		}
+		if len(b.SHA256) != 64 || strings.Trim(b.SHA256, "0123456789abcdef") != "" {
+			return fmt.Errorf("sha256 %q is not 64 hex digits", b.SHA256)
+		}
+	}
+	if r.Highest != "" {
+		if _, err := semver.NewVersion(r.Highest); err != nil {
+			return fmt.Errorf("highest %q is not semver", r.Highest)
+		}
+	}
+	return nil
 }
 
 func saveState(dir string, s state) error {

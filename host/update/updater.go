@@ -120,7 +120,10 @@ func New(cfg Config) (*Updater, error) {
 	}
 	st, err := loadState(cfg.StateDir)
 	if err != nil {
-		return nil, err
+		// A torn or foreign record must not keep the host from starting:
+		// the plugins run the config file's binaries, and the fleet's
+		// desired versions install again.
+		cfg.Log.Error("ignoring the installed-releases record; plugins run the config file's binaries", "err", err)
 	}
 	u := &Updater{
 		cfg: cfg, log: cfg.Log.With("component", "update"), st: st,

@@ -114,7 +114,7 @@ func slowSource(url string) Source {
 // world is a release server, an etcd stand-in for manifests, two release
 // keys (threshold 2) and a supervised plugin.
 type world struct {
-	t         *testing.T
+	t         testing.TB
 	k1, k2    testKey
 	trust     Trust
 	mu        sync.Mutex
@@ -130,7 +130,7 @@ type world struct {
 
 const tp = "tp-up"
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	w := &world{t: t, k1: newTestKey(t), k2: newTestKey(t), manifests: map[string][]byte{}, artifacts: map[string][]byte{}, log: &bytes.Buffer{}}
 	w.trust = testTrust(t, 2, w.k1, w.k2)
 	w.srv = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -175,7 +175,7 @@ func (w *world) logText() string {
 	return w.log.String()
 }
 
-func (w *world) updater(t *testing.T) *Updater {
+func (w *world) updater(t testing.TB) *Updater {
 	u, err := New(Config{
 		Host: "update-test", HostVersion: "1.2.0", OS: "linux", Arch: "amd64",
 		Trust: w.trust, Source: slowSource(w.srv.URL), Dir: w.dir, StateDir: w.stateDir,

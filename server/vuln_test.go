@@ -106,13 +106,17 @@ func TestVulnAPI(t *testing.T) {
 	if _, err := auditor.VulnDigest(ctx, ingest.DigestReport{Host: "web-3", Digest: u.Digest}); !errors.As(err, &ce) || ce.Status != 403 {
 		t.Fatalf("auditor posting a digest: %v", err)
 	}
-	if _, err := host.VulnHosts(ctx, "CVE-2024-0727"); !errors.As(err, &ce) || ce.Status != 403 {
+	if _, err := host.VulnHosts(ctx, "CVE-2024-0727", 0); !errors.As(err, &ce) || ce.Status != 403 {
 		t.Fatalf("host querying: %v", err)
 	}
 
-	res, err := auditor.VulnHosts(ctx, "CVE-2024-0727")
+	res, err := auditor.VulnHosts(ctx, "CVE-2024-0727", 0)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if lim, err := auditor.VulnHosts(ctx, "CVE-2024-0727", 1); err != nil || lim.HostCount != 2 || lim.Shown != 1 || !lim.Truncated ||
+		len(lim.Inventories) != 1 || len(lim.Inventories[0].Hosts) != 1 {
+		t.Fatalf("limit 1: %+v %v", lim, err)
 	}
 	if res.HostCount != 2 || len(res.Inventories) != 1 || len(res.Inventories[0].Hits) != 1 {
 		t.Fatalf("CVE-2024-0727: %+v", res)
@@ -173,7 +177,7 @@ func TestVulnAPI(t *testing.T) {
 		id   string
 		code int
 	}{{"CVE-24-1", 400}, {"not an id", 400}, {"CVE-2099-0001", 404}} {
-		if _, err := auditor.VulnHosts(ctx, tt.id); !errors.As(err, &ce) || ce.Status != tt.code {
+		if _, err := auditor.VulnHosts(ctx, tt.id, 0); !errors.As(err, &ce) || ce.Status != tt.code {
 			t.Errorf("vuln hosts %q: %v, want %d", tt.id, err, tt.code)
 		}
 	}

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -187,4 +189,16 @@ func TestVulnEndToEnd(t *testing.T) {
 	if code, out = run("vuln", "hosts", "CVE-24"); code != cli.ExitError || !strings.Contains(out, "not a CVE") {
 		t.Fatalf("bad CVE id: exit %d\n%s", code, out)
 	}
+
+	// SIGHUP imports the advisories again.
+	before := s.Vuln().Stats().Advisories.At
+	stop := reloadOnHUP(s, slog.New(slog.DiscardHandler))
+	defer stop()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("the SIGHUP reload", func() bool {
+		a := s.Vuln().Stats().Advisories
+		return a.At.After(before) && a.Replaced == 7
+	})
 }

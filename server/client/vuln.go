@@ -12,10 +12,15 @@ import (
 	"github.com/vigil-hids/vigil/vuln/ingest"
 )
 
-// VulnHosts returns the hosts a CVE (or advisory ID) affects.
-func (c *Client) VulnHosts(ctx context.Context, id string) (*index.CVEHosts, error) {
-	var out index.CVEHosts
-	return &out, c.do(ctx, "GET", "/v1/vuln/cves/"+url.PathEscape(id), nil, nil, &out)
+// VulnHosts returns the hosts a CVE (or advisory ID) affects, at most
+// limit host names (0: all; HostCount counts them all).
+func (c *Client) VulnHosts(ctx context.Context, id string, limit int) (*httpapi.CVEHosts, error) {
+	var out httpapi.CVEHosts
+	q := url.Values{}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	return &out, c.do(ctx, "GET", "/v1/vuln/cves/"+url.PathEscape(id), q, nil, &out)
 }
 
 // VulnHost returns a host's vulnerable packages.

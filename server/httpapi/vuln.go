@@ -29,7 +29,7 @@ type VulnOptions struct {
 //
 //	POST /v1/vuln/digest          {host, digest} → {known}        roles host, admin
 //	POST /v1/vuln/inventory       gzip {host, digest, inventory}   roles host, admin
-//	GET  /v1/vuln/cves/{id}       hosts a CVE (or advisory ID) affects
+//	GET  /v1/vuln/cves/{id}?limit=N  hosts a CVE (or advisory ID) affects
 //	GET  /v1/vuln/hosts/{name}    a host's hits
 //	GET  /v1/vuln/packages/{name}?below=VERSION
 //	GET  /v1/vuln/top?n=N
@@ -174,15 +174,46 @@ func (h *handler) vulnCVE(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	limit, err := intParam(r, "limit", 0)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
 	res, err := h.opts.Vuln.Service.Index().HostsForCVE(id)
 	if err != nil {
 		h.failVuln(w, r, err)
 		return
 	}
-	if res.Inventories == nil {
-		res.Inventories = []index.InventoryHits{}
+	writeCompact(w, limitHosts(res, int(limit)))
+}
+
+// CVEHosts is the body of GET /v1/vuln/cves/{id}: the index's answer,
+// with at most limit host names when the request set one.
+type CVEHosts struct {
+	index.CVEHosts
+	// Shown is the number of host names listed; HostCount counts them
+	// all. Truncated is set when the limit left some out.
+	Shown     int  `json:"shown"`
+	Truncated bool `json:"truncated,omitempty"`
+}
+
+// limitHosts keeps the first limit host names (0: all), dropping the
+// inventories left without any.
+func limitHosts(res *index.CVEHosts, limit int) *CVEHosts {
+	out := &CVEHosts{CVEHosts: *res}
+	out.Inventories = make([]index.InventoryHits, 0, len(res.Inventories))
+	for _, inv := range res.Inventories {
+		if limit > 0 && out.Shown+len(inv.Hosts) > limit {
+			inv.Hosts = inv.Hosts[:limit-out.Shown]
+			out.Truncated = true
+		}
+		if len(inv.Hosts) == 0 {
+			break
+		}
+		out.Shown += len(inv.Hosts)
+		out.Inventories = append(out.Inventories, inv)
 	}
-	writeCompact(w, res)
+	return out
 }
 
 // writeCompact writes a large answer without indentation (a CVE's host

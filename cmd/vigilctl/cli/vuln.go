@@ -32,7 +32,8 @@ func orDash(s string) string {
 }
 
 func (g *globals) vulnHostsCmd() *cobra.Command {
-	return &cobra.Command{
+	var limit int
+	c := &cobra.Command{
 		Use: "hosts CVE-ID", Short: "Hosts exposed to a CVE (or advisory ID), with package, installed and fixed version",
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
@@ -41,7 +42,10 @@ func (g *globals) vulnHostsCmd() *cobra.Command {
 				return err
 			}
 			defer cl.Close()
-			res, err := cl.VulnHosts(g.ctx(c), args[0])
+			if limit < 0 {
+				return fmt.Errorf("--limit must not be negative (got %d)", limit)
+			}
+			res, err := cl.VulnHosts(g.ctx(c), args[0], limit)
 			if err != nil {
 				return err
 			}
@@ -57,9 +61,14 @@ func (g *globals) vulnHostsCmd() *cobra.Command {
 					}
 				}
 				_ = tw.Flush()
+				if res.Truncated {
+					fmt.Fprintf(w, "(%d of %d hosts shown; --limit 0 shows all)\n", res.Shown, res.HostCount)
+				}
 			})
 		},
 	}
+	c.Flags().IntVar(&limit, "limit", 1000, "list at most this many hosts (0: all); the count is always the full one")
+	return c
 }
 
 // pkgName shows a source package with the binaries built from it.

@@ -157,15 +157,13 @@ func (u *Updater) Binary(plugin string) *Binary {
 }
 
 // Status is plugin's latest update status, nil when no release was ever
-// asked for.
+// asked for. The pointer is the same until the status changes (the
+// control loop compares registrations with ==, so an unchanged status must
+// not look new); callers must not modify it.
 func (u *Updater) Status(plugin string) *api.UpdateStatus {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if s := u.status[plugin]; s != nil {
-		c := *s
-		return &c
-	}
-	return nil
+	return u.status[plugin]
 }
 
 // Want sets the version plugin should run ("" keeps what it runs). It

@@ -262,6 +262,9 @@ func TestInstallRollbackAndRestart(t *testing.T) {
 	if st.Running != "1.1.0" || st.Error != "" {
 		t.Errorf("status %+v", st)
 	}
+	if u.Status(tp) != u.Status(tp) {
+		t.Error("an unchanged status must be the same pointer (the control loop compares registrations with ==)")
+	}
 	for _, p := range []string{path, filepath.Dir(path)} {
 		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o755 {
 			t.Errorf("%s: %v %v, want mode 0755", p, fi.Mode(), err)

@@ -20,10 +20,10 @@ import (
 	"github.com/vigil-hids/vigil/signing"
 )
 
-// faultInjection, set only with -ldflags "-X main.faultInjection=crash-at-start",
-// makes a test build exit right after the self-update start check: the
-// stand-in for a release that crashes at start, used by the rollback tests.
-// Release builds leave it empty.
+// faultInjection, set only with -ldflags "-X main.faultInjection=...", makes
+// a test build misbehave for the rollback tests: crash-at-start exits right
+// after the self-update start check; unhealthy never passes the health
+// gate. Release builds leave it empty.
 var faultInjection string
 
 // selfUpdateFlags are run's self-update flags.
@@ -112,7 +112,11 @@ func (f *selfUpdateFlags) agentSelfUpdate(cfg config.Config, boot *bootState, lo
 	if err != nil {
 		return nil, err
 	}
-	return &agent.SelfUpdate{Updater: u, Trust: tr, Trial: boot.trial, Last: boot.last, SpreadWindow: spread}, nil
+	su := &agent.SelfUpdate{Updater: u, Trust: tr, Trial: boot.trial, Last: boot.last, SpreadWindow: spread}
+	if faultInjection == "unhealthy" {
+		su.Health = func() error { return errors.New("fault injection: this build never becomes healthy") }
+	}
+	return su, nil
 }
 
 // restart starts the binary now at the target path: exit with

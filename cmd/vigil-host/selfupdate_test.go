@@ -216,6 +216,7 @@ func TestSelfUpdateFromFleet(t *testing.T) {
 	v100 := build(t, builds, "vigil-host-1.0.0", ".", "-X "+versionVar+"=1.0.0")
 	v110 := build(t, builds, "vigil-host-1.1.0", ".", "-X "+versionVar+"=1.1.0")
 	v120 := build(t, builds, "vigil-host-1.2.0-crash", ".", "-X "+versionVar+"=1.2.0 -X main.faultInjection=crash-at-start")
+	v140 := build(t, builds, "vigil-host-1.4.0-unhealthy", ".", "-X "+versionVar+"=1.4.0 -X main.faultInjection=unhealthy")
 	example := build(t, builds, "vigil-example", "../../plugins/example/cmd/vigil-example", "")
 
 	pub, sec, err := signing.GenerateKey(nil)
@@ -240,6 +241,7 @@ func TestSelfUpdateFromFleet(t *testing.T) {
 	release(t, cli, arts, sec, v110, "1.1.0")
 	release(t, cli, arts, sec, v120, "1.2.0")
 	release(t, cli, arts, stranger, v110, "1.3.0")
+	release(t, cli, arts, sec, v140, "1.4.0")
 
 	// The installed binary.
 	bin := filepath.Join(work, "bin", "vigil-host")
@@ -251,6 +253,8 @@ func TestSelfUpdateFromFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	const host = "su-host"
+	// The health window bounds every trial; 1.1.0 passes well within it.
+	const window = 15 * time.Second
 	cfg := fmt.Sprintf(`host_name: %s
 state_dir: %s/state
 run_dir: %s/run
@@ -274,7 +278,7 @@ plugins:
 	}
 	out := filepath.Join(work, "stdout.log")
 	svc := startService(t, out, bin, "run", "--config", cfgPath, "--restart", "exec",
-		"--selfupdate-settle", "1s", "--selfupdate-window", "60s")
+		"--selfupdate-settle", "1s", "--selfupdate-window", window.String())
 	running := func(r api.Registration) bool { return r.Plugins["example"].State == "running" }
 	r := waitReg(t, cli, host, "1.0.0 registered with its plugin running", out, func(r api.Registration) bool {
 		return r.Version == "1.0.0" && running(r)
@@ -285,6 +289,8 @@ plugins:
 	// 1.1.0, execs into it, passes the health gate and reports.
 	start := time.Now()
 	putHostVersion(t, cli, "1.1.0")
+	waitReg(t, cli, host, "1.1.0 running", out, func(r api.Registration) bool { return r.Version == "1.1.0" })
+	t.Logf("figure: desired HostVersion written -> 1.1.0 running and registered: %s", time.Since(start).Round(time.Millisecond))
 	r = waitReg(t, cli, host, "1.1.0 installed", out, func(r api.Registration) bool {
 		return r.Version == "1.1.0" && r.HostUpdate != nil && r.HostUpdate.State == api.UpdateInstalled && running(r)
 	})
@@ -323,6 +329,26 @@ plugins:
 	if v := binaryVersion(t, bin); v != "1.1.0" {
 		t.Fatalf("binary after rollback is %s", v)
 	}
+
+	// A build that runs but never becomes healthy: at the end of its
+	// window it restores 1.1.0 itself and execs into it.
+	start = time.Now()
+	putHostVersion(t, cli, "1.4.0")
+	waitReg(t, cli, host, "1.4.0 on trial", out, func(r api.Registration) bool { return r.Version == "1.4.0" })
+	trialAt := time.Now()
+	r = waitReg(t, cli, host, "1.4.0 rolled back", out, func(r api.Registration) bool {
+		return r.Version == "1.1.0" && r.HostUpdate != nil && r.HostUpdate.Target == "1.4.0" &&
+			r.HostUpdate.State == api.UpdateRolledBack && running(r)
+	})
+	t.Logf("figure: unhealthy 1.4.0 registered -> rolled back, 1.1.0 registered: %s (window %s); from the desired write: %s",
+		time.Since(trialAt).Round(time.Millisecond), window, time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(r.HostUpdate.Error, "not healthy within its window") || !strings.Contains(r.HostUpdate.Error, "fault injection") {
+		t.Fatalf("rollback reason: %q", r.HostUpdate.Error)
+	}
+	if v := binaryVersion(t, bin); v != "1.1.0" {
+		t.Fatalf("binary after rollback is %s", v)
+	}
+
 	svc.mu.Lock()
 	starts := svc.starts
 	svc.mu.Unlock()

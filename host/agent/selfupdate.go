@@ -32,6 +32,9 @@ type SelfUpdate struct {
 	Last *api.UpdateStatus
 	// SpreadWindow spreads the fleet's downloads (update.Spread).
 	SpreadWindow time.Duration
+	// Health, if set, is one more check of the trial's health gate (the
+	// fault-injection builds of the tests use it).
+	Health func() error
 }
 
 // hostUpdate is the agent's self-update worker.
@@ -134,6 +137,11 @@ func (a *Agent) requestRestart(reason string) {
 // runs (held by a gate such as the emergency stop or a breaker counts as
 // healthy: the host did what it was told).
 func (a *Agent) hostHealthy() error {
+	if h := a.hu.su.Health; h != nil {
+		if err := h(); err != nil {
+			return err
+		}
+	}
 	if a.ctl != nil {
 		if cs := a.ctl.Status(); !cs.Connected {
 			return fmt.Errorf("control loop not registered in etcd (last error: %s)", cs.LastError)

@@ -50,6 +50,12 @@ func Check(st api.DesiredState, validate PluginValidator) error {
 		for _, err := range CheckVersion("plugins."+name, p.Version, p.Rollout) {
 			bad("%s", err)
 		}
+		if versionOnly(p) {
+			// A rollout of a signed release: nothing for the catalog to
+			// check, and the plugin may be one the server was not built
+			// with.
+			continue
+		}
 		if validate == nil {
 			bad("plugins.%s: no plugin catalog to check it against", name)
 			continue
@@ -120,6 +126,12 @@ func CheckSize(docBytes, historyBytes, limit int) error {
 			ErrTooLarge, n, limit, (limit-requestOverhead)/2, docBytes)
 	}
 	return nil
+}
+
+// versionOnly reports whether a plugin entry sets a version (and rollout)
+// and nothing else.
+func versionOnly(p api.PluginState) bool {
+	return p.Version != "" && p.Enabled == nil && len(p.Config) == 0 && p.LogLevel == "" && len(p.Limits) == 0
 }
 
 // CheckVersion checks a desired release version and its rollout: the

@@ -16,6 +16,10 @@ func TestCheckVersionAndRollout(t *testing.T) {
 	}{
 		{name: "version and rollout", st: api.DesiredState{Plugins: map[string]api.PluginState{
 			"procmon": {Version: "1.2.0", Rollout: &api.Rollout{Percent: 10, From: "1.1.0"}}}}},
+		{name: "version of a plugin the catalog does not know", st: api.DesiredState{Plugins: map[string]api.PluginState{
+			"thirdparty": {Version: "0.3.0", Rollout: &api.Rollout{Percent: 50}}}}},
+		{name: "enabling a plugin the catalog does not know", st: api.DesiredState{Plugins: map[string]api.PluginState{
+			"thirdparty": {Version: "0.3.0", Enabled: new(bool)}}}, want: []string{`plugins.thirdparty: unknown plugin "thirdparty"`}},
 		{name: "host version", st: api.DesiredState{HostVersion: "2.0.0-rc.1", HostRollout: &api.Rollout{Percent: 100}}},
 		{name: "not semver", st: api.DesiredState{Plugins: map[string]api.PluginState{"procmon": {Version: "latest"}}},
 			want: []string{`plugins.procmon.version must be a semver version MAJOR.MINOR.PATCH (got "latest")`}},

@@ -322,11 +322,15 @@ func TestStatusAggregatesRegistrations(t *testing.T) {
 			for _, r := range regs {
 				putRegistration(t, e, r)
 			}
+			e.publish(t, "procmon", "1.1.0")
+			if _, err := e.svc.Set(ctx(t), SetRequest{Scope: api.Scope{Kind: api.ScopeFleet}, Plugin: "procmon", Version: "1.1.0", Author: "a"}); err != nil {
+				t.Fatal(err)
+			}
 			st, err := e.svc.Status(ctx(t), "procmon", api.Scope{Kind: api.ScopeFleet})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Hosts != 6 || st.Reporting != 5 || st.FailureCount != 2 {
+			if st.Hosts != 6 || st.Reporting != 5 || st.FailureCount != 2 || st.Desired != "1.1.0" || st.Rollout != nil {
 				t.Fatalf("status: %+v", st)
 			}
 			wantV := map[string]int64{"1.1.0": 1, "1.0.0": 3, "": 1}

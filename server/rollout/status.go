@@ -22,6 +22,11 @@ const NoState = "none"
 type Status struct {
 	Release string `json:"release"`
 	Scope   string `json:"scope"`
+	// Desired is the version the scope's documents ask for (fleet; fleet
+	// ⊕ group; a host's full merge), Rollout its percentage; hosts covered
+	// by a narrower document may be asked for another.
+	Desired string       `json:"desired,omitempty"`
+	Rollout *api.Rollout `json:"rollout,omitempty"`
 	// Hosts counts the registered hosts the scope targets; Reporting
 	// those that report the release (a running version or an update).
 	Hosts     int64 `json:"hosts"`
@@ -87,9 +92,13 @@ func (s *Service) Status(ctx context.Context, release string, scope api.Scope) (
 	if err := checkRelease(release); err != nil {
 		return Status{}, err
 	}
+	want, err := s.effectiveAt(ctx, scope, release)
+	if err != nil {
+		return Status{}, err
+	}
 	fresh := func() Status {
-		return Status{Release: release, Scope: scope.String(), Versions: map[string]int64{}, States: map[string]int64{},
-			Targets: map[string]int64{}, Failures: []Failure{}}
+		return Status{Release: release, Scope: scope.String(), Desired: want.Version, Rollout: want.Rollout,
+			Versions: map[string]int64{}, States: map[string]int64{}, Targets: map[string]int64{}, Failures: []Failure{}}
 	}
 	sel, only := store.ForScope(scope)
 	match := func(name string, labels map[string]string) bool {
@@ -116,7 +125,7 @@ func (s *Service) Status(ctx context.Context, release string, scope api.Scope) (
 		}
 	}
 	st := fresh()
-	err := s.st.Each(ctx, func(a store.Agent) error {
+	err = s.st.Each(ctx, func(a store.Agent) error {
 		if !match(a.Name, a.Labels) {
 			return nil
 		}

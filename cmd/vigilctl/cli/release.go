@@ -228,6 +228,17 @@ func printSet(w io.Writer, res rollout.SetResult) {
 func printStatus(w io.Writer, st rollout.Status) {
 	fmt.Fprintf(w, "%s in %s: %d hosts, %d report it (revision %d, %s)\n", st.Release, st.Scope, st.Hosts, st.Reporting,
 		st.AtRevision, time.Now().UTC().Format(time.RFC3339))
+	if st.Desired != "" {
+		fmt.Fprintf(w, "desired: %s", st.Desired)
+		if r := st.Rollout; r != nil && r.Percent < 100 {
+			from := r.From
+			if from == "" {
+				from = "what they run"
+			}
+			fmt.Fprintf(w, " on %d%% of the hosts, the others %s", r.Percent, from)
+		}
+		fmt.Fprintln(w)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNNING\tHOSTS")
 	for _, k := range sortedKeys(st.Versions) {

@@ -240,7 +240,7 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 			}
 		}()
 	}
-	if err := a.sup.Set(a.specs()); err != nil {
+	if err := a.setSpecs(); err != nil {
 		return nil, err
 	}
 	a.startVulnReport()
@@ -396,7 +396,7 @@ func (a *Agent) Apply(_ context.Context, rev int64, ds api.DesiredState) error {
 	if err := a.wantHostVersion(ds); err != nil {
 		errs = append(errs, err)
 	}
-	if err := a.sup.Set(a.specs()); err != nil {
+	if err := a.setSpecs(); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, a.wantVersions(ds)...)

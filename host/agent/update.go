@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -21,6 +22,19 @@ type pluginUpdates struct {
 	u   *update.Updater
 	cli atomic.Pointer[clientv3.Client]
 	ks  api.Keyspace
+	// setMu makes computing the specs and handing them to the supervisor
+	// one step, so an Apply cannot hand over specs computed before a
+	// binary switch after the switch.
+	setMu sync.Mutex
+}
+
+// setSpecs hands the current specs to the supervisor.
+func (a *Agent) setSpecs() error {
+	if a.upd != nil {
+		a.upd.setMu.Lock()
+		defer a.upd.setMu.Unlock()
+	}
+	return a.sup.Set(a.specs())
 }
 
 // startUpdates builds the updater from the update section (nil without
@@ -130,7 +144,7 @@ func (a *Agent) updateStatus(plugin string) *api.UpdateStatus {
 type agentPlugins struct{ a *Agent }
 
 func (p agentPlugins) Refresh(string) {
-	if err := p.a.sup.Set(p.a.specs()); err != nil {
+	if err := p.a.setSpecs(); err != nil {
 		p.a.log.Error("switching plugin binary", "err", err)
 	}
 }

@@ -127,6 +127,19 @@ func TestPutStoresOnceAndServesRanges(t *testing.T) {
 	if resp.StatusCode != 206 || !bytes.Equal(b, body[10:20]) || resp.Header.Get("Content-Range") != "bytes 10-19/307200" {
 		t.Fatalf("range: %d %q %q", resp.StatusCode, b, resp.Header.Get("Content-Range"))
 	}
+	req, _ := http.NewRequest("HEAD", srv.URL+"/"+sha, nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 || resp.ContentLength != int64(len(body)) {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	req, _ = http.NewRequest("GET", srv.URL+"/"+sha, nil)
+	req.Header.Set("If-None-Match", `"`+sha+`"`)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNotModified {
+		t.Fatalf("If-None-Match: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	resp, _ = get("bytes=999999999-")
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
 		t.Fatalf("range past the end: %d", resp.StatusCode)

@@ -224,14 +224,20 @@ func (u *Updater) runningLocked(plugin string) string {
 func (u *Updater) worker(plugin string, kick chan struct{}) {
 	delay := u.cfg.RetryDelay
 	var retry <-chan time.Time
+	var failed string // the target whose transient failure waits for retry
 	for {
 		select {
 		case <-u.ctx.Done():
 			return
 		case <-kick:
+			if retry != nil && u.target(plugin) == failed {
+				// The same target asked again (any desired-state change
+				// re-applies it): keep the backoff, do not retry at once.
+				continue
+			}
 		case <-retry:
 		}
-		retry = nil
+		retry, failed = nil, ""
 		target := u.target(plugin)
 		if !u.needed(plugin, target) {
 			delay = u.cfg.RetryDelay
@@ -242,7 +248,7 @@ func (u *Updater) worker(plugin string, kick chan struct{}) {
 			return
 		}
 		if transient {
-			retry = time.After(delay)
+			retry, failed = time.After(delay), target
 			delay = min(2*delay, 32*u.cfg.RetryDelay)
 		} else {
 			delay = u.cfg.RetryDelay

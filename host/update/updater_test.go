@@ -432,4 +432,13 @@ func TestRefusals(t *testing.T) {
 			t.Logf("%s: %s", tc.state, st.Error)
 		})
 	}
+
+	// A failed download is retried with backoff (an hour here); the same
+	// target asked again by a desired-state change does not bypass it.
+	before := u.Status(tp)
+	u.Want(tp, "1.6.4")
+	time.Sleep(300 * time.Millisecond)
+	if after := u.Status(tp); after != before {
+		t.Errorf("the same target retried at once: %+v", after)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -120,6 +121,7 @@ type Service struct {
 	missing map[string]time.Time // host → first seen unregistered
 	imp     Import
 	reload  sync.Mutex
+	stripes [64]sync.Mutex // setHost, by host name
 
 	digests, known, uploads, uploadsNew, rejected, pruned atomic.Uint64
 }
@@ -343,8 +345,15 @@ func (s *Service) add(u *ingest.Upload) (ingest.UploadAnswer, error) {
 	return ans, nil
 }
 
-// setHost persists host → digest when it changed, then indexes it.
+// setHost persists host → digest when it changed, then indexes it. One
+// host's reports are serialized (a stripe lock by name), so the disk and
+// the index end on the same digest; different hosts' writes are batched.
 func (s *Service) setHost(host, digest string) error {
+	h := fnv.New32a()
+	h.Write([]byte(host))
+	stripe := &s.stripes[h.Sum32()%uint32(len(s.stripes))]
+	stripe.Lock()
+	defer stripe.Unlock()
 	s.mu.Lock()
 	same := s.hosts[host] == digest
 	delete(s.missing, host)
@@ -365,8 +374,8 @@ func (s *Service) setHost(host, digest string) error {
 	return nil
 }
 
-// Prune drops hosts that registered reports as absent for longer than
-// OfflineAfter. registered returns an error when it cannot tell (the
+// Prune drops hosts that registered reports as absent, and that sent no
+// report either, for longer than OfflineAfter. registered returns an error when it cannot tell (the
 // registry is re-listing), and the host is left alone. It returns the
 // hosts dropped.
 func (s *Service) Prune(registered func(host string) (bool, error)) ([]string, error) {
@@ -393,30 +402,47 @@ func (s *Service) Prune(registered func(host string) (bool, error)) ([]string, e
 		}
 		s.mu.Unlock()
 	}
-	if len(drop) == 0 {
+	var dropped []string
+	for _, h := range drop {
+		ok, err := s.drop(h)
+		if err != nil {
+			return dropped, err
+		}
+		if ok {
+			dropped = append(dropped, h)
+		}
+	}
+	if len(dropped) == 0 {
 		return nil, nil
 	}
-	if err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketHosts)
-		for _, h := range drop {
-			if err := b.Delete([]byte(h)); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		return nil, fmt.Errorf("vulnstore: dropping hosts: %w", err)
+	s.pruned.Add(uint64(len(dropped)))
+	s.log.Info("unregistered hosts dropped from the vulnerability index", "hosts", len(dropped), "offline_after", s.cfg.OfflineAfter.String())
+	return dropped, nil
+}
+
+// drop forgets host unless it reported since Prune decided (setHost
+// clears its missing mark under the same stripe lock).
+func (s *Service) drop(host string) (bool, error) {
+	h := fnv.New32a()
+	h.Write([]byte(host))
+	stripe := &s.stripes[h.Sum32()%uint32(len(s.stripes))]
+	stripe.Lock()
+	defer stripe.Unlock()
+	s.mu.Lock()
+	_, still := s.missing[host]
+	s.mu.Unlock()
+	if !still {
+		return false, nil
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketHosts).Delete([]byte(host)) }); err != nil {
+		return false, fmt.Errorf("vulnstore: dropping host %s: %w", host, err)
 	}
 	s.mu.Lock()
-	for _, h := range drop {
-		delete(s.hosts, h)
-		delete(s.missing, h)
-		s.idx.RemoveHost(h)
-	}
+	delete(s.hosts, host)
+	delete(s.missing, host)
 	s.mu.Unlock()
-	s.pruned.Add(uint64(len(drop)))
-	s.log.Info("unregistered hosts dropped from the vulnerability index", "hosts", len(drop), "offline_after", s.cfg.OfflineAfter.String())
-	return drop, nil
+	s.idx.RemoveHost(host)
+	return true, nil
 }
 
 // Rejected counts an upload refused before it reached Ingest (it did not

@@ -162,16 +162,30 @@ func TestPruneDropsLongUnregisteredHosts(t *testing.T) {
 	if d, _ := s.Prune(reg); !slices.Equal(d, []string{"b"}) {
 		t.Fatalf("dropped %v, want [b]", d)
 	}
+	// A host that reports is kept even without a registration.
+	if _, err := s.Ingest(upload("c", debian12())); err != nil {
+		t.Fatal(err)
+	}
+	c.t = c.t.Add(30 * time.Minute)
+	s.Prune(reg) // c is marked missing now
+	c.t = c.t.Add(50 * time.Minute)
+	if _, err := s.Digest(ingest.DigestReport{Host: "c", Digest: upload("c", debian12()).Digest}); err != nil {
+		t.Fatal(err)
+	}
+	c.t = c.t.Add(20 * time.Minute)
+	if d, _ := s.Prune(reg); len(d) != 0 {
+		t.Fatalf("dropped %v although c reported 20 minutes ago", d)
+	}
 	// The registry re-listing decides nothing.
 	if _, err := s.Prune(func(string) (bool, error) { return false, errors.New("not synced") }); err == nil {
 		t.Fatal("no error while the registry cannot tell")
 	}
-	if got := hostsOf(t, s.Index(), "CVE-2024-0727"); !slices.Equal(got, []string{"a"}) {
+	if got := hostsOf(t, s.Index(), "CVE-2024-0727"); !slices.Equal(got, []string{"a", "c"}) {
 		t.Fatalf("hosts %v", got)
 	}
 	s.Close()
 	s2 := open(t, dir, c)
-	if got := hostsOf(t, s2.Index(), "CVE-2024-0727"); !slices.Equal(got, []string{"a"}) {
+	if got := hostsOf(t, s2.Index(), "CVE-2024-0727"); !slices.Equal(got, []string{"a", "c"}) {
 		t.Fatalf("after restart, hosts %v", got)
 	}
 }

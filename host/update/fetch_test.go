@@ -289,3 +289,47 @@ func FuzzLoadState(f *testing.F) {
 		}
 	})
 }
+
+// TestFetchWithKeyring: hosts that pin only root keys believe the release
+// keys a root-signed keyring lists; an expired keyring, one signed by an
+// unknown root, or one older than a serial already accepted is refused.
+func TestFetchWithKeyring(t *testing.T) {
+	root, stranger, k1, k2 := newTestKey(t), newTestKey(t), newTestKey(t), newTestKey(t)
+	roots := testTrust(t, 1, root).Keys
+	body := []byte("plugin from a keyring-listed key")
+	m := manifestFor("procmon", "1.1.0", body)
+	srv := artifactServer(t, body, m.SHA256)
+	keyring := func(signer testKey, serial uint64, expires time.Time) *signing.SignedKeyring {
+		kr := signing.SignedKeyring{Keyring: signing.Keyring{Serial: serial, Expires: expires, Threshold: 2,
+			Keys: []string{k1.pub.String(), k2.pub.String()}}}
+		if err := kr.Sign(signer.sec); err != nil {
+			t.Fatal(err)
+		}
+		return &kr
+	}
+	for _, tc := range []struct {
+		name      string
+		kr        *signing.SignedKeyring
+		minSerial uint64
+		want      error
+	}{
+		{name: "good", kr: keyring(root, 3, testNow.Add(time.Hour))},
+		{name: "expired keyring", kr: keyring(root, 3, testNow.Add(-time.Hour)), want: signing.ErrKeyringExpired},
+		{name: "unknown root", kr: keyring(stranger, 3, testNow.Add(time.Hour)), want: signing.ErrKeyringUnsigned},
+		{name: "older keyring", kr: keyring(root, 3, testNow.Add(time.Hour)), minSerial: 4, want: signing.ErrKeyringRollback},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := expectFor("procmon")
+			want.MinKeyringSerial = tc.minSerial
+			tr := Trust{Roots: roots, Keyring: tc.kr}
+			path, _, err := Fetch(context.Background(), Request{Manifest: signManifest(t, m, k1, k2), Trust: tr,
+				Expect: want, Source: fastSource(srv.URL), Dir: t.TempDir()})
+			if !errors.Is(err, tc.want) || (tc.want == nil && path == "") {
+				t.Fatalf("error %v, want %v", err, tc.want)
+			}
+			if tc.want == nil && tr.KeyringSerial() != 3 {
+				t.Errorf("KeyringSerial = %d", tr.KeyringSerial())
+			}
+		})
+	}
+}

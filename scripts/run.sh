@@ -29,6 +29,25 @@ export VIGIL_SERVER=https://127.0.0.1:8443 VIGIL_CA="$run/pki/ca.crt"
 export VIGIL_CERT="$run/pki/admin.crt" VIGIL_KEY="$run/pki/admin.key"
 for _ in $(seq 100); do ./bin/vigilctl server status >/dev/null 2>&1 && break; sleep 0.2; done
 
+# A throwaway release key for the signed example release below (kept in
+# run/release so later runs trust what earlier runs published). Every step of
+# the example release is optional: a failure is printed and make run goes on.
+rel="$run/release"
+mkdir -p "$rel"
+: >"$rel/release.log"
+try() { # try WHAT CMD...: run CMD, log its output, say what failed
+  local what=$1; shift
+  if ! "$@" >>"$rel/release.log" 2>&1; then
+    echo "note: signed example release: $what failed (see run/release/release.log); make run goes on without it"
+    return 1
+  fi
+}
+update_section=""
+if { [ -f "$rel/release.key" ] || try "vigil-sign keygen" ./bin/vigil-sign keygen -W -p "$rel/release.pub" -s "$rel/release.key"; } &&
+   try "vigil-sign trust" ./bin/vigil-sign trust -k 1 --out "$rel/trust.json" "$rel/release.pub"; then
+  update_section="update: {trust_file: $rel/trust.json}"
+fi
+
 plugins="  - {name: example, path: $top/bin/vigil-example, config: {interval: 10s}}"
 plugins="$plugins
   - {name: vulnscan, path: $top/bin/vigil-vulnscan}"
@@ -52,6 +71,7 @@ control:
   cert_file: $run/pki/host.crt
   key_file: $run/pki/host.key
 server: {url: https://127.0.0.1:8443}
+$update_section
 plugins:
 $plugins
 YAML
@@ -59,6 +79,35 @@ YAML
 ./bin/vigil-host run --config "$run/host.yaml" &
 pids="$pids $!"
 for _ in $(seq 100); do ./bin/vigilctl agents count 2>/dev/null | grep -qv '^0' && break; sleep 0.2; done
+
+# The signed example release: plugins/example built as 1.1.0, bundled and
+# signed with the throwaway key, published, and rolled out to the fleet; the
+# host verifies, installs and health-gates it (docs/self-update.md).
+example_release() {
+  local v=1.1.0 b="$rel/example-1.1.0"
+  [ -n "$update_section" ] || return 1
+  if ! ./bin/vigilctl release ls example 2>/dev/null | grep -q "^example  *$v "; then
+    rm -rf "$b" "$rel/vigil-example-$v"
+    try "building the example plugin $v" env CGO_ENABLED=0 "${GO:-go}" build -trimpath \
+        -ldflags "-s -w -X github.com/vigil-hids/vigil/plugins/example.Version=$v" \
+        -o "$rel/vigil-example-$v" ./plugins/example/cmd/vigil-example &&
+    try "vigil-sign sign" ./bin/vigil-sign sign -s "$rel/release.key" --binary "$rel/vigil-example-$v" \
+        --plugin example --version "$v" --os "$("${GO:-go}" env GOOS)" --arch "$("${GO:-go}" env GOARCH)" \
+        --min-host-version 0.0.0 --expires 720h "$b" &&
+    try "vigilctl release publish" ./bin/vigilctl release publish "$b" || return 1
+  fi
+  try "vigilctl rollout set" ./bin/vigilctl rollout set example "$v" --scope fleet --comment "make run: signed example release" || return 1
+  echo
+  echo "Signed example release: example $v published and rolled out to the fleet; the host verifies,"
+  echo "downloads and starts it, then keeps it once it ran its health window (update.health_window, 30s):"
+  for _ in $(seq 120); do # until the host runs it, or says why not
+    ./bin/vigilctl rollout status example 2>/dev/null |
+      awk -v v="$v" '/^RUNNING/{f=1; next} /^$/{f=0} f && $1==v {ok=1} /^(refused|failed|rolled-back) /{ok=1} END{exit !ok}' && break
+    sleep 0.5
+  done
+  ./bin/vigilctl rollout status example || true
+}
+example_release || echo "note: no signed example release this time (see run/release/release.log)"
 
 cat <<MSG
 
@@ -72,7 +121,8 @@ Vigil is running: vigil-server (embedded etcd, API on https://127.0.0.1:8443) an
             echo '{"plugins":{"example":{"config":{"interval":"2s"}}}}' | ./bin/vigilctl config set --scope fleet --comment faster
             ./bin/vigilctl config history --scope fleet
   vulns:    ./bin/vigilctl vuln top; ./bin/vigilctl vuln host $(hostname -s 2>/dev/null || echo dev)
-  logs:     run/host.log  run/server.log
+  release:  ./bin/vigilctl release ls; ./bin/vigilctl rollout status example --watch   (docs/update.md)
+  logs:     run/host.log  run/server.log  run/release/release.log
 Ctrl-C stops it.
 MSG
 ./bin/vigilctl agents ls || true

@@ -30,8 +30,10 @@ import (
 // Name is the plugin's name, as written in host configs.
 const Name = "example"
 
-// Version is the plugin's version.
-const Version = "1.0.0"
+// Version is the plugin's version; a variable so that a release build can
+// stamp it (-ldflags "-X github.com/vigil-hids/vigil/plugins/example.Version=1.1.0",
+// as make run does for its signed example release).
+var Version = "1.0.0"
 
 // Config is the example plugin's configuration. Every key is optional: a
 // config with only {"interval": "2s"} keeps the other defaults.

@@ -333,3 +333,32 @@ func TestFetchWithKeyring(t *testing.T) {
 		})
 	}
 }
+
+// TestInstallDirRefusals: a release is not installed below a directory
+// others may write to, nor into one another user owns.
+func TestInstallDirRefusals(t *testing.T) {
+	base := t.TempDir()
+	open := base + "/open"
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(open, 0o777)
+	if err := mkdir0755(open + "/plugins/procmon"); err == nil || !strings.Contains(err.Error(), "writable by group or others") {
+		t.Errorf("below a world-writable dir: %v", err)
+	}
+	if os.Geteuid() == 0 {
+		foreign := base + "/foreign"
+		if err := os.Mkdir(foreign, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(foreign, 12345, 12345); err != nil {
+			t.Fatal(err)
+		}
+		if err := mkdir0755(foreign); err == nil || !strings.Contains(err.Error(), "belongs to uid 12345") {
+			t.Errorf("a directory of another user: %v", err)
+		}
+	}
+	if err := mkdir0755(base + "/ok/plugins"); err != nil {
+		t.Errorf("a fresh directory: %v", err)
+	}
+}

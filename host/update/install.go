@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-semver/semver"
@@ -63,6 +64,13 @@ func mkdir0755(dir string) error {
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return err
+	}
+	// A directory someone else created (and could change) is not ours to
+	// install into; on a real host everything here belongs to root.
+	if st, err := os.Stat(dir); err != nil {
+		return err
+	} else if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s belongs to uid %d, not to the host's uid %d; refusing to install into it", dir, sys.Uid, os.Geteuid())
 	}
 	for d := filepath.Dir(dir); d != "/" && d != "."; d = filepath.Dir(d) {
 		st, err := os.Stat(d)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -360,5 +361,30 @@ func TestInstallDirRefusals(t *testing.T) {
 	}
 	if err := mkdir0755(base + "/ok/plugins"); err != nil {
 		t.Errorf("a fresh directory: %v", err)
+	}
+}
+
+// TestSpread: a host's moment is stable, inside the window, and a fleet's
+// moments cover the window evenly.
+func TestSpread(t *testing.T) {
+	window := 10 * time.Minute
+	if Spread("h1", "procmon", "1.2.0", window) != Spread("h1", "procmon", "1.2.0", window) {
+		t.Fatal("Spread is not stable")
+	}
+	if Spread("h1", "procmon", "1.2.0", 0) != 0 {
+		t.Error("no window must mean no wait")
+	}
+	var buckets [10]int
+	for i := range 10000 {
+		d := Spread(fmt.Sprintf("host-%05d", i), "procmon", "1.2.0", window)
+		if d < 0 || d >= window {
+			t.Fatalf("moment %s outside the window", d)
+		}
+		buckets[d*10/window]++
+	}
+	for i, n := range buckets {
+		if n < 800 || n > 1200 {
+			t.Errorf("tenth %d of the window holds %d of 10000 hosts, want about 1000 (%v)", i, n, buckets)
+		}
 	}
 }

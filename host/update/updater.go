@@ -367,14 +367,24 @@ func (u *Updater) install(ctx context.Context, plugin, target string, kick chan 
 	if !ok {
 		if d := Spread(u.cfg.Host, plugin, m.Version, u.cfg.SpreadWindow); d > 0 {
 			u.log.Info("plugin update waits for its moment of the spread window", "plugin", plugin, "target", target, "delay", d)
-			select {
-			case <-ctx.Done():
-				return false
-			case <-kick:
-				// A new target: start again with it.
-				kick <- struct{}{}
-				return false
-			case <-time.After(d):
+			timer := time.NewTimer(d)
+		wait:
+			for {
+				select {
+				case <-ctx.Done():
+					timer.Stop()
+					return false
+				case <-kick:
+					if u.target(plugin) != target {
+						// A new target: start again with it.
+						timer.Stop()
+						kick <- struct{}{}
+						return false
+					}
+					// The same target asked again: keep this host's moment.
+				case <-timer.C:
+					break wait
+				}
 			}
 		}
 		u.report(plugin, target, api.UpdateDownloading, nil)

@@ -252,6 +252,44 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 	return result("leader-loss", len(want), len(want), lat, total, "all acknowledged within 15s", met, note), nil
 }
 
+// idle lets the registered fleet sit for -idle and measures what it costs
+// at rest: lease renewals (3 per TTL per host) and nothing else, on the
+// members and in the simulator.
+func (s *Sim) idle(ctx context.Context) Result {
+	d := s.opts.Idle
+	cpu := func() (cell float64, per []MemberStat) {
+		if s.cell == nil {
+			return 0, nil
+		}
+		per = s.cell.stats()
+		for _, m := range per {
+			cell += m.CPUSeconds
+		}
+		return cell, per
+	}
+	c0, _ := cpu()
+	_, sim0 := procStats(os.Getpid())
+	t0 := time.Now()
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+	el := time.Since(t0)
+	c1, per := cpu()
+	_, sim1 := procStats(os.Getpid())
+	n := len(s.allHosts())
+	renewals := float64(n) * el.Seconds() / (s.opts.LeaseTTL.Seconds() / 3)
+	note := fmt.Sprintf("%d hosts idle for %s: %.0f lease renewals expected (3 per TTL per host, %.0f/s); simulator CPU %.1f s (%.0f%% of a core)",
+		n, el.Round(time.Millisecond), renewals, renewals/el.Seconds(), sim1-sim0, 100*(sim1-sim0)/el.Seconds())
+	if s.cell != nil {
+		note += fmt.Sprintf("; etcd cell CPU %.1f s (%.0f%% of a core, %.0f µs per renewal, all members); members:", c1-c0, 100*(c1-c0)/el.Seconds(), 1e6*(c1-c0)/max(renewals, 1))
+		for _, m := range per {
+			note += fmt.Sprintf(" %s RSS %.0f MiB", m.Name, m.RSSMB)
+		}
+	}
+	return Result{Scenario: "idle", Hosts: n, Count: n, Done: n, TotalMS: ms(el), Target: "(informational)", Met: true, Note: note}
+}
+
 // push changes one host's config at a time and measures until the host's
 // applier has it and until its registration acknowledges it.
 func (s *Sim) push(ctx context.Context) ([]Result, error) {
@@ -397,6 +435,11 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 	}
 	r.Load1 = s.load1AtStart
 	s.report.Results = append(s.report.Results, r)
+	if r.Done < r.Count {
+		// The other scenarios measure a settled fleet; on a cell that did
+		// not register it they would only time out.
+		return s.report, fmt.Errorf("registration incomplete (%d of %d hosts after %.0f s): later scenarios skipped", r.Done, r.Count, r.TotalMS/1000)
+	}
 	s.report.SimAfterRegisterRSSMB, s.report.SimAfterRegisterCPU = procStats(os.Getpid())
 	if s.cell != nil {
 		s.report.EtcdAfterRegister = s.cell.stats()
@@ -427,6 +470,8 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 				return s.report, err
 			}
 			res = []Result{r}
+		case "idle":
+			res = []Result{s.idle(ctx)}
 		case "partition":
 			res, err = s.partition(ctx)
 			if err != nil {

@@ -42,6 +42,8 @@ type Options struct {
 	// Heartbeat and Election are the members' raft timings (0: etcd's
 	// defaults, 100ms and 1s).
 	Heartbeat, Election time.Duration
+	// Idle is how long the idle scenario lets the fleet sit.
+	Idle time.Duration
 	// DataDir of the embedded etcd when Endpoints is empty ("" = temp dir).
 	DataDir        string
 	NoFsync        bool
@@ -71,6 +73,7 @@ func DefaultOptions() Options {
 		Pushes:         200,
 		Offline:        1000,
 		Seed:           1,
+		Idle:           30 * time.Second,
 	}
 }
 
@@ -104,10 +107,10 @@ func (o Options) Validate() error {
 	if o.Cluster > 0 && len(o.Endpoints) > 0 {
 		errs = append(errs, errors.New("-cluster and -endpoints exclude each other"))
 	}
-	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true, "partition": true}
+	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true, "partition": true, "idle": true}
 	for _, s := range o.Scenarios {
 		if !known[s] {
-			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss, partition)", s))
+			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss, partition, idle)", s))
 		}
 		if s == "partition" && o.Partition == 0 {
 			errs = append(errs, errors.New("-scenarios partition needs -partition N (hosts in the cut-off namespace)"))

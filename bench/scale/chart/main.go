@@ -195,20 +195,33 @@ func svgChart(name string, ps []point) string {
 	for k, ln := range lines {
 		var pts []string
 		for _, p := range ps {
+			if p.done < p.count {
+				continue // incomplete: a marker only, no line through it
+			}
 			pts = append(pts, fmt.Sprintf("%.1f,%.1f", lx(float64(p.hosts)), ly(ln.v(p))))
 		}
 		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`, ln.color, strings.Join(pts, " "))
 		for _, p := range ps {
+			if p.done == 0 {
+				if k == 0 {
+					x := lx(float64(p.hosts))
+					fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle" fill="#b00" font-weight="bold">× none done</text>`, x, T+12)
+				}
+				continue
+			}
 			fill := ln.color
 			if !p.met || p.done < p.count {
 				fill = "#fff"
 			}
-			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s" stroke="%s"><title>%s %d hosts: %.1f ms (load %.1f)</title></circle>`,
-				lx(float64(p.hosts)), ly(ln.v(p)), fill, ln.color, ln.label, p.hosts, ln.v(p), p.load)
+			fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s" stroke="%s"><title>%s %d hosts: %.1f ms (load %.1f, %d of %d done)</title></circle>`,
+				lx(float64(p.hosts)), ly(ln.v(p)), fill, ln.color, ln.label, p.hosts, ln.v(p), p.load, p.done, p.count)
+			if k == 2 && p.done < p.count {
+				fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="end" fill="#b00">%d of %d</text>`, lx(float64(p.hosts))-6, ly(ln.v(p))+4, p.done, p.count)
+			}
 		}
 		fmt.Fprintf(&b, `<text x="%d" y="%d" fill="%s">%s</text>`, W-R-110+k*38, T-12, ln.color, ln.label)
 	}
-	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#666">hollow: target missed</text>`, L+60, T-12)
+	fmt.Fprintf(&b, `<text x="%d" y="%d" fill="#666">hollow: target missed; no line: incomplete</text>`, L+40, T-12)
 	b.WriteString("</svg>\n")
 	return b.String()
 }

@@ -14,8 +14,8 @@ import (
 
 // VulnHosts returns the hosts a CVE (or advisory ID) affects, at most
 // limit host names (0: all; HostCount counts them all).
-func (c *Client) VulnHosts(ctx context.Context, id string, limit int) (*httpapi.CVEHosts, error) {
-	var out httpapi.CVEHosts
+func (c *Client) VulnHosts(ctx context.Context, id string, limit int) (*index.CVEHosts, error) {
+	var out index.CVEHosts
 	q := url.Values{}
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))

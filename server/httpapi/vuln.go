@@ -179,41 +179,15 @@ func (h *handler) vulnCVE(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
-	res, err := h.opts.Vuln.Service.Index().HostsForCVE(id)
+	res, err := h.opts.Vuln.Service.Index().HostsForCVELimit(id, int(limit))
 	if err != nil {
 		h.failVuln(w, r, err)
 		return
 	}
-	writeCompact(w, limitHosts(res, int(limit)))
-}
-
-// CVEHosts is the body of GET /v1/vuln/cves/{id}: the index's answer,
-// with at most limit host names when the request set one.
-type CVEHosts struct {
-	index.CVEHosts
-	// Shown is the number of host names listed; HostCount counts them
-	// all. Truncated is set when the limit left some out.
-	Shown     int  `json:"shown"`
-	Truncated bool `json:"truncated,omitempty"`
-}
-
-// limitHosts keeps the first limit host names (0: all), dropping the
-// inventories left without any.
-func limitHosts(res *index.CVEHosts, limit int) *CVEHosts {
-	out := &CVEHosts{CVEHosts: *res}
-	out.Inventories = make([]index.InventoryHits, 0, len(res.Inventories))
-	for _, inv := range res.Inventories {
-		if limit > 0 && out.Shown+len(inv.Hosts) > limit {
-			inv.Hosts = inv.Hosts[:limit-out.Shown]
-			out.Truncated = true
-		}
-		if len(inv.Hosts) == 0 {
-			break
-		}
-		out.Shown += len(inv.Hosts)
-		out.Inventories = append(out.Inventories, inv)
+	if res.Inventories == nil {
+		res.Inventories = []index.InventoryHits{}
 	}
-	return out
+	writeCompact(w, res)
 }
 
 // writeCompact writes a large answer without indentation (a CVE's host

@@ -41,16 +41,25 @@ type InventoryHits struct {
 
 // CVEHosts answers "which hosts does this CVE affect".
 type CVEHosts struct {
-	ID          string          `json:"id"`
-	Severity    osv.Severity    `json:"severity"`
-	Advisories  []string        `json:"advisories"`
-	HostCount   int             `json:"host_count"`
+	ID         string       `json:"id"`
+	Severity   osv.Severity `json:"severity"`
+	Advisories []string     `json:"advisories"`
+	HostCount  int          `json:"host_count"`
+	// Shown is how many host names Inventories lists; Truncated is set
+	// when a limit left some out (HostCount still counts them).
+	Shown       int             `json:"shown"`
+	Truncated   bool            `json:"truncated,omitempty"`
 	Inventories []InventoryHits `json:"inventories"`
 }
 
 // HostsForCVE returns the hosts a CVE (or advisory ID) affects, grouped
 // by inventory, with the vulnerable packages of each.
-func (x *Index) HostsForCVE(id string) (*CVEHosts, error) {
+func (x *Index) HostsForCVE(id string) (*CVEHosts, error) { return x.HostsForCVELimit(id, 0) }
+
+// HostsForCVELimit is HostsForCVE listing at most limit host names (0:
+// all); inventories past the limit are counted, not listed, so a query
+// about a CVE on the whole fleet costs what the listed part does.
+func (x *Index) HostsForCVELimit(id string, limit int) (*CVEHosts, error) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	advs, ok := x.byCVE[id]
@@ -73,23 +82,34 @@ func (x *Index) HostsForCVE(id string) (*CVEHosts, error) {
 	for _, inv := range invs {
 		total += len(x.invs[inv].hosts)
 	}
-	names := make([]string, 0, total) // one allocation for every host name
+	out.HostCount = total
+	if limit <= 0 || limit > total {
+		limit = total
+	}
+	names := make([]string, 0, limit) // one allocation for every host name listed
 	for _, inv := range invs {
 		r := &x.invs[inv]
 		if len(r.hosts) == 0 {
 			continue
 		}
+		if len(names) == limit {
+			break
+		}
 		start := len(names)
 		for _, h := range r.hosts {
+			if len(names) == limit {
+				break
+			}
 			names = append(names, x.hosts[h].name)
 		}
 		ih := InventoryHits{Digest: r.digest, Hosts: names[start:len(names):len(names)]}
 		for _, a := range advs {
 			ih.Hits = x.advHits(r, &x.advs[a], ih.Hits)
 		}
-		out.HostCount += len(r.hosts)
 		out.Inventories = append(out.Inventories, ih)
 	}
+	out.Shown = len(names)
+	out.Truncated = out.Shown < out.HostCount
 	return out, nil
 }
 

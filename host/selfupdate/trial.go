@@ -229,19 +229,3 @@ func (u *Updater) fail(t Trial, reason string) error {
 	}
 	return fmt.Errorf("%w: %s", ErrRolledBack, reason)
 }
-
-// Refused records a release that was refused or failed before the swap,
-// for the registration; the running binary is untouched.
-func (u *Updater) Refused(version, state string, cause error) *api.UpdateStatus {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	s := &api.UpdateStatus{Target: version, Running: u.cfg.Running, State: state, Error: cause.Error(), At: u.cfg.Clock.Now().UTC()}
-	st, err := u.State()
-	if err == nil {
-		st.Last = s
-		if err := writeState(u.StatePath(), st); err != nil {
-			u.log.Warn("recording a refused update", "error", err)
-		}
-	}
-	return s
-}

@@ -241,7 +241,7 @@ func readPortRange(procRoot string) (lo, hi uint16, ok bool) {
 // connection (ESTABLISHED 1 through CLOSING 11, and NEW_SYN_RECV 12) but
 // LISTEN. It leaves out TCP_BOUND_INACTIVE (13, Linux >= 6.8): asking for
 // it makes the kernel walk its whole bind hash table, every bound socket of
-// every connection, on each dump, which cost a quarter of a snapshot at
+// every connection, on each dump: a fifth of a profile of snapshots of
 // 200,000 sockets; a bound socket that neither listens nor connects is
 // neither a listener nor a connection. ss -tan (iproute2 6.1) does not ask
 // for it either.

@@ -108,6 +108,7 @@ type service struct {
 	cmd      *exec.Cmd
 	stopping bool
 	starts   int
+	exits    []int
 	done     chan struct{}
 }
 
@@ -146,6 +147,9 @@ func (s *service) loop() {
 		if err == nil || !errors.As(err, &ee) {
 			return
 		}
+		s.mu.Lock()
+		s.exits = append(s.exits, ee.ExitCode())
+		s.mu.Unlock()
 		time.Sleep(100 * time.Millisecond) // RestartSec
 	}
 }
@@ -188,12 +192,12 @@ func waitReg(t *testing.T, cli *clientv3.Client, host, what string, logPath stri
 	return r
 }
 
-func putHostVersion(t *testing.T, cli *clientv3.Client, version string) {
+func putHostVersion(t *testing.T, cli *clientv3.Client, host, version string) {
 	t.Helper()
-	doc := api.Document{Scope: api.Scope{Kind: api.ScopeFleet}.String(), Author: "test", Time: time.Now(),
-		State: api.DesiredState{HostVersion: version}}
+	sc := api.Scope{Kind: api.ScopeHost, Host: host}
+	doc := api.Document{Scope: sc.String(), Author: "test", Time: time.Now(), State: api.DesiredState{HostVersion: version}}
 	b, _ := json.Marshal(doc)
-	if _, err := cli.Put(context.Background(), api.NewKeyspace("").ScopeKey(api.Scope{Kind: api.ScopeFleet}), string(b)); err != nil {
+	if _, err := cli.Put(context.Background(), api.NewKeyspace("").ScopeKey(sc), string(b)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -243,19 +247,19 @@ func TestSelfUpdateFromFleet(t *testing.T) {
 	release(t, cli, arts, stranger, v110, "1.3.0")
 	release(t, cli, arts, sec, v140, "1.4.0")
 
-	// The installed binary.
-	bin := filepath.Join(work, "bin", "vigil-host")
-	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, _ := os.ReadFile(v100)
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	const host = "su-host"
 	// The health window bounds every trial; 1.1.0 passes well within it.
 	const window = 15 * time.Second
-	cfg := fmt.Sprintf(`host_name: %s
+	newHost := func(t *testing.T, host, restart string) (bin, out string, svc *service) {
+		dir := t.TempDir()
+		bin = filepath.Join(dir, "bin", "vigil-host")
+		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(v100)
+		if err := os.WriteFile(bin, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cfg := fmt.Sprintf(`host_name: %s
 state_dir: %s/state
 run_dir: %s/run
 log: {level: debug, file: %s/host.log, stderr: false}
@@ -271,15 +275,46 @@ server: {url: %s}
 update: {trust_file: %s}
 plugins:
   - {name: example, path: %s, config: {interval: 1s}}
-`, host, work, work, work, work, etcd.Endpoints()[0], srv.URL, trust, example)
-	cfgPath := filepath.Join(work, "host.yaml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
+`, host, dir, dir, dir, dir, etcd.Endpoints()[0], srv.URL, trust, example)
+		cfgPath := filepath.Join(dir, "host.yaml")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out = filepath.Join(dir, "stdout.log")
+		svc = startService(t, out, bin, "run", "--config", cfgPath, "--restart", restart,
+			"--selfupdate-settle", "1s", "--selfupdate-window", window.String())
+		return bin, out, svc
 	}
-	out := filepath.Join(work, "stdout.log")
-	svc := startService(t, out, bin, "run", "--config", cfgPath, "--restart", "exec",
-		"--selfupdate-settle", "1s", "--selfupdate-window", window.String())
 	running := func(r api.Registration) bool { return r.Plugins["example"].State == "running" }
+
+	// Under systemd: vigil-host exits 75 and the service manager starts the
+	// new binary (RestartForceExitStatus=75 in the unit).
+	t.Run("exit 75", func(t *testing.T) {
+		const host = "su-exit"
+		bin, out, svc := newHost(t, host, "exit")
+		r := waitReg(t, cli, host, "1.0.0 registered with its plugin running", out, func(r api.Registration) bool {
+			return r.Version == "1.0.0" && running(r)
+		})
+		pid := r.Instance.PID
+		putHostVersion(t, cli, host, "1.1.0")
+		r = waitReg(t, cli, host, "1.1.0 installed", out, func(r api.Registration) bool {
+			return r.Version == "1.1.0" && r.HostUpdate != nil && r.HostUpdate.State == api.UpdateInstalled && running(r)
+		})
+		svc.mu.Lock()
+		starts, exits := svc.starts, append([]int(nil), svc.exits...)
+		svc.mu.Unlock()
+		if r.Instance.PID == pid || starts != 2 || len(exits) != 1 || exits[0] != 75 {
+			t.Fatalf("restart through the service manager: pid %d -> %d, starts %d, exits %v", pid, r.Instance.PID, starts, exits)
+		}
+		if v := binaryVersion(t, bin); v != "1.1.0" {
+			t.Fatalf("binary at the target path is %s", v)
+		}
+	})
+
+	// Without a service manager's help for the upgrade: exec in place.
+	const host = "su-exec"
+	bin, out, svc := newHost(t, host, "exec")
+
 	r := waitReg(t, cli, host, "1.0.0 registered with its plugin running", out, func(r api.Registration) bool {
 		return r.Version == "1.0.0" && running(r)
 	})
@@ -288,7 +323,7 @@ plugins:
 	// Upgrade: the desired HostVersion reaches the host, which installs
 	// 1.1.0, execs into it, passes the health gate and reports.
 	start := time.Now()
-	putHostVersion(t, cli, "1.1.0")
+	putHostVersion(t, cli, host, "1.1.0")
 	waitReg(t, cli, host, "1.1.0 running", out, func(r api.Registration) bool { return r.Version == "1.1.0" })
 	t.Logf("figure: desired HostVersion written -> 1.1.0 running and registered: %s", time.Since(start).Round(time.Millisecond))
 	r = waitReg(t, cli, host, "1.1.0 installed", out, func(r api.Registration) bool {
@@ -306,7 +341,7 @@ plugins:
 	}
 
 	// A release signed by an unknown key is refused; 1.1.0 keeps running.
-	putHostVersion(t, cli, "1.3.0")
+	putHostVersion(t, cli, host, "1.3.0")
 	r = waitReg(t, cli, host, "1.3.0 refused", out, func(r api.Registration) bool {
 		return r.HostUpdate != nil && r.HostUpdate.Target == "1.3.0" && r.HostUpdate.State == api.UpdateRefused
 	})
@@ -317,7 +352,7 @@ plugins:
 	// A build that crashes at start: the service manager starts it again,
 	// its second start restores 1.1.0, which reports the rollback.
 	start = time.Now()
-	putHostVersion(t, cli, "1.2.0")
+	putHostVersion(t, cli, host, "1.2.0")
 	r = waitReg(t, cli, host, "1.2.0 rolled back", out, func(r api.Registration) bool {
 		return r.Version == "1.1.0" && r.HostUpdate != nil && r.HostUpdate.Target == "1.2.0" &&
 			r.HostUpdate.State == api.UpdateRolledBack && running(r)
@@ -333,7 +368,7 @@ plugins:
 	// A build that runs but never becomes healthy: at the end of its
 	// window it restores 1.1.0 itself and execs into it.
 	start = time.Now()
-	putHostVersion(t, cli, "1.4.0")
+	putHostVersion(t, cli, host, "1.4.0")
 	waitReg(t, cli, host, "1.4.0 on trial", out, func(r api.Registration) bool { return r.Version == "1.4.0" })
 	trialAt := time.Now()
 	r = waitReg(t, cli, host, "1.4.0 rolled back", out, func(r api.Registration) bool {

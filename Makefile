@@ -45,6 +45,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseEvent -fuzztime 30s ./sdk
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./host/config
 	$(GO) test -run '^$$' -fuzz FuzzDecodeUpload -fuzztime 30s ./vuln/ingest
+	$(GO) test -run '^$$' -fuzz FuzzParseState -fuzztime 30s ./host/selfupdate
 
 # Regenerate the plugin protocol (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
 proto:

@@ -46,6 +46,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./host/config
 	$(GO) test -run '^$$' -fuzz FuzzDecodeUpload -fuzztime 30s ./vuln/ingest
 	$(GO) test -run '^$$' -fuzz FuzzParseState -fuzztime 30s ./host/selfupdate
+	$(GO) test -run '^$$' -fuzz FuzzLoadState -fuzztime 30s ./host/update
+	$(GO) test -run '^$$' -fuzz FuzzRangeStart -fuzztime 30s ./host/update
 
 # Regenerate the plugin protocol (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
 proto:

@@ -175,6 +175,12 @@ func (a *Agent) hostHealthy() error {
 func (a *Agent) wantHostVersion(ds api.DesiredState) error {
 	target := api.TargetVersion(a.cfg.HostName, api.HostReleaseName, ds.HostVersion, ds.HostRollout)
 	if target == "" || target == strings.TrimPrefix(a.opts.Version, "v") {
+		if a.hu != nil {
+			// Nothing to do now, nor after a trial in progress passes.
+			a.hu.mu.Lock()
+			a.hu.want = ""
+			a.hu.mu.Unlock()
+		}
 		return nil
 	}
 	if a.hu == nil {

@@ -37,6 +37,9 @@ type dumper struct {
 	// tap, when set, sees every datagram before it is parsed (tests use it
 	// to capture fixtures).
 	tap func([]byte)
+	// warm, when set, sees every datagram before it is parsed, so the
+	// caller can touch what parsing it will need (see inodeSet.warm).
+	warm func([]byte)
 	// refuseCompat, for tests, answers a TCPDIAG_GETSOCK dump as a kernel
 	// without it would.
 	refuseCompat bool
@@ -124,6 +127,9 @@ func (d *dumper) dump(family, proto uint8, states uint32, s *Socket, fn func(*So
 		}
 		if d.tap != nil {
 			d.tap(d.buf[:d.n])
+		}
+		if d.warm != nil {
+			d.warm(d.buf[:d.n])
 		}
 		r, err := parseDiag(d.buf[:d.n], proto, s, fn)
 		total.sockets += r.sockets

@@ -1,6 +1,10 @@
 package netmon
 
-import "testing"
+import (
+	"bytes"
+	"slices"
+	"testing"
+)
 
 func TestInodeSet(t *testing.T) {
 	s := newInodeSet()
@@ -63,5 +67,27 @@ func BenchmarkInodeSet(b *testing.B) {
 		for ino := uint32(1); ino <= 200000; ino++ {
 			s.see(ino * 7)
 		}
+	}
+}
+
+// TestInodeSetWarm: warming the slots of a real dump's inodes changes
+// nothing that see reports, and warm reads malformed input without fault.
+func TestInodeSetWarm(t *testing.T) {
+	raw := readFixture(t, "diag_tcp.bin")
+	a, b := newInodeSet(), newInodeSet()
+	var s Socket
+	var gotA, gotB []bool
+	if _, err := parseDiag(raw, protoTCP, &s, func(s *Socket) { gotA = append(gotA, a.see(s.Inode)) }); err != nil {
+		t.Fatal(err)
+	}
+	b.warm(raw)
+	if _, err := parseDiag(raw, protoTCP, &s, func(s *Socket) { gotB = append(gotB, b.see(s.Inode)) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(gotA) == 0 || !slices.Equal(gotA, gotB) {
+		t.Fatalf("see with warm %v, without %v", gotB, gotA)
+	}
+	for _, bad := range [][]byte{nil, raw[:10], raw[:len(raw)-30], {200, 0, 0, 0, 20, 0, 2, 0}, bytes.Repeat([]byte{0xff}, 200)} {
+		b.warm(bad)
 	}
 }

@@ -163,6 +163,7 @@ func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) 
 	if err != nil {
 		log.Warn("sock_diag unavailable, falling back to /proc/net", "error", err)
 	} else {
+		d.warm = m.seen.warm
 		m.dump = d
 	}
 	if err := m.apply(cfg); err != nil {

@@ -135,6 +135,7 @@ func FuzzParseDiag(f *testing.F) {
 		f.Add(readFixture(f, "diag_"+fx.name+".bin"))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		newInodeSet().warm(b) // reads the same bytes ahead of the parser: must not panic
 		var s Socket
 		n := 0
 		r, err := parseDiag(b, protoTCP, &s, func(s *Socket) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/coreos/go-semver/semver"
 	"github.com/vigil-hids/vigil/api"
@@ -167,8 +168,32 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 			}
 			next.Rollout = &api.Rollout{Percent: r.Percent, From: from}
 		}
+		// Hosts refuse a lower version unless it is a signed rollback: the
+		// version asked for must be one; a computed From is replaced by
+		// its rollback release (lowering a percentage).
+		for _, d := range downgrades(eff, next) {
+			if d.version != r.Version {
+				continue
+			}
+			rb, rerr := s.rollbackRelease(ctx, r.Plugin, d)
+			if rerr != nil {
+				return SetResult{}, rerr
+			}
+			if rb != r.Version {
+				return SetResult{}, fmt.Errorf("%w: %s %s would replace %s on some hosts, and hosts refuse a downgrade unless its manifest is a signed rollback; "+
+					"%s is not one, but its signed rollback release %s is published: vigilctl rollout set %s %s --scope %s",
+					ErrNeedsRollback, r.Plugin, r.Version, d.above, r.Version, rb, r.Plugin, rb, r.Scope)
+			}
+		}
+		next, subst, rerr := s.withRollbacks(ctx, r.Plugin, eff, next)
+		if rerr != nil {
+			return SetResult{}, rerr
+		}
 		prev := get(cur.Document.State, r.Plugin)
 		comment := fmt.Sprintf("rollout %s: %s -> %s", r.Plugin, prev, next)
+		if len(subst) > 0 {
+			comment += " (" + strings.Join(subst, ", ") + ")"
+		}
 		if r.Comment != "" {
 			comment += ": " + r.Comment
 		}
@@ -225,12 +250,27 @@ func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, com
 		if prev == nil {
 			return SetResult{}, fmt.Errorf("%w: the history of %s has no earlier %s version than %s", ErrNothingToUndo, scope, plugin, now)
 		}
+		var subst []string
 		if prev.Version != "" {
 			if err := s.published(ctx, plugin, prev.Version); err != nil {
 				return SetResult{}, err
 			}
+			// Hosts refuse going back to a lower version unless it is a
+			// signed rollback: use the rollback release of that version.
+			eff, eerr := s.effectiveAt(ctx, scope, plugin)
+			if eerr != nil {
+				return SetResult{}, eerr
+			}
+			var p pair
+			if p, subst, err = s.withRollbacks(ctx, plugin, eff, *prev); err != nil {
+				return SetResult{}, fmt.Errorf("rollout undo %s: %s -> %s (as of seq %d) refused: %w", plugin, now, *prev, seq, err)
+			}
+			prev = &p
 		}
 		msg := fmt.Sprintf("rollout undo %s: %s -> %s (as of seq %d)", plugin, now, *prev, seq)
+		if len(subst) > 0 {
+			msg += " (" + strings.Join(subst, ", ") + ")"
+		}
 		if comment != "" {
 			msg += ": " + comment
 		}

@@ -201,8 +201,10 @@ func TestSetAndUndoWriteHistory(t *testing.T) {
 		t.Fatalf("raise: %+v %v", res, err)
 	}
 	// A group's canary starts from what the fleet asks of its hosts.
-	res, err = e.svc.Set(c, SetRequest{Scope: canary, Plugin: "example", Version: "1.1.0", Percent: 20, Author: "bob"})
-	if err != nil || *res.Rollout != (api.Rollout{Percent: 20, From: "1.0.0"}) {
+	// (A lower percentage than the fleet's would move hosts back to 1.0.0,
+	// which needs a rollback release: TestDowngradesNeedRollbackReleases.)
+	res, err = e.svc.Set(c, SetRequest{Scope: canary, Plugin: "example", Version: "1.1.0", Percent: 60, Author: "bob"})
+	if err != nil || *res.Rollout != (api.Rollout{Percent: 60, From: "1.0.0"}) {
 		t.Fatalf("group canary: %+v %v", res, err)
 	}
 	if _, err := e.svc.Set(c, SetRequest{Scope: fleet, Plugin: api.HostReleaseName, Version: "2.0.0", Percent: 5, Author: "bob"}); err != nil {
@@ -216,10 +218,15 @@ func TestSetAndUndoWriteHistory(t *testing.T) {
 	if st.LogLevel != "info" || st.Plugins["example"].Enabled == nil || st.Plugins["example"].Version != "1.1.0" {
 		t.Fatalf("set lost the rest of the document: %+v", st)
 	}
-	// Undo steps back one rollout step of this plugin only.
+	// Undo steps back one rollout step of this plugin only; it moves hosts
+	// back to 1.0.0, which needs a signed rollback release of 1.0.0.
+	if _, err := e.svc.Undo(c, fleet, "example", "carol", ""); !errors.Is(err, ErrNeedsRollback) {
+		t.Fatalf("undo without a rollback release: %v", err)
+	}
+	e.publishRollback(t, "example", "1.0.0", "1.0.0+rollback.1")
 	res, err = e.svc.Undo(c, fleet, "example", "carol", "too many crashes")
-	if err != nil || res.Version != "1.1.0" || *res.Rollout != (api.Rollout{Percent: 10, From: "1.0.0"}) ||
-		!strings.Contains(res.Comment, "rollout undo example: 1.1.0 on 50% (others 1.0.0) -> 1.1.0 on 10% (others 1.0.0) (as of seq 3): too many crashes") {
+	if err != nil || res.Version != "1.1.0" || *res.Rollout != (api.Rollout{Percent: 10, From: "1.0.0+rollback.1"}) ||
+		!strings.Contains(res.Comment, "rollout undo example: 1.1.0 on 50% (others 1.0.0) -> 1.1.0 on 10% (others 1.0.0+rollback.1) (as of seq 3) (1.0.0 as its signed rollback release 1.0.0+rollback.1): too many crashes") {
 		t.Fatalf("undo: %+v %v", res, err)
 	}
 	cur, _ = e.st.Get(c, fleet)

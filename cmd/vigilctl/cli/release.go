@@ -111,7 +111,11 @@ scope's document, as one versioned write recorded in history. With
 --percent P below 100 only the hosts whose stable bucket (a hash of host
 and plugin name) is below P take it; the others keep the version the scope
 asks for now. Raising P later only adds hosts. PLUGIN vigil-host sets the
-host agent's own version. The version must be published (release ls).`,
+host agent's own version. The version must be published (release ls).
+A version lower than the one the hosts are asked to run now must be a
+signed rollback release (1.2.0+rollback.N, vigil-sign sign --rollback);
+lowering --percent moves hosts back to the rollback release of the other
+version, and is refused with the commands to make one if none exists.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(c *cobra.Command, args []string) error {
 			sc, err := api.ParseScope(scope)
@@ -143,7 +147,11 @@ host agent's own version. The version must be published (release ls).`,
 		Long: `undo finds the newest history record of --scope whose version (and rollout)
 of PLUGIN differs from the current one and writes it back, changing
 nothing else in the document. It is a new versioned write: a second undo
-goes back to where the first started.`,
+goes back to where the first started. Hosts refuse a lower version unless
+its manifest is a signed rollback, so when undo moves hosts down it writes
+the newest published rollback release of that version (1.2.0+rollback.N:
+the same binary, signed with vigil-sign sign --rollback), and without one
+it refuses and prints the commands that make one.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			sc, err := api.ParseScope(scope)

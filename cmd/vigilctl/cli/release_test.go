@@ -190,8 +190,14 @@ func TestRolloutSetUndoStatus(t *testing.T) {
 	if p.Version != "1.1.0" || p.Rollout == nil || *p.Rollout != (api.Rollout{Percent: 10, From: "1.0.0"}) || cur.Document.Author != "admin" {
 		t.Fatalf("fleet document: %+v", cur.Document)
 	}
+	// Undo moves the canary back to 1.0.0: hosts need a signed rollback.
+	if r := f.run(t, "admin", "", "rollout", "undo", "example"); r.code != 1 || !strings.Contains(r.err, "no rollback release of 1.0.0 is published") ||
+		!strings.Contains(r.err, "--version 1.0.0+rollback.1") || !strings.Contains(r.err, "vigilctl release publish") {
+		t.Fatalf("undo without a rollback release: %+v", r)
+	}
+	f.mustRun(t, "admin", "", "release", "publish", rollbackBundle(t, sec, "example", "1.0.0+rollback.1", []byte("example 1.0.0")))
 	out = f.mustRun(t, "admin", "", "rollout", "undo", "example", "--comment", "crashes")
-	if !strings.Contains(out, "fleet: wrote seq 3") || !strings.Contains(out, "-> 1.0.0 (as of seq 1): crashes") {
+	if !strings.Contains(out, "fleet: wrote seq 3") || !strings.Contains(out, "-> 1.0.0+rollback.1 (as of seq 1) (1.0.0 as its signed rollback release 1.0.0+rollback.1): crashes") {
 		t.Fatalf("undo: %q", out)
 	}
 	out = f.mustRun(t, "auditor", "", "config", "history")

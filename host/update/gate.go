@@ -3,6 +3,7 @@ package update
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/coreos/go-semver/semver"
@@ -151,6 +152,7 @@ func (u *Updater) commit(plugin, target string, cand Binary) {
 		r.Highest = cand.Version
 	}
 	r.Failed = nil
+	delete(u.repairs, plugin)
 	err := saveState(u.cfg.StateDir, u.st)
 	u.mu.Unlock()
 	if err != nil {
@@ -171,6 +173,14 @@ func (u *Updater) collect(plugin string) {
 		}
 		for _, p := range r.Previous {
 			keep = append(keep, p.Version)
+		}
+		// A binary adopted under another version lives in its first
+		// version's directory.
+		for _, b := range append([]Binary{}, r.Previous...) {
+			keep = append(keep, filepath.Base(filepath.Dir(b.Path)))
+		}
+		if r.Current != nil {
+			keep = append(keep, filepath.Base(filepath.Dir(r.Current.Path)))
 		}
 	}
 	u.mu.Unlock()

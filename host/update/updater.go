@@ -77,6 +77,9 @@ type Updater struct {
 	closed  bool
 	// rollbacks is how long each plugin's last automatic rollback took.
 	rollbacks map[string]time.Duration
+	// repairs is the version whose damaged binary was removed, to fetch
+	// again even when no version is desired.
+	repairs map[string]string
 }
 
 // New loads the installed releases and returns an Updater with no worker
@@ -225,10 +228,21 @@ func (u *Updater) worker(plugin string, kick chan struct{}) {
 	delay := u.cfg.RetryDelay
 	var retry <-chan time.Time
 	var failed string // the target whose transient failure waits for retry
+	damage := make(chan string, 1)
+	defer u.observeDamage(plugin, damage)()
+	u.mu.Lock()
+	if r := u.st.Plugins[plugin]; r != nil && r.Current != nil {
+		damage <- r.Current.Path // check it once: a start may have failed before we listened
+	}
+	u.mu.Unlock()
 	for {
 		select {
 		case <-u.ctx.Done():
 			return
+		case path := <-damage:
+			if !u.repair(plugin, path) {
+				continue
+			}
 		case <-kick:
 			if retry != nil && u.target(plugin) == failed {
 				// The same target asked again (any desired-state change
@@ -239,6 +253,11 @@ func (u *Updater) worker(plugin string, kick chan struct{}) {
 		}
 		retry, failed = nil, ""
 		target := u.target(plugin)
+		u.mu.Lock()
+		if target == "" {
+			target = u.repairs[plugin]
+		}
+		u.mu.Unlock()
 		if !u.needed(plugin, target) {
 			delay = u.cfg.RetryDelay
 			continue
@@ -363,7 +382,19 @@ func (u *Updater) install(ctx context.Context, plugin, target string, kick chan 
 		return false
 	}
 
+	u.mu.Lock()
+	cur := u.run[plugin]
+	u.mu.Unlock()
+	if cur != nil && cur.SHA256 == m.SHA256 && fileSHA256(cur.Path) == m.SHA256 {
+		// The same binary under another version (a rollback release of
+		// the version this host never left): nothing to install.
+		u.adopt(plugin, target, m.Version)
+		return false
+	}
 	b, ok := installed(u.cfg.Dir, m)
+	if !ok {
+		b, ok = u.keptCopy(plugin, m)
+	}
 	if !ok {
 		if d := Spread(u.cfg.Host, plugin, m.Version, u.cfg.SpreadWindow); d > 0 {
 			u.log.Info("plugin update waits for its moment of the spread window", "plugin", plugin, "target", target, "delay", d)

@@ -131,6 +131,7 @@ func TestRolloutUndoWithSignedRollback(t *testing.T) {
 			t.Fatalf("undo without a rollback release: exit %d, stderr %q lacks %q", code, errs, want)
 		}
 	}
+	t.Logf("undo refused as it should:\n%s", errs)
 	if code, _, errs := vigilctl("rollout", "set", name, "1.0.0"); code != 1 || !strings.Contains(errs, "hosts refuse a downgrade") {
 		t.Fatalf("set to the lower version: exit %d %q", code, errs)
 	}

@@ -46,6 +46,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	removeTestCgroupParent()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -67,6 +68,7 @@ func hostConfig(t testing.TB, plugins ...config.Plugin) config.Config {
 	cfg.Supervisor.BackoffMax = 200 * time.Millisecond
 	cfg.Supervisor.YoungAge = 5 * time.Second
 	cfg.Supervisor.QuarantineAfter = 4
+	cfg.Governance.CgroupParent = testCgroupParent
 	cfg.Plugins = plugins
 	return cfg
 }
@@ -240,8 +242,9 @@ func TestHostKilledWithSIGKILLLeavesNoPlugin(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "host.yaml")
 	b, _ := json.Marshal(map[string]any{
 		"host_name": cfg.HostName, "state_dir": cfg.StateDir, "run_dir": cfg.RunDir,
-		"sinks":   map[string]any{"file": map[string]any{"path": cfg.Sinks.File.Path}},
-		"plugins": []map[string]any{{"name": "tp-orphan", "path": filepath.Join(binDir, "vigil-testplugin")}},
+		"sinks":      map[string]any{"file": map[string]any{"path": cfg.Sinks.File.Path}},
+		"governance": map[string]any{"cgroup_parent": testCgroupParent},
+		"plugins":    []map[string]any{{"name": "tp-orphan", "path": filepath.Join(binDir, "vigil-testplugin")}},
 	})
 	if err := os.WriteFile(path, b, 0o600); err != nil { // JSON is YAML
 		t.Fatal(err)

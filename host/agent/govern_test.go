@@ -115,7 +115,7 @@ func TestCgroupsAreRemovedOnExit(t *testing.T) {
 	var dirs []string
 	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		parts := strings.SplitN(l, ":", 3)
-		if len(parts) == 3 && strings.HasSuffix(parts[2], "/vigil/tp-cg") {
+		if len(parts) == 3 && strings.HasSuffix(parts[2], "/"+testCgroupParent+"/tp-cg") {
 			ctl := parts[1]
 			if ctl == "" {
 				ctl = "unified"
@@ -127,7 +127,7 @@ func TestCgroupsAreRemovedOnExit(t *testing.T) {
 		}
 	}
 	if len(dirs) == 0 {
-		t.Fatalf("plugin %d is not in a vigil/tp-cg cgroup:\n%s", pid, b)
+		t.Fatalf("plugin %d is not in a %s/tp-cg cgroup:\n%s", pid, testCgroupParent, b)
 	}
 	a.Close()
 	for _, d := range dirs {

@@ -121,7 +121,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	rep, err := sim.Run(ctx)
-	sim.Close()
+	// The report is written before the hosts are stopped (20,000 loops take
+	// a while): a run stopped by SIGTERM (run.sh's timeout) still reports.
+	defer sim.Close()
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil-sim:", err)
 	}

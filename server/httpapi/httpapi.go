@@ -124,6 +124,11 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, store.ErrNotFound):
 		code, status = "not_found", http.StatusNotFound
 	}
+	h.refuse(w, r, status, code, err)
+}
+
+// refuse logs a refused request with its caller and answers it with err.
+func (h *handler) refuse(w http.ResponseWriter, r *http.Request, status int, code string, err error) {
 	id, _ := auth.From(r.Context())
 	h.opts.Logger.Warn("request refused", "component", "httpapi", "method", r.Method, "path", r.URL.Path,
 		"identity", id.Name, "role", string(id.Role), "code", code, "error", err.Error())

@@ -85,10 +85,7 @@ func (h *handler) failRelease(w http.ResponseWriter, r *http.Request, err error)
 		h.fail(w, r, err)
 		return
 	}
-	id, _ := auth.From(r.Context())
-	h.opts.Logger.Warn("request refused", "component", "httpapi", "method", r.Method, "path", r.URL.Path,
-		"identity", id.Name, "role", string(id.Role), "code", code, "error", err.Error())
-	writeJSON(w, status, Error{Error: err.Error(), Code: code})
+	h.refuse(w, r, status, code, err)
 }
 
 func isSigning(err error) bool {

@@ -45,6 +45,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
+	if len(args) == 3 && args[0] == "-serve-artifacts" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := serveArtifacts(ctx, args[1], args[2]); err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
+		return 0
+	}
 	o := DefaultOptions()
 	fs := flag.NewFlagSet("vigil-sim", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -60,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 0, "with -cluster: the members' raft heartbeat interval (0: etcd's 100ms)")
 	fs.DurationVar(&o.Election, "election", 0, "with -cluster: the members' election timeout (0: etcd's 1s)")
 	fs.DurationVar(&o.Idle, "idle", o.Idle, "how long the idle scenario lets the registered fleet sit (measures lease renewal cost)")
+	fs.IntVar(&o.RolloutMB, "rollout-mb", o.RolloutMB, "rollout scenario: artifact size in MiB")
+	fs.DurationVar(&o.RolloutWindow, "rollout-window", o.RolloutWindow, "rollout scenario: spread window of the downloads (update.Spread)")
 	partChild := fs.String("partition-child", "", "internal: run the partitioned hosts and write their status to this file")
 	fs.StringVar(&o.DataDir, "data-dir", "", "embedded etcd data directory (default: a temporary directory); with -cluster the parent of the members' directories (default /dev/shm)")
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "embedded etcd without fsync (faster, unsafe; for comparison only)")
@@ -115,6 +126,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *serveEtcd != "" {
 		return serveOnly(ctx, o, *serveEtcd, stderr)
 	}
+	if len(o.Scenarios) == 1 && o.Scenarios[0] == "rollout" {
+		// No etcd: the etcd flags' bounds do not apply.
+		o.Offline, o.Clients = min(o.Offline, o.Hosts), min(o.Clients, o.Hosts)
+		if err := o.Validate(); err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
+		rep, err := runRollout(ctx, o)
+		return report(stdout, stderr, *jsonPath, rep, err)
+	}
 	sim, err := NewSim(ctx, o)
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil-sim:", err)
@@ -124,18 +145,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 	// The report is written before the hosts are stopped (20,000 loops take
 	// a while): a run stopped by SIGTERM (run.sh's timeout) still reports.
 	defer sim.Close()
+	return report(stdout, stderr, *jsonPath, rep, err)
+}
+
+// report prints rep as a table (and JSON to jsonPath) or as JSON only
+// (jsonPath "-"), and returns the exit code: 1 if err or a target missed.
+func report(stdout, stderr io.Writer, jsonPath string, rep Report, err error) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "vigil-sim:", err)
 	}
-	if *jsonPath == "-" {
+	if jsonPath == "-" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(rep)
 	} else {
 		printTable(stdout, rep)
-		if *jsonPath != "" {
+		if jsonPath != "" {
 			b, _ := json.MarshalIndent(rep, "", "  ")
-			if werr := os.WriteFile(*jsonPath, append(b, '\n'), 0o644); werr != nil {
+			if werr := os.WriteFile(jsonPath, append(b, '\n'), 0o644); werr != nil {
 				fmt.Fprintln(stderr, "vigil-sim:", werr)
 				return 1
 			}

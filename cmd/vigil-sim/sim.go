@@ -44,6 +44,9 @@ type Options struct {
 	Heartbeat, Election time.Duration
 	// Idle is how long the idle scenario lets the fleet sit.
 	Idle time.Duration
+	// RolloutMB and RolloutWindow shape the rollout scenario.
+	RolloutMB     int
+	RolloutWindow time.Duration
 	// DataDir of the embedded etcd when Endpoints is empty ("" = temp dir).
 	DataDir        string
 	NoFsync        bool
@@ -74,6 +77,8 @@ func DefaultOptions() Options {
 		Offline:        1000,
 		Seed:           1,
 		Idle:           30 * time.Second,
+		RolloutMB:      20,
+		RolloutWindow:  60 * time.Second,
 	}
 }
 
@@ -92,6 +97,9 @@ func (o Options) Validate() error {
 	if o.Offline < 0 || o.Offline > o.Hosts {
 		errs = append(errs, fmt.Errorf("-offline must be between 0 and -hosts (got %d)", o.Offline))
 	}
+	if o.RolloutMB < 1 || o.RolloutMB > 1024 {
+		errs = append(errs, fmt.Errorf("-rollout-mb must be between 1 and 1024 (got %d)", o.RolloutMB))
+	}
 	if o.Pushes < 0 {
 		errs = append(errs, fmt.Errorf("-pushes must be at least 0 (got %d)", o.Pushes))
 	}
@@ -107,10 +115,13 @@ func (o Options) Validate() error {
 	if o.Cluster > 0 && len(o.Endpoints) > 0 {
 		errs = append(errs, errors.New("-cluster and -endpoints exclude each other"))
 	}
-	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true, "partition": true, "idle": true}
+	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true, "partition": true, "idle": true, "rollout": true}
 	for _, s := range o.Scenarios {
 		if !known[s] {
-			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss, partition, idle)", s))
+			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss, partition, idle, rollout)", s))
+		}
+		if s == "rollout" && len(o.Scenarios) != 1 {
+			errs = append(errs, errors.New("-scenarios rollout runs alone (it needs no etcd)"))
 		}
 		if s == "partition" && o.Partition == 0 {
 			errs = append(errs, errors.New("-scenarios partition needs -partition N (hosts in the cut-off namespace)"))

@@ -77,7 +77,7 @@ func TestOptionsValidate(t *testing.T) {
 // TestMain lets this test binary serve as the etcd members and the
 // partitioned hosts' process that vigil-sim starts by re-executing itself.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && (os.Args[1] == "-serve-member" || os.Args[1] == "-partition-child") {
+	if len(os.Args) > 1 && (os.Args[1] == "-serve-member" || os.Args[1] == "-partition-child" || os.Args[1] == "-serve-artifacts") {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
@@ -146,5 +146,16 @@ func TestSimPartition(t *testing.T) {
 		if r.Scenario == "partition-persisted" && !strings.Contains(r.Note, "10 of 10 hosts hold the pre-partition state") {
 			t.Errorf("partitioned hosts lost their state: %s", r.Note)
 		}
+	}
+}
+
+// TestSimRollout downloads a small artifact to 20 hosts with the real
+// update code from the artifact server process: every host gets it and
+// the server sends exactly hosts × size bytes.
+func TestSimRollout(t *testing.T) {
+	rep := runReport(t, "-hosts", "20", "-rollout-mb", "1", "-rollout-window", "1s", "-scenarios", "rollout")
+	checkDone(t, rep, map[string]int{"rollout": 20})
+	if r := rep.Results[0]; !strings.Contains(r.Note, "bytes served 20971520 = 1.000 × hosts × size") {
+		t.Errorf("rollout note: %s", r.Note)
 	}
 }

@@ -86,7 +86,7 @@ func TestDecodeConfig(t *testing.T) {
 		{name: "bool for a duration", raw: `{"interval": true}`,
 			wantErr: []string{`example: decoding config: key "interval" must be a duration such as "5s" (got true)`}},
 		{name: "bad duration string", raw: `{"interval": "5 parsecs"}`,
-			wantErr: []string{`example: decoding config: invalid duration "5 parsecs": time: unknown unit " parsecs" in duration "5 parsecs"`}},
+			wantErr: []string{`example: decoding config: key "interval" must be a duration such as "5s" (got "5 parsecs")`}},
 		{name: "trailing data", raw: `{} {}`, wantErr: []string{"example: decoding config: trailing data after the JSON object"}},
 		{name: "not an object", raw: `[1]`,
 			wantErr: []string{"example: decoding config: the config must be an object (got array)"}},

@@ -72,7 +72,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "attribution fds negative", config: `{"attribution_fds":-1}`, want: []string{"netmon.attribution_fds must be between 0 and 10000000 (got -1)"}},
 		{name: "learning period too long", config: `{"learning_period":"800h"}`, want: []string{"netmon.learning_period must be between 0s and 720h (got 800h0m0s)"}},
 		{name: "max interval too long", config: `{"max_interval":"48h"}`, want: []string{"netmon.max_interval must be between 1s and 24h (got 48h0m0s)"}},
-		{name: "bad duration", config: `{"interval":"five seconds"}`, want: []string{`invalid duration "five seconds"`}},
+		{name: "bad duration", config: `{"interval":"five seconds"}`, want: []string{`key "interval" must be a duration such as "5s" (got "five seconds")`}},
 		{name: "udp not a bool", config: `{"udp":"yes"}`, want: []string{`key "udp" must be true or false (got string)`}},
 		{name: "blocklist not a list", config: `{"blocklist":"10.0.0.0/8"}`, want: []string{`key "blocklist" must be a list (got string)`}},
 		{name: "empty blocklist entry", config: `{"blocklist":[""]}`, want: []string{`netmon.blocklist[0] must be a CIDR such as 203.0.113.0/24 or 2001:db8::/32 (got "")`}},

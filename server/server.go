@@ -25,6 +25,7 @@ import (
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/internal/version"
 	"github.com/vigil-hids/vigil/server/auth"
+	"github.com/vigil-hids/vigil/server/cells"
 	"github.com/vigil-hids/vigil/server/desired"
 	"github.com/vigil-hids/vigil/server/etcdembed"
 	"github.com/vigil-hids/vigil/server/httpapi"
@@ -92,11 +93,34 @@ type Config struct {
 	Releases ReleaseConfig
 	// Vuln configures the vulnerability index (vuln.go).
 	Vuln VulnConfig
+	// CellName names the default cell (this server's etcd, embedded or
+	// EtcdEndpoints); "" means "default". It matters only with Cells.
+	CellName string
+	// Cells are further etcd clusters (cells) the server manages beside
+	// the default cell, each reached with EtcdTLS. Fleet-wide stops,
+	// counts, lists and fleet/group config go to every cell (httpapi).
+	Cells []CellConfig
 	// Logger, Registry and Now are injected; nil means discard, a new
 	// registry and time.Now.
 	Logger   *slog.Logger
 	Registry *prometheus.Registry
 	Now      func() time.Time
+}
+
+// CellConfig is one extra cell: its name and its etcd endpoints.
+type CellConfig struct {
+	Name      string
+	Endpoints []string
+}
+
+// DefaultCellName names the default cell when CellName is empty.
+const DefaultCellName = "default"
+
+func (c Config) cellName() string {
+	if c.CellName == "" {
+		return DefaultCellName
+	}
+	return c.CellName
 }
 
 // Validate checks cfg without side effects.
@@ -136,6 +160,22 @@ func (c Config) Validate() error {
 	if c.AggregateInterval != 0 && (c.AggregateInterval < 100*time.Millisecond || c.AggregateInterval > time.Hour) {
 		errs = append(errs, fmt.Errorf("aggregate-interval must be between 100ms and 1h (got %s)", c.AggregateInterval))
 	}
+	seen := map[string]bool{c.cellName(): true}
+	if !api.ValidName(c.cellName()) {
+		errs = append(errs, fmt.Errorf("cell-name %q must be letters, digits, '.', '-', '_'", c.cellName()))
+	}
+	for _, cell := range c.Cells {
+		switch {
+		case !api.ValidName(cell.Name):
+			errs = append(errs, fmt.Errorf("cell %q: name must be letters, digits, '.', '-', '_'", cell.Name))
+		case seen[cell.Name]:
+			errs = append(errs, fmt.Errorf("cell %q: name used twice (the default cell is %q)", cell.Name, c.cellName()))
+		}
+		seen[cell.Name] = true
+		if len(cell.Endpoints) == 0 {
+			errs = append(errs, fmt.Errorf("cell %q: no etcd endpoints", cell.Name))
+		}
+	}
 	if c.CheckPlugin == nil {
 		errs = append(errs, errors.New("server: no plugin validator (plugins/catalog.Validate) configured"))
 	}
@@ -166,6 +206,8 @@ type Server struct {
 	cli     *clientv3.Client
 	store   *store.Store
 	index   *registry.Index
+	cells   *cells.Set         // nil with one cell
+	cellCli []*clientv3.Client // the extra cells' clients
 	metrics *metrics.Metrics
 	http    *http.Server
 	ln      net.Listener
@@ -264,7 +306,10 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err != nil {
 		return s, fmt.Errorf("server: reading etcd %v: %w", endpoints, err)
 	}
-	opts := httpapi.Options{Store: s.store, Status: func(ctx context.Context) (any, error) { return s.Status(ctx) },
+	if err := s.setupCells(ctx, cc); err != nil {
+		return s, err
+	}
+	opts := httpapi.Options{Store: s.store, Cells: s.cells, Status: func(ctx context.Context) (any, error) { return s.Status(ctx) },
 		Gatherer: cfg.Registry, Logger: cfg.Logger}
 	if cfg.Insecure {
 		opts.Anonymous = &auth.Identity{Name: "anonymous", Role: auth.Admin}
@@ -382,6 +427,9 @@ func (s *Server) Close() {
 		if s.index != nil {
 			s.index.Close()
 		}
+		for _, c := range s.cellCli {
+			_ = c.Close()
+		}
 		if s.cli != nil {
 			_ = s.cli.Close()
 		}
@@ -418,4 +466,45 @@ func (s *Server) Status(ctx context.Context) (httpapi.Status, error) {
 
 func (s *Server) self() httpapi.Replica {
 	return httpapi.Replica{ID: s.cfg.ID, Address: s.Addr(), Version: version.Version, StartedAt: s.started}
+}
+
+// setupCells connects to the extra cells (cfg.Cells) with the default
+// cell's client settings and EtcdTLS, builds a store per cell and the cell
+// set, and checks that no two cells are the same etcd cluster. With no
+// extra cell it does nothing.
+func (s *Server) setupCells(ctx context.Context, base clientv3.Config) error {
+	if len(s.cfg.Cells) == 0 {
+		return nil
+	}
+	list := []cells.Cell{{Name: s.cfg.cellName(), Store: s.store}}
+	for _, c := range s.cfg.Cells {
+		cc := base
+		cc.Endpoints, cc.TLS = c.Endpoints, nil
+		if !s.cfg.EtcdTLS.Empty() {
+			var err error
+			if cc.TLS, err = s.cfg.EtcdTLS.ClientConfig(); err != nil {
+				return fmt.Errorf("server: cell %s: etcd TLS: %w", c.Name, err)
+			}
+		}
+		cli, err := clientv3.New(cc)
+		if err != nil {
+			return fmt.Errorf("server: cell %s: connecting to etcd %v: %w", c.Name, c.Endpoints, err)
+		}
+		s.cellCli = append(s.cellCli, cli)
+		st := store.New(cli, store.Options{Keyspace: s.ks, Validate: s.cfg.CheckPlugin, MaxRequestBytes: int(s.cfg.EtcdMaxRequestBytes),
+			Now: s.cfg.Now, OnWrite: s.metrics.OnWrite})
+		list = append(list, cells.Cell{Name: c.Name, Store: st})
+	}
+	set, err := cells.New(list)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*s.cfg.DialTimeout)
+	defer cancel()
+	if err := set.Check(cctx); err != nil {
+		return fmt.Errorf("server: checking cells: %w", err)
+	}
+	s.cells = set
+	s.log.Info("cells", "cells", set.Names())
+	return nil
 }

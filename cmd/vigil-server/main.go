@@ -39,6 +39,7 @@ type flags struct {
 	tlsDir        string
 	etcdEndpoints string
 	logLevel      string
+	cells         []string
 }
 
 func (f *flags) config() (server.Config, error) {
@@ -57,6 +58,13 @@ func (f *flags) config() (server.Config, error) {
 	if f.etcdEndpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(f.etcdEndpoints, ",")
 	}
+	for _, v := range f.cells {
+		c, err := parseCell(v)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Cells = append(cfg.Cells, c)
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return cfg, fmt.Errorf("log-level must be debug, info, warn or error (got %q)", f.logLevel)
@@ -64,6 +72,22 @@ func (f *flags) config() (server.Config, error) {
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	cfg.CheckPlugin = catalog.Validate
 	return cfg, nil
+}
+
+// parseCell parses a --cell value, NAME=URL[,URL...].
+func parseCell(v string) (server.CellConfig, error) {
+	name, urls, ok := strings.Cut(v, "=")
+	if !ok || !api.ValidName(name) || urls == "" {
+		return server.CellConfig{}, fmt.Errorf("cell must be NAME=URL[,URL...] with NAME letters, digits, '.', '-', '_' (got %q)", v)
+	}
+	c := server.CellConfig{Name: name}
+	for _, u := range strings.Split(urls, ",") {
+		if u == "" {
+			return server.CellConfig{}, fmt.Errorf("cell %s: empty endpoint in %q", name, v)
+		}
+		c.Endpoints = append(c.Endpoints, u)
+	}
+	return c, nil
 }
 
 func addEtcdFlags(c *cobra.Command, f *flags) {
@@ -108,6 +132,8 @@ func newRoot() *cobra.Command {
 	fs.StringVar(&f.cfg.MetricsListen, "metrics-listen", "", "also serve /metrics alone over plain HTTP on this address (no client certificate needed)")
 	fs.BoolVar(&f.cfg.Insecure, "insecure", false, "development only: plain HTTP on loopback, every caller an admin named anonymous")
 	fs.DurationVar(&f.cfg.LeaseTTL, "lease-ttl", server.DefaultLeaseTTL, "replica registration lease")
+	fs.StringVar(&f.cfg.CellName, "cell-name", server.DefaultCellName, "name of the default cell (the embedded etcd or --etcd-endpoints) when --cell is given")
+	fs.StringArrayVar(&f.cells, "cell", nil, "a further cell: NAME=URL[,URL...] of an external etcd cluster, reached with the --etcd-ca/--etcd-cert/--etcd-key TLS (repeatable)")
 	fs.DurationVar(&f.cfg.AggregateInterval, "aggregate-interval", server.DefaultAggregateInterval, "fleet aggregation and health check interval")
 	addReleaseFlags(root, f)
 	addVulnFlags(root, f)

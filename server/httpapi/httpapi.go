@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/server/auth"
+	"github.com/vigil-hids/vigil/server/cells"
 	"github.com/vigil-hids/vigil/server/desired"
 	"github.com/vigil-hids/vigil/server/jsondiff"
 	"github.com/vigil-hids/vigil/server/store"
@@ -28,6 +29,11 @@ import (
 // Options configures the handler.
 type Options struct {
 	Store *store.Store
+	// Cells, if set, holds Store as its first (default) cell and further
+	// cells (cells.go): the fleet stop, progress, agent list and count and
+	// fleet/group config writes then go to every cell; a host's config
+	// goes to its cell. Everything else stays on Store.
+	Cells *cells.Set
 	// Status returns the server's status (cluster, replicas, election).
 	Status func(ctx context.Context) (any, error)
 	// Gatherer serves /metrics; nil disables it.
@@ -193,6 +199,15 @@ func (h *handler) agents(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, err)
 		return
 	}
+	if h.multi() {
+		as, err := h.opts.Cells.Agents(r.Context(), sel, int(limit))
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"agents": as})
+		return
+	}
 	as, err := h.opts.Store.Agents(r.Context(), sel, int(limit))
 	if err != nil {
 		h.fail(w, r, err)
@@ -214,6 +229,15 @@ func (h *handler) count(w http.ResponseWriter, r *http.Request) {
 	by := r.URL.Query().Get("by")
 	if by != "" && !api.ValidName(by) {
 		h.fail(w, r, badRequest("by %q is not a label name", by))
+		return
+	}
+	if h.multi() {
+		c, err := h.opts.Cells.Count(r.Context(), sel, by)
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, c)
 		return
 	}
 	c, err := h.opts.Store.Count(r.Context(), sel, by)
@@ -294,6 +318,10 @@ func (h *handler) configSet(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		wr.IfRevision = &rev
+	}
+	if h.multi() {
+		h.configSetCells(w, r, wr, id)
+		return
 	}
 	res, err := h.opts.Store.Set(r.Context(), wr)
 	if err != nil {
@@ -401,6 +429,18 @@ func (h *handler) stop(stop bool) http.HandlerFunc {
 			h.fail(w, r, err)
 			return
 		}
+		if h.multi() {
+			rs, err := h.stopCells(r.Context(), sc, stop, id, r.URL.Query().Get("comment"))
+			if err != nil {
+				h.fail(w, r, cellsError(err))
+				return
+			}
+			out := h.cellsResult(rs)
+			h.opts.Logger.Info("stop flag written", "component", "httpapi", "scope", sc.String(), "stop", stop,
+				"cells", len(rs), "author", id.Name)
+			writeJSON(w, http.StatusOK, out)
+			return
+		}
 		res, err := h.opts.Store.SetStop(r.Context(), sc, stop, id.Name, r.URL.Query().Get("comment"))
 		if err != nil {
 			h.fail(w, r, err)
@@ -420,6 +460,10 @@ func (h *handler) progress(w http.ResponseWriter, r *http.Request) {
 	var rev int64
 	if err == nil {
 		rev, err = intParam(r, "revision", 0)
+	}
+	if err == nil && h.multi() {
+		h.progressCells(w, r, sc, rev)
+		return
 	}
 	if err == nil && rev == 0 {
 		err = badRequest("revision is required (from the stop or resume response)")

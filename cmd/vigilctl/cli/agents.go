@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/store"
 )
 
 func (g *globals) agentsCmd() *cobra.Command {
@@ -28,23 +29,40 @@ func (g *globals) agentsCmd() *cobra.Command {
 				return err
 			}
 			defer cl.Close()
-			as, err := cl.Agents(g.ctx(c), labels, limit)
+			cas, err := cl.AgentsCells(g.ctx(c), labels, limit)
 			if err != nil {
 				return err
 			}
 			if broken {
-				kept := as[:0]
-				for _, a := range as {
+				kept := cas[:0]
+				for _, a := range cas {
 					if brokenPlugins(a.Plugins) != "" {
 						kept = append(kept, a)
 					}
 				}
-				as = kept
+				cas = kept
 			}
-			return g.emit(as, func(w io.Writer) {
+			// The CELL column (and "cell" in JSON) only when the server
+			// manages several cells.
+			withCell := false
+			as := make([]store.Agent, len(cas))
+			for i, a := range cas {
+				as[i], withCell = a.Agent, withCell || a.Cell != ""
+			}
+			var js any = as
+			if withCell {
+				js = cas
+			}
+			return g.emit(js, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+				if withCell {
+					fmt.Fprint(tw, "CELL\t")
+				}
 				fmt.Fprintln(tw, "NAME\tVERSION\tLABELS\tAPPLIED\tSTOPPED\tUPDATED\tNOTE")
-				for _, a := range as {
+				for i, a := range as {
+					if withCell {
+						fmt.Fprintf(tw, "%s\t", cas[i].Cell)
+					}
 					note := a.Applied.Error
 					if b := brokenPlugins(a.Plugins); b != "" {
 						note = strings.TrimPrefix(note+"; "+b, "; ")

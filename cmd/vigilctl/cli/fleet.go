@@ -8,6 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/cells"
+	"github.com/vigil-hids/vigil/server/httpapi"
 	"github.com/vigil-hids/vigil/server/store"
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +23,10 @@ type WaitResult struct {
 	Progress *store.Progress `json:"progress,omitempty"`
 	Elapsed  string          `json:"elapsed,omitempty"`
 	Complete bool            `json:"complete"`
+	// Cells and CellProgress are each cell's write and acknowledgement
+	// when the server manages several cells.
+	Cells        []cells.CellResult        `json:"cells,omitempty"`
+	CellProgress map[string]store.Progress `json:"cell_progress,omitempty"`
 }
 
 func (g *globals) fleetCmd() *cobra.Command {
@@ -50,27 +56,33 @@ func (g *globals) stopCmd(stop bool) *cobra.Command {
 			}
 			defer cl.Close()
 			ctx := g.ctx(c)
-			res, err := cl.Stop(ctx, sc, stop, comment)
+			res, err := cl.StopCells(ctx, sc, stop, comment)
 			if err != nil {
 				return err
 			}
-			out := WaitResult{Scope: res.Scope, Stop: stop, Seq: res.Seq, Revision: res.Revision, Complete: !wait}
+			out := WaitResult{Scope: res.Scope, Stop: stop, Seq: res.Seq, Revision: res.Revision, Complete: !wait, Cells: res.Cells}
 			if !wait {
 				return g.emit(out, func(w io.Writer) {
-					fmt.Fprintf(w, "%s: %s written as seq %d at revision %d\n", res.Scope, use, res.Seq, res.Revision)
+					if len(res.Cells) == 0 {
+						fmt.Fprintf(w, "%s: %s written as seq %d at revision %d\n", res.Scope, use, res.Seq, res.Revision)
+					}
+					for _, r := range res.Cells {
+						fmt.Fprintf(w, "%s: %s written in cell %s as seq %d at revision %d\n", res.Scope, use, r.Cell, r.Result.Seq, r.Result.Revision)
+					}
 				})
 			}
 			bar := g.progressBar()
 			start := time.Now()
 			deadline := start.Add(timeout)
-			var p store.Progress
+			var cp httpapi.CellsProgress
 			for {
-				p, err = cl.Progress(ctx, sc, res.Revision)
+				cp, err = cl.ProgressCells(ctx, sc, res)
 				if err != nil {
 					bar.done()
 					return err
 				}
-				bar.draw(p, time.Since(start))
+				bar.draw(cp.Progress, time.Since(start))
+				p := cp.Progress
 				if p.Done() || !time.Now().Before(deadline) {
 					break
 				}
@@ -82,10 +94,16 @@ func (g *globals) stopCmd(stop bool) *cobra.Command {
 				}
 			}
 			bar.done()
+			p := cp.Progress
+			out.CellProgress = cp.Cells
 			out.Progress, out.Elapsed, out.Complete = &p, time.Since(start).Round(time.Millisecond).String(), p.Done()
 			if err := g.emit(out, func(w io.Writer) {
 				fmt.Fprintf(w, "%s: %s at revision %d: %d/%d hosts acknowledged in %s\n", res.Scope, use, res.Revision,
 					p.Acknowledged, p.Targeted, out.Elapsed)
+				for _, r := range res.Cells {
+					c := cp.Cells[r.Cell]
+					fmt.Fprintf(w, "  cell %s: revision %d: %d/%d acknowledged\n", r.Cell, r.Result.Revision, c.Acknowledged, c.Targeted)
+				}
 				if p.Targeted == 0 {
 					fmt.Fprintf(w, "no registered host is targeted by %s; hosts that register later read the new state first\n", res.Scope)
 				}

@@ -163,3 +163,21 @@ func getJSON(t *testing.T, url string, out any) {
 		t.Fatal(err)
 	}
 }
+
+// TestCellsRefuseTheSameCluster starts a server whose extra cell is its
+// default cell's etcd again: every host would count twice, so Start fails
+// and names both cells.
+func TestCellsRefuseTheSameCluster(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := Start(ctx, Config{ID: "r1", Listen: "127.0.0.1:0", EtcdEndpoints: e.Endpoints(), Insecure: true,
+		Cells: []CellConfig{{Name: "again", Endpoints: e.Endpoints()}}, CheckPlugin: catalog.Validate})
+	if err == nil {
+		s.Close()
+		t.Fatal("a cell that is the default cell's cluster was accepted")
+	}
+	if !strings.Contains(err.Error(), "default and again are the same etcd cluster") {
+		t.Fatalf("error %q does not name both cells", err)
+	}
+}

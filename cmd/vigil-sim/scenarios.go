@@ -26,7 +26,11 @@ type agentEvent struct {
 	deleted bool
 	reg     api.Registration
 	at      time.Time
+	size    int // bytes of the value
 }
+
+// probeKey is a key nobody writes, read for the revision in its header.
+const probeKey = "/vigil-sim-rev-probe"
 
 // watchAgents watches registrations under prefix (a single key if exact)
 // from rev and sends decoded events until ctx ends.
@@ -58,7 +62,7 @@ func (s *Sim) watchAgentsOpt(ctx context.Context, key string, prefix bool, rev i
 		for resp := range wch {
 			now := time.Now()
 			for _, ev := range resp.Events {
-				e := agentEvent{host: strings.TrimPrefix(string(ev.Kv.Key), s.ks.Agents()), at: now}
+				e := agentEvent{host: strings.TrimPrefix(string(ev.Kv.Key), s.ks.Agents()), at: now, size: len(ev.Kv.Value)}
 				if ev.Type == clientv3.EventTypeDelete {
 					e.deleted = true
 				} else if json.Unmarshal(ev.Kv.Value, &e.reg) != nil {
@@ -78,7 +82,7 @@ func (s *Sim) watchAgentsOpt(ctx context.Context, key string, prefix bool, rev i
 func (s *Sim) currentRev(ctx context.Context) (int64, error) {
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := s.admin.Get(rctx, "/vigil-sim-rev-probe")
+	resp, err := s.admin.Get(rctx, probeKey)
 	if err != nil {
 		return 0, err
 	}
@@ -88,6 +92,11 @@ func (s *Sim) currentRev(ctx context.Context) (int64, error) {
 // waitHosts consumes events until every host in want satisfies ok or the
 // timeout passes; it returns each done host's latency from t0.
 func waitHosts(ctx context.Context, evs <-chan agentEvent, want map[string]bool, t0 time.Time, timeout time.Duration, ok func(agentEvent) bool) []time.Duration {
+	return waitHostsTL(ctx, evs, want, t0, timeout, ok, nil)
+}
+
+// waitHostsTL is waitHosts recording each done host in tl (if not nil).
+func waitHostsTL(ctx context.Context, evs <-chan agentEvent, want map[string]bool, t0 time.Time, timeout time.Duration, ok func(agentEvent) bool, tl *ackTimeline) []time.Duration {
 	lat := make([]time.Duration, 0, len(want))
 	done := map[string]bool{}
 	deadline := time.NewTimer(timeout)
@@ -101,6 +110,7 @@ func waitHosts(ctx context.Context, evs <-chan agentEvent, want map[string]bool,
 			if want[e.host] && !done[e.host] && ok(e) {
 				done[e.host] = true
 				lat = append(lat, e.at.Sub(t0))
+				tl.record(e)
 			}
 		case <-deadline.C:
 			return lat
@@ -177,22 +187,27 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	evs := s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
 	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
 	t0 := time.Now()
+	var wroteAt atomic.Int64
+	tl := s.startTimeline(wctx, t0, wroteAt.Load)
 	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim emergency "+name))
 	if err != nil {
+		tl.stop()
 		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
 	}
+	wroteAt.Store(wrote)
 	s.stopped, s.lastFleetRev = stop, wrote
 	want := s.allHosts()
-	lat := waitHosts(ctx, evs, want, t0, 60*time.Second, func(e agentEvent) bool {
+	lat := waitHostsTL(ctx, evs, want, t0, 60*time.Second, func(e agentEvent) bool {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
-	})
+	}, tl)
 	total := time.Since(t0)
+	timeline := tl.stop()
 	if len(lat) < len(want) {
 		total = 0
 	}
 	met := len(lat) == len(want) && total <= 5*time.Second
 	return result(name, len(want), len(want), lat, total, "all acknowledged within 5s", met,
-		fmt.Sprintf("one write of the fleet key (stop=%v) at revision %d; latency = write start to the registration showing that revision", stop, wrote)), nil
+		fmt.Sprintf("one write of the fleet key (stop=%v) at revision %d; latency = write start to the registration showing that revision; %s", stop, wrote, timeline)), nil
 }
 
 // leaderLoss writes the fleet key's stop flag (the opposite of its current
@@ -216,10 +231,14 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 	evs := s.watchAgentsOpt(wctx, s.ks.Agents(), true, rev+1, false)
 	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
 	t0 := time.Now()
+	var wroteAt atomic.Int64
+	tl := s.startTimeline(wctx, t0, wroteAt.Load)
 	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim leader loss"))
 	if err != nil {
+		tl.stop()
 		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
 	}
+	wroteAt.Store(wrote)
 	s.stopped, s.lastFleetRev = stop, wrote
 	s.cell.kill(leader)
 	killed := time.Since(t0)
@@ -232,10 +251,11 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 		}
 	}()
 	want := s.allHosts()
-	lat := waitHosts(ctx, evs, want, t0, 120*time.Second, func(e agentEvent) bool {
+	lat := waitHostsTL(ctx, evs, want, t0, 120*time.Second, func(e agentEvent) bool {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
-	})
+	}, tl)
 	total := time.Since(t0)
+	timeline := tl.stop()
 	if len(lat) < len(want) {
 		total = 0
 	}
@@ -249,6 +269,7 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 	if rerr != nil {
 		note += fmt.Sprintf("; restarting the killed member failed: %v", rerr)
 	}
+	note += "; " + timeline
 	return result("leader-loss", len(want), len(want), lat, total, "all acknowledged within 15s", met, note), nil
 }
 

@@ -82,6 +82,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "how often each host polls plugin status")
 	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (needs -cluster 3),partition (needs -partition N),idle")
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
+	fs.IntVar(&o.ObserverWatches, "observer-watches", 1, "watch the agent prefix as this many sub-ranges, each on a connection of its own to one member (the observer, i.e. the server's view)")
 	fs.IntVar(&o.Offline, "offline", o.Offline, "hosts killed in the offline scenario")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed choosing the pushed hosts")
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file ('-' for stdout only)")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/vigil-hids/vigil/api"
 )
@@ -50,15 +52,67 @@ func (s *Sim) watchAgentsOpt(ctx context.Context, key string, prefix bool, rev i
 	if requireLeader {
 		wctx = clientv3.WithRequireLeader(ctx)
 	}
-	wch := s.admin.Watch(wctx, key, opts...)
+	var wchs []clientv3.WatchChan
+	if prefix && s.opts.ObserverWatches > 1 {
+		wchs = s.splitWatch(ctx, wctx, key, rev)
+	} else {
+		wchs = []clientv3.WatchChan{s.admin.Watch(wctx, key, opts...)}
+	}
 	// Wait until the server has created the watch, so that no measured
 	// event is delivered late as part of a catch-up.
-	select {
-	case <-wch:
-	case <-ctx.Done():
+	for _, wch := range wchs {
+		select {
+		case <-wch:
+		case <-ctx.Done():
+		}
+	}
+	var wg sync.WaitGroup
+	for _, wch := range wchs {
+		wg.Add(1)
+		go s.forwardAgents(ctx, wch, out, wg.Done)
 	}
 	go func() {
-		defer close(out)
+		wg.Wait()
+		close(out)
+	}()
+	return out
+}
+
+// splitWatch watches the agent prefix as -observer-watches sub-ranges (by
+// host name), each on a client connection of its own to one member, so that
+// one slow stream holds back a share of the acknowledgements, not all.
+// The connections close with ctx.
+func (s *Sim) splitWatch(ctx, wctx context.Context, prefix string, rev int64) []clientv3.WatchChan {
+	k := s.opts.ObserverWatches
+	names := make([]string, 0, len(s.hosts))
+	for _, h := range s.hosts {
+		names = append(names, h.name)
+	}
+	sort.Strings(names)
+	var out []clientv3.WatchChan
+	lo := prefix
+	for i := 0; i < k; i++ {
+		hi := clientv3.GetPrefixRangeEnd(prefix)
+		if i < k-1 && len(names) > 0 {
+			hi = prefix + names[(i+1)*len(names)/k]
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.eps[i%len(s.eps)]}, DialTimeout: 10 * time.Second,
+			Logger: zap.NewNop(), MaxCallRecvMsgSize: 64 << 20})
+		if err != nil {
+			cli = s.admin
+		} else {
+			go func() { <-ctx.Done(); _ = cli.Close() }()
+		}
+		out = append(out, cli.Watch(wctx, lo, clientv3.WithRange(hi), clientv3.WithRev(rev), clientv3.WithCreatedNotify()))
+		lo = hi
+	}
+	return out
+}
+
+// forwardAgents decodes one watch's events into out until it closes.
+func (s *Sim) forwardAgents(ctx context.Context, wch clientv3.WatchChan, out chan<- agentEvent, done func()) {
+	defer done()
+	{
 		for resp := range wch {
 			now := time.Now()
 			for _, ev := range resp.Events {
@@ -75,8 +129,7 @@ func (s *Sim) watchAgentsOpt(ctx context.Context, key string, prefix bool, rev i
 				}
 			}
 		}
-	}()
-	return out
+	}
 }
 
 func (s *Sim) currentRev(ctx context.Context) (int64, error) {

@@ -58,9 +58,12 @@ type Options struct {
 	AckSpread      time.Duration
 	Scenarios      []string
 	Pushes         int
-	Offline        int
-	Seed           uint64
-	Log            *slog.Logger
+	// ObserverWatches splits the observer's watch of the agent prefix
+	// into this many sub-ranges, each on a connection of its own.
+	ObserverWatches int
+	Offline         int
+	Seed            uint64
+	Log             *slog.Logger
 }
 
 // DefaultOptions are the flags' defaults: the figures of docs/scale.md.

@@ -21,16 +21,25 @@ type ourSocket struct {
 // returns exactly what the two per-family dumps return, IPv4 and IPv6
 // sockets with their own families, for the test's own sockets.
 func TestDumpBothFamilies(t *testing.T) {
-	ports := map[uint16]bool{}
-	for _, n := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+	// Our sockets by family and port: another process may hold the same
+	// port number in the other family (its port space is separate).
+	type famPort struct {
+		family uint8
+		port   uint16
+	}
+	ports := map[famPort]bool{}
+	for _, n := range []struct {
+		network, addr string
+		family        uint8
+	}{{"tcp4", "127.0.0.1:0", afInet}, {"tcp6", "[::1]:0", afInet6}} {
 		l, err := net.Listen(n.network, n.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Close()
-		ports[uint16(portOf(l.Addr()))] = true
+		ports[famPort{n.family, uint16(portOf(l.Addr()))}] = true
 		c := dial(t, n.network, l.Addr().String())
-		ports[uint16(portOf(c.LocalAddr()))] = true
+		ports[famPort{n.family, uint16(portOf(c.LocalAddr()))}] = true
 		// Accepted here, so the server end is established before the
 		// dumps (not a request socket turning into one between them).
 		srv, err := l.Accept()
@@ -50,7 +59,9 @@ func TestDumpBothFamilies(t *testing.T) {
 			if s.Proto != protoTCP {
 				t.Fatalf("socket with protocol %d in a TCP dump", s.Proto)
 			}
-			if ports[s.LocalPort] || ports[s.RemotePort] {
+			// Ours: the listeners (no peer) and both ends of our
+			// connections; not a stray time-wait socket on a reused port.
+			if ports[famPort{s.Family, s.LocalPort}] && (s.RemotePort == 0 || ports[famPort{s.Family, s.RemotePort}]) {
 				into[ourSocket{family: s.Family, local: s.LocalPort, remote: s.RemotePort, state: s.State}]++
 			}
 		}, nil)

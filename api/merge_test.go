@@ -190,7 +190,7 @@ func FuzzMergeConfig(f *testing.F) {
 	f.Add(`{}`, `{"a":{"b":{"c":1}}}`)
 	f.Fuzz(func(t *testing.T, base, over string) {
 		if !json.Valid([]byte(base)) || !json.Valid([]byte(over)) || len(over) == 0 {
-			t.Skip("the fuzzer's inputs are not two JSON documents")
+			return // Merge is only given JSON documents; nothing to check
 		}
 		got := mergeJSON(json.RawMessage(base), json.RawMessage(over))
 		if !json.Valid(got) {

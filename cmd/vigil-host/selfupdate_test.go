@@ -213,7 +213,7 @@ func binaryVersion(t *testing.T, bin string) string {
 
 func TestSelfUpdateFromFleet(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds four binaries")
+		t.Skip("-short: this test builds four vigil-host binaries and runs them for 1-2 minutes; make test runs it")
 	}
 	work := t.TempDir()
 	builds := filepath.Join(work, "builds")

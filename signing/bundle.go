@@ -3,13 +3,14 @@ package signing
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
 	"aead.dev/minisign"
+
+	"github.com/vigil-hids/vigil/internal/atomicfile"
 )
 
 // A bundle is a directory:
@@ -78,7 +79,11 @@ func WriteManifest(dir string, s SignedManifest) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, BundleManifest), b, 0o644)
+	path := filepath.Join(dir, BundleManifest)
+	if err := atomicfile.Write(path, b, 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
 }
 
 // SignBundle adds sec's signature to the bundle's manifest (keeping those
@@ -108,8 +113,9 @@ func SignBundle(dir string, sec minisign.PrivateKey) (SignedManifest, error) {
 	if err := s.Sign(sec); err != nil {
 		return s, err
 	}
-	if err := writeFileAtomic(BinarySignaturePath(dir, KeyID(sec.ID())), append(binSig, '\n'), 0o644); err != nil {
-		return s, err
+	sigPath := BinarySignaturePath(dir, KeyID(sec.ID()))
+	if err := atomicfile.Write(sigPath, append(binSig, '\n'), 0o644); err != nil {
+		return s, fmt.Errorf("writing %s: %w", sigPath, err)
 	}
 	return s, WriteManifest(dir, s)
 }
@@ -126,22 +132,4 @@ func VerifyBundle(dir string, trust Trust, want Expect) (Verified, error) {
 	}
 	defer f.Close()
 	return Verify(s, f, trust, want)
-}
-
-// writeFileAtomic writes path through a synced temporary file and a rename.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	_, err = tmp.Write(data)
-	err = errors.Join(err, tmp.Chmod(mode), tmp.Sync(), tmp.Close())
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/internal/atomicfile"
 )
 
 // Files under Config.StateDir.
@@ -37,39 +38,6 @@ type doneTasks struct {
 	Done []string `json:"done"`
 }
 
-// writeAtomic replaces path with data: a temporary file in the same
-// directory, fsync, rename, fsync of the directory. A crash leaves either
-// the old or the new file, never a torn one.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // fails harmlessly after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // loadIdentity returns the agent identity kept in dir, creating it the
 // first time. Without a state directory the identity lives as long as the
 // process.
@@ -88,7 +56,7 @@ func loadIdentity(dir string) (string, error) {
 		return "", fmt.Errorf("reading agent identity: %w", err)
 	}
 	id := randomID()
-	if err := writeAtomic(path, []byte(id+"\n")); err != nil {
+	if err := atomicfile.Write(path, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("writing agent identity: %w", err)
 	}
 	return id, nil
@@ -132,7 +100,7 @@ func saveDesired(dir string, p persisted) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(filepath.Join(dir, desiredFile), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, desiredFile), b, 0o600); err != nil {
 		return fmt.Errorf("persisting desired state: %w", err)
 	}
 	return nil
@@ -164,7 +132,7 @@ func saveDone(dir string, done []string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(filepath.Join(dir, tasksFile), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, tasksFile), b, 0o600); err != nil {
 		return fmt.Errorf("persisting done tasks: %w", err)
 	}
 	return nil

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/internal/atomicfile"
 )
 
 // maxStateSize bounds the state file; it holds one marker, one result and
@@ -98,31 +98,15 @@ func writeState(path string, s State) error {
 	if err != nil {
 		return fmt.Errorf("selfupdate: encoding state: %w", err)
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+	if err := atomicfile.Write(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("selfupdate: writing state: %w", err)
 	}
-	_, err = tmp.Write(append(b, '\n'))
-	err = errors.Join(err, tmp.Chmod(0o600), tmp.Sync(), tmp.Close())
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("selfupdate: writing state: %w", err)
-	}
-	return syncDir(dir)
+	return nil
 }
 
 // syncDir makes the directory entries (renames, links) in dir durable.
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("selfupdate: syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fmt.Errorf("selfupdate: syncing %s: %w", dir, err)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 
 	"github.com/coreos/go-semver/semver"
 
+	"github.com/vigil-hids/vigil/internal/atomicfile"
 	"github.com/vigil-hids/vigil/signing"
 )
 
@@ -48,7 +49,7 @@ func Place(tmp, dir string, m signing.Manifest) (Binary, error) {
 		return Binary{}, fmt.Errorf("installing %s %s: %w", m.Plugin, m.Version, err)
 	}
 	for _, d := range []string{vdir, filepath.Dir(vdir)} {
-		if err := syncDir(d); err != nil {
+		if err := atomicfile.SyncDir(d); err != nil {
 			return Binary{}, fmt.Errorf("installing %s %s: fsync %s: %w", m.Plugin, m.Version, d, err)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/coreos/go-semver/semver"
+
+	"github.com/vigil-hids/vigil/internal/atomicfile"
 )
 
 // stateFile is the installed-releases record under the host's state dir.
@@ -103,44 +105,5 @@ func saveState(dir string, s state) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(dir, stateFile), append(b, '\n'), 0o600)
-}
-
-// writeAtomic writes a temporary file, fsyncs it, renames it over path and
-// fsyncs the directory, so a crash leaves the old or the new file.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(filepath.Join(dir, stateFile), append(b, '\n'), 0o600)
 }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -96,22 +95,16 @@ func (g *governance) resolve(name string, fromFleet json.RawMessage) (breaker.Li
 	var o breaker.Overrides
 	if m := g.cfg.Plugins[name]; len(m) > 0 {
 		b, _ := json.Marshal(m)
-		if err := strictJSON(b, &o); err != nil {
+		if err := o.Overlay(b); err != nil {
 			return breaker.Limits{}, fmt.Errorf("governance.plugins.%s: %w", name, err)
 		}
 	}
 	if len(fromFleet) > 0 {
-		if err := strictJSON(fromFleet, &o); err != nil {
+		if err := o.Overlay(fromFleet); err != nil {
 			return breaker.Limits{}, fmt.Errorf("plugins.%s.limits: %w", name, err)
 		}
 	}
 	return o.Resolve(g.gov.Config().Profile, "limits."+name)
-}
-
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
 }
 
 // apply resolves and sets a plugin's limits. Refused overrides keep the

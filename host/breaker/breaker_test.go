@@ -1,9 +1,6 @@
 package breaker
 
 import (
-	"encoding/json"
-	"errors"
-	"strings"
 	"testing"
 	"time"
 )
@@ -195,82 +192,6 @@ func TestOpenIgnoresSamples(t *testing.T) {
 	}
 	if len(b.History()) != 1 {
 		t.Fatalf("history has %d trips, want 1", len(b.History()))
-	}
-}
-
-func TestProfileTable(t *testing.T) {
-	tests := []struct {
-		name    string
-		cpu     float64
-		mem     uint64
-		quota   float64
-		samples int
-	}{
-		{name: ProfileNormal, cpu: 10, mem: 200 << 20, quota: 20, samples: 4},
-		{name: ProfileStrict, cpu: 5, mem: 100 << 20, quota: 10, samples: 4},
-		{name: "", cpu: 10, mem: 200 << 20, quota: 20, samples: 4},
-	}
-	for _, tt := range tests {
-		t.Run("profile="+tt.name, func(t *testing.T) {
-			l, err := Profile(tt.name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if l.CPUPercent != tt.cpu || l.MemoryBytes != tt.mem || l.QuotaCPUPercent != tt.quota || l.Samples != tt.samples {
-				t.Errorf("limits = %+v", l)
-			}
-			if l.MaxCooldown != 600*time.Second {
-				t.Errorf("max cooldown = %s, want osquery's 600s", l.MaxCooldown)
-			}
-			if err := l.Validate("limits"); err != nil {
-				t.Errorf("table entry does not validate: %v", err)
-			}
-		})
-	}
-	if _, err := Profile("lax"); !errors.Is(err, ErrUnknownProfile) {
-		t.Errorf("Profile(lax) err = %v", err)
-	}
-}
-
-func TestOverridesResolve(t *testing.T) {
-	tests := []struct {
-		name    string
-		json    string
-		check   func(Limits) bool
-		wantErr string
-	}{
-		{name: "empty keeps the profile", json: `{}`, check: func(l Limits) bool { return l == profiles[ProfileNormal] }},
-		{name: "strict profile", json: `{"profile":"strict"}`, check: func(l Limits) bool { return l == profiles[ProfileStrict] }},
-		{name: "tighter cpu moves the quota", json: `{"cpu_percent":2}`,
-			check: func(l Limits) bool { return l.CPUPercent == 2 && l.QuotaCPUPercent == 4 && l.MemoryBytes == 200<<20 }},
-		{name: "durations as strings", json: `{"cooldown":"1m","max_cooldown":"30m"}`,
-			check: func(l Limits) bool { return l.Cooldown == time.Minute && l.MaxCooldown == 30*time.Minute }},
-		{name: "out of range", json: `{"cpu_percent":0,"samples":0}`,
-			wantErr: "limits.procmon.cpu_percent must be between 0.1 and 400 (got 0)\nlimits.procmon.samples must be between 1 and 100 (got 0)"},
-		{name: "quota below threshold", json: `{"cpu_percent":10,"quota_cpu_percent":5}`,
-			wantErr: "limits.procmon.quota_cpu_percent must be 0 (none) or between cpu_percent (10) and 400 (got 5)"},
-		{name: "unknown profile", json: `{"profile":"lax"}`, wantErr: "limits.procmon.profile: breaker: unknown profile"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var o Overrides
-			if err := json.Unmarshal([]byte(tt.json), &o); err != nil {
-				t.Fatal(err)
-			}
-			l, err := o.Resolve(ProfileNormal, "limits.procmon")
-			if tt.wantErr != "" {
-				if err == nil || !strings.HasPrefix(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !tt.check(l) {
-				t.Errorf("limits = %+v", l)
-			}
-		})
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/coreos/go-semver/semver"
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/internal/limits"
 )
 
 // PluginValidator checks one plugin's config with the plugin's own rules;
@@ -23,7 +24,7 @@ var LogLevels = []string{"emergency", "alert", "critical", "error", "warning", "
 const MaxSpread = 24 * time.Hour
 
 // Check validates a parsed document: log levels, plugin names, each plugin's
-// config through validate, and one-shot tasks. Every problem is reported,
+// config through validate and its limit overrides, and one-shot tasks. Every problem is reported,
 // joined, each wrapped in ErrInvalid.
 func Check(st api.DesiredState, validate PluginValidator) error {
 	var errs []error
@@ -49,6 +50,9 @@ func Check(st api.DesiredState, validate PluginValidator) error {
 		}
 		for _, err := range CheckVersion("plugins."+name, p.Version, p.Rollout) {
 			bad("%s", err)
+		}
+		if err := checkLimits(name, p.Limits); err != nil {
+			bad("%w", err)
 		}
 		if versionOnly(p) {
 			// A rollout of a signed release: nothing for the catalog to
@@ -126,6 +130,24 @@ func CheckSize(docBytes, historyBytes, limit int) error {
 			ErrTooLarge, n, limit, (limit-requestOverhead)/2, docBytes)
 	}
 	return nil
+}
+
+// checkLimits checks a plugin's limit overrides with the rules the host's
+// breaker applies (internal/limits): known keys of the right type, and the
+// profile they name (or the default one) with them applied in range. A host
+// configured with the other profile checks them again against its own, and
+// refuses them by name if they do not fit it.
+func checkLimits(plugin string, raw json.RawMessage) error {
+	if len(raw) == 0 {
+		return nil
+	}
+	at := "plugins." + plugin + ".limits"
+	var o limits.Overrides
+	if err := o.Overlay(raw); err != nil {
+		return fmt.Errorf("%s: %w", at, err)
+	}
+	_, err := o.Resolve(limits.DefaultProfile, at)
+	return err
 }
 
 // versionOnly reports whether a plugin entry sets a version (and rollout)

@@ -110,6 +110,12 @@ func TestCheck(t *testing.T) {
 			want: []string{"procmon.queue_size must be between 1024 and 1048576 (got 12)"}},
 		{name: "enum", st: api.DesiredState{Plugins: map[string]api.PluginState{"procmon": {Config: json.RawMessage(`{"mode":"slow"}`)}}},
 			want: []string{"procmon.mode"}},
+		{name: "limits out of range", st: api.DesiredState{Plugins: map[string]api.PluginState{"procmon": {Limits: json.RawMessage(`{"cpu_percent":0,"pids":3}`)}}},
+			want: []string{"plugins.procmon.limits.cpu_percent must be between 0.1 and 400 (got 0)", "plugins.procmon.limits.pids must be 0 (none) or at least 8 (got 3)"}},
+		{name: "limits unknown key", st: api.DesiredState{Plugins: map[string]api.PluginState{"procmon": {Limits: json.RawMessage(`{"cpu":3}`)}}},
+			want: []string{`plugins.procmon.limits: json: unknown field "cpu"`}},
+		{name: "limits unknown profile", st: api.DesiredState{Plugins: map[string]api.PluginState{"procmon": {Limits: json.RawMessage(`{"profile":"lax"}`)}}},
+			want: []string{`plugins.procmon.limits.profile: unknown profile "lax" (want normal or strict)`}},
 		{name: "log levels", st: api.DesiredState{LogLevel: "loud", Plugins: map[string]api.PluginState{"procmon": {LogLevel: "verbose"}}},
 			want: []string{`log_level must be one of`, `(got "loud")`, `plugins.procmon.log_level must be one of`}},
 		{name: "tasks", st: api.DesiredState{Tasks: []api.Task{{ID: "a", Plugin: "procmon", Name: "x"}, {ID: "a", Plugin: "nosuch", Name: "", Spread: api.Duration(-1)}}},
@@ -127,6 +133,15 @@ func TestCheck(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestCheckAcceptsGoodLimits(t *testing.T) {
+	for _, raw := range []string{`{"profile":"strict","cpu_percent":3,"cooldown":"1m"}`, `{}`, `{"memory_bytes":67108864}`} {
+		st := api.DesiredState{Plugins: map[string]api.PluginState{"procmon": {Limits: json.RawMessage(raw)}}}
+		if err := Check(st, testValidator); err != nil {
+			t.Errorf("Check(limits %s) = %v", raw, err)
+		}
 	}
 }
 

@@ -15,13 +15,17 @@ import (
 // Berkeley DB ("Packages", RHEL/CentOS 5–8, SUSE before 15), NDB
 // ("Packages.db", SUSE 15+) and SQLite ("rpmdb.sqlite", RHEL 9+, Fedora
 // 33+). The format is told by the file's magic, not its name. The
-// gpg-pubkey pseudo-packages are left out. A corrupt database is an error:
-// go-rpmdb stops at the first bad record, and a panic while decoding a
-// header is turned into an error here. Pages are read in a goroutine of
-// go-rpmdb's own, which this recover does not cover and which can loop
-// forever on some corrupt Berkeley DB files; the plugin bounds a
-// collection's time for that reason.
+// gpg-pubkey pseudo-packages are left out. A corrupt database is an error
+// naming the file: CheckRPM first refuses a Berkeley DB or NDB file whose
+// pages, chains or lengths go-rpmdb would follow out of bounds or in a
+// loop (go-rpmdb reads pages in a goroutine of its own, which no recover
+// here covers and which could spin forever); go-rpmdb then stops at the
+// first bad record, and a panic while decoding a header is turned into an
+// error here.
 func ReadRPM(path string) (pkgs []inventory.Package, err error) {
+	if err := CheckRPM(path); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			pkgs, err = nil, fmt.Errorf("reading rpm database %s: decoder panicked: %v", path, r)

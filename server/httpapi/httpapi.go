@@ -114,6 +114,15 @@ func (h *handler) allow(r *http.Request, action auth.Action, scope api.Scope) (a
 	return id, id.Allow(action, scope, h.opts.Store.Keyspace().ScopeKey(scope))
 }
 
+// reply answers 200 with v as JSON, or the error as fail does.
+func (h *handler) reply(w http.ResponseWriter, r *http.Request, v any, err error) {
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
 func (h *handler) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code, status := "internal", http.StatusInternalServerError
 	switch {
@@ -233,19 +242,11 @@ func (h *handler) count(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.multi() {
 		c, err := h.opts.Cells.Count(r.Context(), sel, by)
-		if err != nil {
-			h.fail(w, r, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, c)
+		h.reply(w, r, c, err)
 		return
 	}
 	c, err := h.opts.Store.Count(r.Context(), sel, by)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, c)
+	h.reply(w, r, c, err)
 }
 
 func (h *handler) configGet(w http.ResponseWriter, r *http.Request) {
@@ -258,11 +259,7 @@ func (h *handler) configGet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cur, err := h.opts.Store.Get(r.Context(), sc)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, cur)
+	h.reply(w, r, cur, err)
 }
 
 // effective shows the desired state a host derives from its layers.
@@ -280,11 +277,7 @@ func (h *handler) effective(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	eff, err := h.opts.Store.Effective(r.Context(), host)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, eff)
+	h.reply(w, r, eff, err)
 }
 
 // configSet reads a JSON or YAML document from the body. The optional
@@ -411,11 +404,7 @@ func (h *handler) rollback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := h.opts.Store.Rollback(r.Context(), sc, to, id.Name, r.URL.Query().Get("comment"))
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	h.reply(w, r, res, err)
 }
 
 func (h *handler) stop(stop bool) http.HandlerFunc {
@@ -473,11 +462,7 @@ func (h *handler) progress(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := h.opts.Store.Progress(r.Context(), sc, rev)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, p)
+	h.reply(w, r, p, err)
 }
 
 func (h *handler) status(w http.ResponseWriter, r *http.Request) {
@@ -490,11 +475,7 @@ func (h *handler) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, err := h.opts.Status(r.Context())
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
+	h.reply(w, r, st, err)
 }
 
 // Replica is one server replica's registration value.

@@ -21,17 +21,27 @@ type Config struct {
 	// QueueSize bounds the events waiting for the enrichment workers
 	// (shared out among the workers).
 	QueueSize int `json:"queue_size" vigil:"min=1024,max=1048576" desc:"events queued between the socket reader and the workers"`
-	// ReadCoalesce is the pause after a socket read that found at least
+	// ExecPrefetch runs the exec path (see prefetch.go): a second socket
+	// that only exec events wake, whose goroutine reads the command line
+	// and what else dies with the process the moment the exec arrives.
+	// With it the main socket is read every ReadCoalesce (and right after
+	// each exec) instead of on every datagram.
+	ExecPrefetch bool `json:"exec_prefetch" desc:"read each exec's command line from a second, exec-only socket the moment it arrives"`
+	// ReadCoalesce, with ExecPrefetch, is the main socket's read interval:
+	// the longest its events wait before being read when no exec comes;
+	// 0 waits in the poller for every datagram. Without ExecPrefetch it is
+	// the pause after a socket read that found at least
 	// ReadCoalesceAfter messages waiting. Under load each read then drains
 	// a batch of events instead of one, which divides the reader's and the
 	// workers' wake-ups; the receive buffer holds the events meanwhile. A
 	// quiet socket is read without pausing. 0 never pauses.
-	ReadCoalesce sdk.Duration `json:"read_coalesce" vigil:"min=0s,max=100ms" desc:"pause after each socket read, to batch events"`
+	ReadCoalesce sdk.Duration `json:"read_coalesce" vigil:"min=0s,max=100ms" desc:"main socket read interval (with exec_prefetch), or pause after each busy socket read"`
 	// ReadCoalesceAfter is the number of messages a read must find for the
 	// reader to pause after it. The default (12, four processes' fork, exec
 	// and exit) pauses only under storms; lower values pause at lower
 	// rates too, which saves CPU but reads /proc later, so fewer
-	// short-lived processes are still there to be read.
+	// short-lived processes are still there to be read. Only without
+	// ExecPrefetch.
 	ReadCoalesceAfter int `json:"read_coalesce_after" vigil:"min=1,max=4096" desc:"messages a socket read must find to pause after it"`
 	// Workers is the number of enrichment workers.
 	Workers int `json:"workers" vigil:"min=1,max=64" desc:"enrichment workers reading /proc"`
@@ -85,7 +95,8 @@ func DefaultConfig() *Config {
 	return &Config{
 		ReceiveBuffer:     8 << 20,
 		QueueSize:         16384,
-		ReadCoalesce:      sdk.Duration(2e6),
+		ExecPrefetch:      true,
+		ReadCoalesce:      sdk.Duration(10e6),
 		ReadCoalesceAfter: 12,
 		Workers:           2,
 		CmdlineMax:        4096,

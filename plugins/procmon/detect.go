@@ -88,6 +88,7 @@ func newDetector(d *Detections) *detector {
 // execFacts is what the rules look at; byte slices point into the
 // worker's buffers.
 type execFacts struct {
+	haveExe        bool
 	exe, cmdline   []byte
 	parentExe      []byte
 	grandparentExe []byte

@@ -37,6 +37,9 @@ const (
 	// CounterExecGone counts exec events whose process was gone before
 	// /proc could be read (emitted with what the kernel event says).
 	CounterExecGone = "exec_proc_gone"
+	// CounterExecPrefetched counts exec events that carry what the exec
+	// path read the moment the exec arrived (see prefetch.go).
+	CounterExecPrefetched = "exec_prefetched"
 	// CounterExecEmitted counts exec events handed to the emitter.
 	CounterExecEmitted = "exec_emitted"
 	// CounterAlerts counts alerts emitted.
@@ -64,25 +67,33 @@ type Deps struct {
 	Seq *cnproc.SeqTracker
 	// ProcRoot is where proc is mounted; "" means /proc.
 	ProcRoot string
-	// Dial opens the socket; nil means cnproc.Dial. Tests replace it to
-	// inject socket errors.
-	Dial func(rcvBuf, bufSize int) (EventSource, error)
+	// Dial opens a socket (the main one, or with o.ExecOnly the exec
+	// path's); nil means cnproc.DialOptions. Tests replace it to inject
+	// socket errors.
+	Dial func(o cnproc.Options) (EventSource, error)
 	// Seed seeds the reconnect jitter (the host name); may be "".
 	Seed string
 }
 
 // EventSource is a subscribed cn_proc socket (a *cnproc.Conn).
 type EventSource interface {
+	// Read returns the datagrams waiting, waiting for one unless the
+	// socket was detached from the poller (then it may return none).
 	Read() ([]byte, error)
+	// More says whether the last Read may have left datagrams waiting.
+	More() bool
 	Close() error
 }
 
-func dialKernel(rcvBuf, bufSize int) (EventSource, error) { return cnproc.Dial(rcvBuf, bufSize) }
+// detacher is a source that can be taken out of the runtime's poller.
+type detacher interface{ Detach() error }
+
+func dialKernel(o cnproc.Options) (EventSource, error) { return cnproc.DialOptions(o) }
 
 // counters are the monitor's counters, fetched once.
 type counters struct {
 	received, execReceived, overruns, kernelLost, queueDropped, queueDroppedExec,
-	execGone, execEmitted, alerts, decodeErrors, reconnects *sdk.Counter
+	execGone, execPrefetched, execEmitted, alerts, decodeErrors, reconnects *sdk.Counter
 }
 
 func newCounters(em sdk.Emitter) counters {
@@ -91,7 +102,8 @@ func newCounters(em sdk.Emitter) counters {
 		overruns: em.Counter(CounterOverruns), kernelLost: em.Counter(CounterKernelLost),
 		queueDropped: em.Counter(CounterQueueDropped), queueDroppedExec: em.Counter(CounterQueueDroppedExec),
 		execGone: em.Counter(CounterExecGone), execEmitted: em.Counter(CounterExecEmitted),
-		alerts: em.Counter(CounterAlerts), decodeErrors: em.Counter(CounterDecodeErrors),
+		execPrefetched: em.Counter(CounterExecPrefetched),
+		alerts:         em.Counter(CounterAlerts), decodeErrors: em.Counter(CounterDecodeErrors),
 		reconnects: em.Counter(CounterReconnects),
 	}
 }
@@ -112,6 +124,13 @@ type Monitor struct {
 	clock clocks
 
 	queues []*evQueue
+	// pre and nudge exist with the exec path (exec_prefetch): the table
+	// it fills, and its signal to the main reader that an exec came.
+	pre   *prefetchTable
+	nudge chan struct{}
+	// timed: the main socket is out of the poller and read on a timer
+	// and after each exec-path wake-up.
+	timed bool
 
 	cancel context.CancelFunc
 	guard  *sdk.Guard
@@ -120,6 +139,7 @@ type Monitor struct {
 
 	mu     sync.Mutex
 	src    EventSource
+	xsrc   EventSource // the exec path's socket
 	closed bool
 	once   sync.Once
 }
@@ -167,7 +187,8 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 	for i := range m.queues {
 		m.queues[i] = newEvQueue(per)
 	}
-	src, err := deps.Dial(cfg.ReceiveBuffer, readBufSize)
+	m.timed = cfg.ExecPrefetch && cfg.ReadCoalesce > 0
+	src, err := m.dial(false)
 	if err != nil {
 		return nil, fmt.Errorf("procmon: opening the process events socket: %w", err)
 	}
@@ -175,7 +196,15 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 	if c, ok := src.(*cnproc.Conn); ok {
 		n, forced := c.RcvBuf()
 		m.log.Info("subscribed to kernel process events", "receive_buffer", n, "forced", forced,
-			"workers", cfg.Workers, "queue_size", cfg.QueueSize)
+			"workers", cfg.Workers, "queue_size", cfg.QueueSize, "exec_prefetch", cfg.ExecPrefetch)
+	}
+	if cfg.ExecPrefetch {
+		m.pre = &prefetchTable{}
+		m.nudge = make(chan struct{}, 1)
+		if m.xsrc, err = m.dial(true); err != nil {
+			_ = src.Close()
+			return nil, fmt.Errorf("procmon: opening the exec socket: %w", err)
+		}
 	}
 	gctx, cancel := context.WithCancel(ctx)
 	m.cancel = cancel
@@ -184,14 +213,46 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 		q := m.queues[i]
 		m.guard.Go(fmt.Sprintf("worker-%d", i), func(ctx context.Context) error { return m.work(ctx, q) })
 	}
-	m.guard.Go("reader", m.read)
+	if m.timed {
+		m.guard.Go("reader", m.readTimed)
+	} else {
+		m.guard.Go("reader", m.read)
+	}
+	if m.xsrc != nil {
+		m.guard.Go("exec-path", m.execPath)
+	}
 	close(m.ready)
 	return m, nil
 }
 
-// readBufSize holds the largest datagram the connector sends (one page of
-// messages) with room to spare.
-const readBufSize = 64 << 10
+// Socket sizes. A read of the main socket gathers up to 128 datagrams
+// (readBufSize / mmsgSlotSize × 2 rounds); the exec socket keeps the
+// system's default buffer: it is lossy by design, and an exec it holds for
+// long is not worth reading any more.
+const (
+	readBufSize     = 64 << 10
+	execReadBufSize = 32 << 10
+)
+
+// dial opens the main socket, or the exec path's, detaching the main one
+// from the poller when it is read on a timer.
+func (m *Monitor) dial(execOnly bool) (EventSource, error) {
+	o := cnproc.Options{RcvBuf: m.cfg.ReceiveBuffer, BufSize: readBufSize}
+	if execOnly {
+		o = cnproc.Options{BufSize: execReadBufSize, ExecOnly: true}
+	}
+	src, err := m.deps.Dial(o)
+	if err != nil || execOnly || !m.timed {
+		return src, err
+	}
+	if d, ok := src.(detacher); ok {
+		if err := d.Detach(); err != nil {
+			_ = src.Close()
+			return nil, err
+		}
+	}
+	return src, nil
+}
 
 // Ready is closed once the socket is subscribed.
 func (m *Monitor) Ready() <-chan struct{} { return m.ready }
@@ -211,6 +272,9 @@ func (m *Monitor) Close() error {
 		m.closed = true
 		if m.src != nil {
 			_ = m.src.Close()
+		}
+		if m.xsrc != nil {
+			_ = m.xsrc.Close()
 		}
 		m.mu.Unlock()
 		m.guard.Wait()
@@ -247,7 +311,7 @@ func (m *Monitor) read(ctx context.Context) error {
 				continue
 			}
 			m.log.Warn("reading process events failed, reopening the socket", "error", err)
-			if err := m.reconnect(ctx); err != nil {
+			if err := m.reconnect(ctx, false); err != nil {
 				return nil // closed
 			}
 			continue
@@ -256,27 +320,83 @@ func (m *Monitor) read(ctx context.Context) error {
 		// a quiet socket is read at once, so a short-lived process's exec
 		// reaches a worker while /proc still has it.
 		busy = len(b) >= coalesceAbove
-		for len(b) > 0 {
-			n, err := cnproc.Decode(b, &ev)
-			b = b[n:]
+		m.handleRead(b, &ev)
+		m.signal()
+	}
+}
+
+// handleRead decodes, counts and dispatches one read's messages.
+func (m *Monitor) handleRead(b []byte, ev *cnproc.Event) {
+	for len(b) > 0 {
+		n, err := cnproc.Decode(b, ev)
+		b = b[n:]
+		if err != nil {
+			m.c.decodeErrors.Add(1)
+			continue
+		}
+		// Acknowledgements of other sockets' subscriptions take
+		// sequence numbers too, so they are observed before skipped.
+		if lost := m.deps.Seq.Observe(ev); lost > 0 {
+			m.c.kernelLost.Add(lost)
+		}
+		if ev.What == cnproc.None {
+			continue
+		}
+		m.c.received.Add(1)
+		m.dispatch(ev)
+	}
+}
+
+// signal wakes the workers that were handed events.
+func (m *Monitor) signal() {
+	for _, q := range m.queues {
+		q.signal()
+	}
+}
+
+// readTimed is the reader when the exec path runs: the main socket is out
+// of the runtime's poller (see cnproc.Conn.Detach), so its datagrams wake
+// nothing; it is drained when the exec path has handed over an exec, and
+// every read_coalesce otherwise. Like read, it never touches /proc and
+// never waits on a worker.
+func (m *Monitor) readTimed(ctx context.Context) error {
+	var ev cnproc.Event
+	interval := m.cfg.ReadCoalesce.D()
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.nudge:
+		case <-t.C:
+		}
+		m.mu.Lock()
+		src := m.src
+		m.mu.Unlock()
+		for {
+			b, err := src.Read()
 			if err != nil {
-				m.c.decodeErrors.Add(1)
-				continue
+				if ctx.Err() != nil {
+					return nil
+				}
+				if errors.Is(err, unix.ENOBUFS) {
+					m.c.overruns.Add(1)
+					continue
+				}
+				m.log.Warn("reading process events failed, reopening the socket", "error", err)
+				if err := m.reconnect(ctx, false); err != nil {
+					return nil // closed
+				}
+				break
 			}
-			// Acknowledgements of other sockets' subscriptions take
-			// sequence numbers too, so they are observed before skipped.
-			if lost := m.deps.Seq.Observe(&ev); lost > 0 {
-				m.c.kernelLost.Add(lost)
+			m.handleRead(b, &ev)
+			if !src.More() {
+				break
 			}
-			if ev.What == cnproc.None {
-				continue
-			}
-			m.c.received.Add(1)
-			m.dispatch(&ev)
 		}
-		for _, q := range m.queues {
-			q.signal()
-		}
+		m.signal()
+		t.Reset(interval)
 	}
 }
 
@@ -330,20 +450,25 @@ func (m *Monitor) dispatch(ev *cnproc.Event) {
 	}
 }
 
-// reconnect reopens the socket with capped, jittered backoff until it
-// works or the monitor is closed.
-func (m *Monitor) reconnect(ctx context.Context) error {
+// reconnect reopens the main socket (or the exec path's) with capped,
+// jittered backoff until it works or the monitor is closed. Only the main
+// socket's reopenings are counted: the exec path counts nothing.
+func (m *Monitor) reconnect(ctx context.Context, execOnly bool) error {
+	cur, name := &m.src, "process events socket"
+	if execOnly {
+		cur, name = &m.xsrc, "exec socket"
+	}
 	m.mu.Lock()
-	if m.src != nil {
-		_ = m.src.Close()
+	if *cur != nil {
+		_ = (*cur).Close()
 	}
 	m.mu.Unlock()
-	b := sdk.NewBackoff(m.deps.Seed+"/procmon/socket", m.cfg.ReconnectMin.D(), m.cfg.ReconnectMax.D())
+	b := sdk.NewBackoff(m.deps.Seed+"/procmon/"+name, m.cfg.ReconnectMin.D(), m.cfg.ReconnectMax.D())
 	b.Clock = m.deps.Clock
 	return sdk.Retry(ctx, b, func(ctx context.Context) error {
-		src, err := m.deps.Dial(m.cfg.ReceiveBuffer, readBufSize)
+		src, err := m.dial(execOnly)
 		if err != nil {
-			m.log.Warn("reopening the process events socket failed", "error", err)
+			m.log.Warn("reopening the "+name+" failed", "error", err)
 			return err
 		}
 		m.mu.Lock()
@@ -352,9 +477,11 @@ func (m *Monitor) reconnect(ctx context.Context) error {
 			_ = src.Close()
 			return sdk.Permanent(ErrClosed)
 		}
-		m.src = src
-		m.c.reconnects.Add(1)
-		m.log.Info("process events socket reopened")
+		*cur = src
+		if !execOnly {
+			m.c.reconnects.Add(1)
+		}
+		m.log.Info(name + " reopened")
 		return nil
 	})
 }

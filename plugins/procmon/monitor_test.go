@@ -25,22 +25,42 @@ type recorder struct {
 }
 
 type recorded struct {
-	typ   string
-	alert bool
-	pid   int64
+	typ    string
+	alert  bool
+	pid    int64
+	fields map[string]any
 }
 
 func (r *recorder) Emit(ev *sdk.Event) error {
-	rec := recorded{typ: ev.Type, alert: ev.Alert}
+	rec := recorded{typ: ev.Type, alert: ev.Alert, fields: map[string]any{}}
 	for _, f := range ev.Fields {
 		if f.Key == "pid" {
 			rec.pid = f.Int
+		}
+		switch f.Kind {
+		case sdk.KindString:
+			rec.fields[f.Key] = f.Str
+		case sdk.KindInt:
+			rec.fields[f.Key] = f.Int
+		case sdk.KindBool:
+			rec.fields[f.Key] = f.Int != 0
 		}
 	}
 	r.mu.Lock()
 	r.events = append(r.events, rec)
 	r.mu.Unlock()
 	return nil
+}
+
+// fieldsOf returns the fields of every event emitted, in order.
+func (r *recorder) fieldsOf() []map[string]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]map[string]any, len(r.events))
+	for i, e := range r.events {
+		out[i] = e.fields
+	}
+	return out
 }
 
 func (r *recorder) Counter(name string) *sdk.Counter {
@@ -90,6 +110,9 @@ type flakySource struct {
 
 var errInjected = errors.New("injected read failure")
 
+// Detach passes through, so the injected socket is read as a real one.
+func (f *flakySource) Detach() error { return f.EventSource.(detacher).Detach() }
+
 func (f *flakySource) Read() ([]byte, error) {
 	b, err := f.EventSource.Read()
 	if err == nil && f.fail.Load() {
@@ -104,12 +127,15 @@ func TestReconnectAfterReadError(t *testing.T) {
 	clock := sdktest.NewFakeClock(time.Unix(0, 0))
 	var dials atomic.Int32
 	var first *flakySource
-	dial := func(rcvBuf, bufSize int) (EventSource, error) {
+	dial := func(o cnproc.Options) (EventSource, error) {
+		if o.ExecOnly {
+			return cnproc.DialOptions(o)
+		}
 		n := dials.Add(1)
 		if n == 2 {
 			return nil, errors.New("injected dial failure")
 		}
-		c, err := cnproc.Dial(rcvBuf, bufSize)
+		c, err := cnproc.DialOptions(o)
 		if err != nil {
 			return nil, err
 		}

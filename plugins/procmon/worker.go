@@ -136,49 +136,61 @@ func (w *worker) eventTime(ev *cnproc.Event) time.Time {
 	return time.Unix(0, int64(ev.Timestamp)+w.m.clock.monoToWall)
 }
 
-// execGone emits an exec whose process is known to have exited already.
-func (w *worker) execGone(ev *cnproc.Event) {
-	m := w.m
-	m.c.execGone.Add(1)
-	f := append(w.fields[:0], sdk.Int("pid", int64(ev.TGID)), sdk.Bool("proc_gone", true))
-	if p, ok := m.table.get(ev.TGID); ok {
-		f = append(f, sdk.Int("ppid", int64(p.ppid)))
-	}
-	w.fields = f
-	if m.emit&cnproc.Exec != 0 {
-		w.ev = sdk.Event{Type: "exec", Time: w.eventTime(ev), Severity: sdk.SevInfo, Fields: f}
-		_ = m.deps.Emitter.Emit(&w.ev)
-		m.c.execEmitted.Add(1)
-	}
-}
+// execGone emits an exec whose process is known to have exited already:
+// only what the exec path read in time, if anything, and the ppid known
+// from the process table.
+func (w *worker) execGone(ev *cnproc.Event) { w.execEvent(ev, true) }
 
 // exec enriches an exec event from /proc, runs the detections, and emits
 // any alerts before the telemetry event.
-func (w *worker) exec(ev *cnproc.Event) {
+func (w *worker) exec(ev *cnproc.Event) { w.execEvent(ev, false) }
+
+// execEvent takes what the exec path read of ev, if it got there, and reads
+// the rest from /proc unless the process is known to be gone. The event
+// carries proc_gone (and is counted) whenever the worker found the process
+// gone, even if the exec path had read its command line.
+func (w *worker) execEvent(ev *cnproc.Event, knownGone bool) {
 	m := w.m
 	pid := ev.TGID
 	f := w.fields[:0]
 	f = append(f, sdk.Int("pid", int64(pid)))
 	w.facts = execFacts{}
-	gone := false
-	if err := w.r.Open(pid); err != nil {
-		gone = true
-	} else {
-		gone = w.readProc(pid, &f)
+	ppid := int32(-1)
+	pf := m.pre.claim(ev)
+	if pf != nil {
+		m.c.execPrefetched.Add(1)
+		f, ppid = w.addPrefetched(f, pf)
+	}
+	gone := knownGone
+	if !gone {
+		if err := w.r.Open(pid); err != nil {
+			gone = true
+		} else {
+			gone = w.readProc(pid, &f, pf, &ppid)
+		}
+		w.r.Close()
 	}
 	if gone {
 		m.c.execGone.Add(1)
 		f = append(f, sdk.Bool("proc_gone", true))
-		if p, ok := m.table.get(pid); ok {
-			// Known from its fork: at least the parent.
-			f = append(f, sdk.Int("ppid", int64(p.ppid)))
+		if ppid < 0 {
+			if p, ok := m.table.get(pid); ok {
+				// Known from its fork or an earlier exec: at least the parent.
+				ppid = p.ppid
+				f = append(f, sdk.Int("ppid", int64(ppid)))
+			}
 		}
 	}
-	w.r.Close()
+	if w.facts.haveExe {
+		if ppid > 0 {
+			f = w.lineage(f, ppid)
+		}
+		m.table.put(pid, ppid, w.facts.exe)
+	}
 	w.fields = f
 	t := w.eventTime(ev)
 
-	if !gone {
+	if w.facts.haveExe {
 		w.fired = m.det.match(w.fired[:0], &w.facts)
 		for _, i := range w.fired {
 			r := &rules[i]
@@ -195,44 +207,51 @@ func (w *worker) exec(ev *cnproc.Event) {
 		_ = m.deps.Emitter.Emit(&w.ev)
 		m.c.execEmitted.Add(1)
 	}
+	m.pre.release(pf) // the fields viewed its buffers until Emit copied them
 }
 
-// readProc reads the open process into fields and facts. It returns true
-// if the process was gone (exited or reaped) before it could be read.
-// The most perishable files come first: the executable link and the
-// command line vanish when the process exits, status and stat only when
-// it is reaped.
-func (w *worker) readProc(pid int32, fp *[]sdk.Field) (gone bool) {
+// readProc reads the open process into fields and facts, skipping what
+// the exec path already read (pf, may be nil), and sets *ppid if it finds
+// it. It returns true if the process was gone (exited or reaped) before it
+// could be read. The most perishable files come first: the executable
+// link and the command line vanish when the process exits, status and
+// stat only when it is reaped.
+func (w *worker) readProc(pid int32, fp *[]sdk.Field, pf *pfSlot, ppid *int32) (gone bool) {
 	m, r, f := w.m, w.r, *fp
 	defer func() { *fp = f }()
-	exe, err := r.Exe()
-	if err != nil {
-		return errors.Is(err, procinfo.ErrGone)
+	if pf == nil {
+		exe, err := r.Exe()
+		if err != nil {
+			return errors.Is(err, procinfo.ErrGone)
+		}
+		cmdline, err := r.Cmdline()
+		if err != nil {
+			return errors.Is(err, procinfo.ErrGone)
+		}
+		w.facts.haveExe, w.facts.exe, w.facts.cmdline = true, exe, cmdline
+		f = append(f, sdk.String("exe", str(exe)), sdk.String("cmdline", str(cmdline)))
+		if cwd, err := r.Cwd(); err == nil {
+			f = append(f, sdk.String("cwd", str(cwd)))
+		}
+		if m.det.needsFDs(exe) {
+			w.facts.stdin, _ = r.FD(0)
+			w.facts.stdout, _ = r.FD(1)
+			f = append(f, sdk.String("stdin", str(w.facts.stdin)), sdk.String("stdout", str(w.facts.stdout)))
+		}
 	}
-	cmdline, err := r.Cmdline()
-	if err != nil {
-		return errors.Is(err, procinfo.ErrGone)
-	}
-	w.facts.exe, w.facts.cmdline = exe, cmdline
-	f = append(f, sdk.String("exe", str(exe)), sdk.String("cmdline", str(cmdline)))
-	if cwd, err := r.Cwd(); err == nil {
-		f = append(f, sdk.String("cwd", str(cwd)))
-	}
-	if m.det.needsFDs(exe) {
-		w.facts.stdin, _ = r.FD(0)
-		w.facts.stdout, _ = r.FD(1)
-		f = append(f, sdk.String("stdin", str(w.facts.stdin)), sdk.String("stdout", str(w.facts.stdout)))
-	}
-	ppid := int32(-1)
-	if err := r.Status(&w.st); err == nil {
-		ppid = w.st.PPID
-		f = append(f, sdk.Int("ppid", int64(ppid)), sdk.Int("uid", int64(w.st.UID)), sdk.Int("euid", int64(w.st.EUID)),
-			sdk.Int("gid", int64(w.st.GID)), sdk.Int("egid", int64(w.st.EGID)))
+	if *ppid < 0 {
+		if err := r.Status(&w.st); err == nil {
+			*ppid = w.st.PPID
+			f = append(f, sdk.Int("ppid", int64(*ppid)), sdk.Int("uid", int64(w.st.UID)), sdk.Int("euid", int64(w.st.EUID)),
+				sdk.Int("gid", int64(w.st.GID)), sdk.Int("egid", int64(w.st.EGID)))
+		} else if pf != nil && errors.Is(err, procinfo.ErrGone) {
+			return true
+		}
 	}
 	if err := r.Stat(&w.stat); err == nil {
-		if ppid < 0 {
-			ppid = w.stat.PPID
-			f = append(f, sdk.Int("ppid", int64(ppid)))
+		if *ppid < 0 {
+			*ppid = w.stat.PPID
+			f = append(f, sdk.Int("ppid", int64(*ppid)))
 		}
 		start := m.clock.bootWall + int64(w.stat.StartTicks)*(int64(time.Second)/clkTck)
 		f = append(f, sdk.Int("start_time", start))
@@ -240,6 +259,8 @@ func (w *worker) readProc(pid int32, fp *[]sdk.Field) (gone bool) {
 			w.tty = procinfo.AppendTTY(w.tty[:0], w.stat.TTY)
 			f = append(f, sdk.String("tty", str(w.tty)))
 		}
+	} else if pf != nil && errors.Is(err, procinfo.ErrGone) {
+		return true // reaped: the exec path's fields are all there is
 	}
 	if pidNS, mntNS, err := r.Namespaces(); err == nil {
 		f = append(f, sdk.Int("pid_ns", int64(pidNS)), sdk.Int("mnt_ns", int64(mntNS)))
@@ -253,10 +274,6 @@ func (w *worker) readProc(pid int32, fp *[]sdk.Field) (gone bool) {
 			f = append(f, sdk.String("pod_uid", str(w.cont.PodUID)))
 		}
 	}
-	if ppid > 0 {
-		f = w.lineage(f, ppid)
-	}
-	m.table.put(pid, ppid, exe)
 	return false
 }
 

@@ -455,3 +455,141 @@ func TestOtherSubscribersAreNoLoss(t *testing.T) {
 		t.Errorf("counted %d lost events (with %d acknowledgements seen)", lost, acks)
 	}
 }
+
+// collect reads c in a goroutine (blocking reads) until stop is closed,
+// then closes c and returns every event decoded.
+func collect(t *testing.T, c *Conn, stop <-chan struct{}) <-chan []Event {
+	t.Helper()
+	out := make(chan []Event, 1)
+	go func() {
+		var evs []Event
+		for {
+			b, err := c.Read()
+			if err != nil {
+				out <- evs
+				return
+			}
+			for len(b) > 0 {
+				var ev Event
+				n, err := Decode(b, &ev)
+				b = b[n:]
+				if err == nil {
+					evs = append(evs, ev)
+				}
+			}
+		}
+	}()
+	go func() { <-stop; c.Close() }()
+	return out
+}
+
+// TestExecFilter checks on the live kernel that a socket with the exec
+// filter gets the exec of every process and nothing else, while an
+// unfiltered socket gets their forks and exits too, and that both carry
+// the same kernel message (CPU, sequence number and time).
+func TestExecFilter(t *testing.T) {
+	requireRoot(t)
+	all, err := Dial(4<<20, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	only, err := DialOptions(Options{BufSize: 32 << 10, ExecOnly: true})
+	if err != nil {
+		all.Close()
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	allc, onlyc := collect(t, all, stop), collect(t, only, stop)
+	pids := map[int32]bool{}
+	for range 20 {
+		pid, wait := startCmd(t, "/bin/true")
+		wait()
+		pids[int32(pid)] = true
+	}
+	_ = exec.Command("/bin/sh", "-c", "exit 0").Run() // some events after the last one
+	time.Sleep(300 * time.Millisecond)                // let the last messages arrive
+	close(stop)
+	allEvs, onlyEvs := <-allc, <-onlyc
+
+	type key struct {
+		cpu, seq uint32
+		ts       uint64
+	}
+	execs := map[key]int32{}
+	kinds := map[What]int{}
+	for _, ev := range allEvs {
+		if pids[ev.TGID] {
+			kinds[ev.What]++
+		}
+		if ev.What == Exec {
+			execs[key{ev.CPU, ev.Seq, ev.Timestamp}] = ev.TGID
+		}
+	}
+	if kinds[Fork] < len(pids) || kinds[Exit] < len(pids) || kinds[Exec] != len(pids) {
+		t.Fatalf("unfiltered socket: %v events of the %d processes, want a fork, an exec and an exit each", kinds, len(pids))
+	}
+	seen := map[int32]bool{}
+	for _, ev := range onlyEvs {
+		if ev.What != Exec {
+			t.Errorf("exec socket got a %s event (pid %d)", ev.What, ev.TGID)
+			continue
+		}
+		if pid, ok := execs[key{ev.CPU, ev.Seq, ev.Timestamp}]; !ok || pid != ev.TGID {
+			t.Errorf("exec socket got exec of %d (cpu %d seq %d) that the unfiltered socket did not", ev.TGID, ev.CPU, ev.Seq)
+		}
+		if pids[ev.TGID] {
+			seen[ev.TGID] = true
+		}
+	}
+	if len(seen) != len(pids) {
+		t.Errorf("exec socket saw the exec of %d of %d processes", len(seen), len(pids))
+	}
+}
+
+// TestDetachedRead checks that a socket taken out of the poller still
+// receives (a read never waits: it returns what is there, maybe nothing),
+// and that Close after Detach makes Read return ErrClosed.
+func TestDetachedRead(t *testing.T) {
+	requireRoot(t)
+	c, err := Dial(1<<20, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Detach(); err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	pid, wait := startCmd(t, "/bin/true")
+	wait()
+	found := false
+	var ev Event
+	for deadline := time.Now().Add(10 * time.Second); !found && time.Now().Before(deadline); {
+		b, err := c.Read()
+		if err != nil {
+			t.Fatalf("Read: %v", err)
+		}
+		if len(b) == 0 {
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		for len(b) > 0 {
+			n, err := Decode(b, &ev)
+			b = b[n:]
+			if err == nil && ev.What == Exec && ev.TGID == int32(pid) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the detached socket never returned the exec of %d", pid)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := c.Read(); !errors.Is(err, ErrClosed) {
+		t.Errorf("Read after Close: %v, want ErrClosed", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}

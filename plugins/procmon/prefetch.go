@@ -1,0 +1,197 @@
+package procmon
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vigil-hids/vigil/plugins/procmon/cnproc"
+	"github.com/vigil-hids/vigil/plugins/procmon/procinfo"
+	"github.com/vigil-hids/vigil/sdk"
+)
+
+// The exec path. A process that lives a few microseconds is gone before a
+// batched reader gets to it, and a reader woken for every datagram (fork,
+// exec and exit arrive separately) pays a thread wake-up for each. So a
+// second socket, filtered in the kernel to exec events only
+// (cnproc.ExecFilter), is waited on by its own goroutine: only an exec
+// wakes it, and it reads at once what dies with the process (command line,
+// executable, working directory, status, and a shell's stdin and stdout)
+// into a small table. The worker that later handles the same exec from the
+// main socket claims those fields and reads the rest.
+//
+// The exec path is best effort and counts nothing: its socket has a small
+// buffer and may overflow, a slot may be overwritten before it is claimed,
+// and the two paths may race; in every such case the worker reads /proc as
+// it would without the exec path. Loss accounting stays on the main socket.
+
+// prefetchSlots is the table's size (a power of two). Slots are indexed by
+// pid, so consecutive pids of a storm get distinct slots; a worker claims
+// its slot within a read interval of the exec.
+const prefetchSlots = 256
+
+// Slot states.
+const (
+	pfEmpty   uint32 = iota
+	pfWriting        // the exec path is filling it
+	pfReady          // filled, waiting for a worker
+	pfReading        // a worker holds it
+)
+
+// pfSlot holds what the exec path read of one exec. Its fields are written
+// only in pfWriting and read only in pfReading: the state's atomic
+// transitions order them.
+type pfSlot struct {
+	state atomic.Uint32
+	// the exec's key: the same kernel message reaches both sockets
+	pid int32
+	ts  uint64
+
+	exe, cmdline, cwd, stdin, stdout []byte
+	haveCmdline, haveCwd, haveFDs    bool
+	haveStatus                       bool
+	st                               procinfo.Status
+}
+
+// prefetchTable is the bounded table between the exec path and the
+// workers. Its buffers grow to the longest value seen (at most
+// cmdline_max for a command line, PATH_MAX for a path) and are reused.
+type prefetchTable struct {
+	slots [prefetchSlots]pfSlot
+}
+
+func (t *prefetchTable) slot(pid int32) *pfSlot { return &t.slots[uint32(pid)%prefetchSlots] }
+
+// claim returns the slot holding what the exec path read of ev, now held
+// by the caller until release, or nil.
+func (t *prefetchTable) claim(ev *cnproc.Event) *pfSlot {
+	if t == nil {
+		return nil
+	}
+	s := t.slot(ev.TGID)
+	if s.state.Load() != pfReady || !s.state.CompareAndSwap(pfReady, pfReading) {
+		return nil
+	}
+	if s.pid != ev.TGID || s.ts != ev.Timestamp {
+		s.state.Store(pfReady) // another exec's, not ours
+		return nil
+	}
+	return s
+}
+
+// release frees a claimed slot.
+func (t *prefetchTable) release(s *pfSlot) {
+	if s != nil {
+		s.state.Store(pfEmpty)
+	}
+}
+
+// fill reads the process of exec event ev into its slot with r. A slot a
+// worker holds is left alone (that exec is then read by the worker only).
+func (t *prefetchTable) fill(r *procinfo.Reader, det *detector, ev *cnproc.Event) {
+	s := t.slot(ev.TGID)
+	st := s.state.Load()
+	if st == pfReading || st == pfWriting || !s.state.CompareAndSwap(st, pfWriting) {
+		return
+	}
+	s.pid, s.ts = ev.TGID, ev.Timestamp
+	ok := readPrefetch(r, det, ev.TGID, s)
+	r.Close()
+	if ok {
+		s.state.Store(pfReady)
+	} else {
+		s.state.Store(pfEmpty)
+	}
+}
+
+// readPrefetch reads into s, the command line first: it and the executable
+// link vanish when the process exits, the rest only when it is reaped.
+func readPrefetch(r *procinfo.Reader, det *detector, pid int32, s *pfSlot) bool {
+	s.haveCmdline, s.haveCwd, s.haveFDs, s.haveStatus = false, false, false, false
+	if r.Open(pid) != nil {
+		return false
+	}
+	if b, err := r.Cmdline(); err == nil {
+		s.cmdline, s.haveCmdline = append(s.cmdline[:0], b...), true
+	}
+	exe, err := r.Exe()
+	if err != nil {
+		return false // exited: the command line read (if any) is empty
+	}
+	s.exe = append(s.exe[:0], exe...)
+	if b, err := r.Cwd(); err == nil {
+		s.cwd, s.haveCwd = append(s.cwd[:0], b...), true
+	}
+	if det.needsFDs(exe) {
+		in, _ := r.FD(0)
+		out, _ := r.FD(1)
+		s.stdin, s.stdout, s.haveFDs = append(s.stdin[:0], in...), append(s.stdout[:0], out...), true
+	}
+	s.haveStatus = r.Status(&s.st) == nil
+	return true
+}
+
+// execPath is the exec socket's goroutine: read, fill, tell the main
+// reader that there is something to read, and wait again.
+func (m *Monitor) execPath(ctx context.Context) error {
+	r := procinfo.NewReader(m.deps.ProcRoot, m.cfg.CmdlineMax)
+	defer r.Close()
+	var ev cnproc.Event
+	for {
+		m.mu.Lock()
+		src := m.xsrc
+		m.mu.Unlock()
+		b, err := src.Read()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, unix.ENOBUFS) {
+				continue // lossy by design: the main path has these execs
+			}
+			m.log.Warn("reading the exec socket failed, reopening it", "error", err)
+			if err := m.reconnect(ctx, true); err != nil {
+				return nil // closed
+			}
+			continue
+		}
+		for len(b) > 0 {
+			n, err := cnproc.Decode(b, &ev)
+			b = b[n:]
+			if err == nil && ev.What == cnproc.Exec {
+				m.pre.fill(r, m.det, &ev)
+			}
+		}
+		select {
+		case m.nudge <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// addPrefetched appends the fields the exec path read and sets the facts
+// the detections use. It returns the parent pid, or -1.
+func (w *worker) addPrefetched(f []sdk.Field, s *pfSlot) ([]sdk.Field, int32) {
+	w.facts.exe, w.facts.haveExe = s.exe, true
+	f = append(f, sdk.String("exe", str(s.exe)))
+	if s.haveCmdline {
+		w.facts.cmdline = s.cmdline
+		f = append(f, sdk.String("cmdline", str(s.cmdline)))
+	}
+	if s.haveCwd {
+		f = append(f, sdk.String("cwd", str(s.cwd)))
+	}
+	if s.haveFDs {
+		w.facts.stdin, w.facts.stdout = s.stdin, s.stdout
+		f = append(f, sdk.String("stdin", str(s.stdin)), sdk.String("stdout", str(s.stdout)))
+	}
+	if !s.haveStatus {
+		return f, -1
+	}
+	st := &s.st
+	f = append(f, sdk.Int("ppid", int64(st.PPID)), sdk.Int("uid", int64(st.UID)), sdk.Int("euid", int64(st.EUID)),
+		sdk.Int("gid", int64(st.GID)), sdk.Int("egid", int64(st.EGID)))
+	return f, st.PPID
+}

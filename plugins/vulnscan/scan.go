@@ -13,6 +13,7 @@ import (
 
 	"github.com/vigil-hids/vigil/plugins/vulnscan/collect"
 	"github.com/vigil-hids/vigil/sdk"
+	"github.com/vigil-hids/vigil/vuln/inventory"
 )
 
 // ErrStuck is returned while a collection that outlived collect_timeout
@@ -20,12 +21,14 @@ import (
 var ErrStuck = errors.New("vulnscan: a previous collection is still running")
 
 // collectNow reads the inventory under cfg.Root and remembers it for the
-// inventory task. go-rpmdb can loop forever on a corrupt Berkeley DB
-// database, and a goroutine cannot be stopped from outside; so the
-// collection runs in a goroutine of its own, is reported as failed after
-// collect_timeout, and no other collection starts until it has ended.
-// That goroutine is the one this plugin does not wait for: waiting is
-// what a hang would make impossible.
+// inventory task. rpm databases are read in a child process killed after
+// 90% of collect_timeout (readRPMIsolated), so a collection normally ends
+// in time even on a database that would hang the reader. As a backstop
+// for anything else (a collect func given in Options, a blocked read),
+// the collection runs in a goroutine of its own, is reported as failed
+// after collect_timeout, and no other collection starts until it has
+// ended. That goroutine is the one this plugin does not wait for: waiting
+// is what a hang would make impossible.
 func (p *Plugin) collectNow(cfg *Config) (*Inventory, error) {
 	p.mu.Lock()
 	if p.stuck {
@@ -38,8 +41,17 @@ func (p *Plugin) collectNow(cfg *Config) (*Inventory, error) {
 		err error
 	}
 	done := make(chan result, 1)
+	collectFn := p.collect
+	if collectFn == nil {
+		timeout := cfg.CollectTimeout.D() * 9 / 10
+		collectFn = func(root string) (*collect.Snapshot, error) {
+			return collect.CollectWith(root, func(path string) ([]inventory.Package, error) {
+				return readRPMIsolated(context.Background(), path, timeout)
+			})
+		}
+	}
 	go func() {
-		s, err := p.collect(cfg.Root)
+		s, err := collectFn(cfg.Root)
 		done <- result{s, err}
 	}()
 	timer := time.NewTimer(cfg.CollectTimeout.D())

@@ -56,7 +56,8 @@ type Options struct {
 	Clock sdk.Clock
 	// HostName spreads the rescans; empty is os.Hostname.
 	HostName string
-	// Collect reads the inventory under a root; nil is collect.Collect.
+	// Collect reads the inventory under a root; nil is collect.CollectWith
+	// with rpm databases read in a child process (RPMReaderArg).
 	Collect func(root string) (*collect.Snapshot, error)
 }
 
@@ -99,9 +100,6 @@ func NewWith(o Options) sdk.Factory {
 		}
 		if o.HostName == "" {
 			o.HostName, _ = os.Hostname()
-		}
-		if o.Collect == nil {
-			o.Collect = collect.Collect
 		}
 		return &Plugin{log: log.Named(Name), clock: o.Clock, host: o.HostName, collect: o.Collect, cfg: DefaultConfig(), reconfigured: make(chan struct{}, 1)}
 	}

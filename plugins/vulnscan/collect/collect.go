@@ -88,8 +88,13 @@ func native(o inventory.OS) string {
 // inventory), or the first one found when os-release names no known
 // family. Problems that leave the inventory incomplete (no os-release,
 // skipped stanzas) are listed in Inventory.Partial; an error is returned
-// only when no inventory could be read at all.
-func Collect(root string) (*Snapshot, error) {
+// only when no inventory could be read at all. rpm databases are read in
+// this process with ReadRPM.
+func Collect(root string) (*Snapshot, error) { return CollectWith(root, ReadRPM) }
+
+// CollectWith is Collect with the rpm database reader given: the plugin
+// passes one that reads the database in a child process.
+func CollectWith(root string, readRPM func(path string) ([]inventory.Package, error)) (*Snapshot, error) {
 	s := &Snapshot{}
 	inv := &s.Inventory
 	o, err := ReadOSRelease(root)
@@ -130,7 +135,7 @@ func Collect(root string) (*Snapshot, error) {
 			return nil, fmt.Errorf("%s: %w", s.Database, err)
 		}
 	case "rpm":
-		inv.Packages, err = ReadRPM(s.Database)
+		inv.Packages, err = readRPM(s.Database)
 		if err != nil {
 			return nil, err
 		}

@@ -3,8 +3,17 @@
 package main
 
 import (
+	"os"
+
 	"github.com/vigil-hids/vigil/plugins/vulnscan"
+	"github.com/vigil-hids/vigil/plugins/vulnscan/collect"
 	"github.com/vigil-hids/vigil/sdk"
 )
 
-func main() { sdk.Serve(vulnscan.New) }
+func main() {
+	// The plugin reads rpm databases in a child process of this binary.
+	if vulnscan.IsRPMReader(os.Args) {
+		os.Exit(vulnscan.RPMReaderMain(os.Args[2:], collect.ReadRPM))
+	}
+	sdk.Serve(vulnscan.New)
+}

@@ -348,3 +348,27 @@ func BenchmarkCollectHost(b *testing.B) {
 	}
 	b.ReportMetric(float64(n), "packages")
 }
+
+// TestPartialReasonsBounded: both parsers list ten reasons and count the
+// rest, in the shared paragraph loop.
+func TestPartialReasonsBounded(t *testing.T) {
+	dpkg := strings.Repeat("Package: a\nStatus: install ok installed\n\n", 12) + "Package: b\nStatus: install ok installed\nVersion: 1\n"
+	apk := strings.Repeat("P:a\nV:1.0-banana\n\n", 12) + "P:b\nV:1-r0\n"
+	for _, tt := range []struct {
+		name, in, last string
+		parse          func(io.Reader) ([]inventory.Package, []string, error)
+	}{
+		{name: "dpkg", in: dpkg, parse: collect.ParseDpkgStatus, last: "dpkg status: 2 more stanzas skipped"},
+		{name: "apk", in: apk, parse: collect.ParseAPKInstalled, last: "apk installed: 2 more paragraphs skipped"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pkgs, partial, err := tt.parse(strings.NewReader(tt.in))
+			if err != nil || len(pkgs) != 1 || pkgs[0].Name != "b" {
+				t.Fatalf("packages %+v, %v", pkgs, err)
+			}
+			if len(partial) != 11 || partial[10] != tt.last || !strings.Contains(partial[0], "ending at line 3 skipped") {
+				t.Errorf("partial %q", partial)
+			}
+		})
+	}
+}

@@ -1,7 +1,6 @@
 package collect
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -11,10 +10,6 @@ import (
 	"github.com/vigil-hids/vigil/vuln/version"
 )
 
-// maxLine bounds one line of a package database; dpkg's Description and
-// Conffiles lines are far shorter in practice.
-const maxLine = 1 << 20
-
 // ParseDpkgStatus reads a dpkg status file (/var/lib/dpkg/status) and
 // returns its installed packages ("Status: install ok installed"; packages
 // that are only configured-off, half-installed or removed are left out).
@@ -22,14 +17,19 @@ const maxLine = 1 << 20
 // is skipped, and why is returned in partial; err is set only when r
 // cannot be read.
 func ParseDpkgStatus(r io.Reader) (pkgs []inventory.Package, partial []string, err error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
-	var (
-		cur     stanza
-		line    int
-		skipped int
-	)
-	flush := func() {
+	var cur stanza
+	skipped := skips{what: "dpkg status", unit: "stanza"}
+	n, err := paragraphs(r, func(line int, b []byte) {
+		if b[0] == ' ' || b[0] == '\t' { // continuation of a multi-line field
+			return
+		}
+		k, v, ok := bytes.Cut(b, []byte{':'})
+		if !ok {
+			cur.bad = fmt.Sprintf("line %d is not a field: %q", line, clip(b))
+			return
+		}
+		cur.set(string(k), strings.TrimSpace(string(v)))
+	}, func(line int) {
 		defer func() { cur = stanza{} }()
 		if cur.empty() {
 			return
@@ -37,44 +37,16 @@ func ParseDpkgStatus(r io.Reader) (pkgs []inventory.Package, partial []string, e
 		p, why := cur.dpkgPackage()
 		switch {
 		case why != "":
-			skipped++
-			if skipped <= maxReasons {
-				partial = append(partial, fmt.Sprintf("dpkg status: stanza ending at line %d skipped: %s", line, why))
-			}
+			skipped.add(line, why)
 		case p != nil:
 			pkgs = append(pkgs, *p)
 		}
+	})
+	if err != nil {
+		return pkgs, skipped.reasons(), fmt.Errorf("reading dpkg status at line %d: %w", n+1, err)
 	}
-	for sc.Scan() {
-		line++
-		b := sc.Bytes()
-		if len(bytes.TrimSpace(b)) == 0 {
-			flush()
-			continue
-		}
-		if b[0] == ' ' || b[0] == '\t' { // continuation of a multi-line field
-			continue
-		}
-		k, v, ok := bytes.Cut(b, []byte{':'})
-		if !ok {
-			cur.bad = fmt.Sprintf("line %d is not a field: %q", line, clip(b))
-			continue
-		}
-		cur.set(string(k), strings.TrimSpace(string(v)))
-	}
-	flush()
-	if skipped > maxReasons {
-		partial = append(partial, fmt.Sprintf("dpkg status: %d more stanzas skipped", skipped-maxReasons))
-	}
-	if err := sc.Err(); err != nil {
-		return pkgs, partial, fmt.Errorf("reading dpkg status at line %d: %w", line+1, err)
-	}
-	return pkgs, partial, nil
+	return pkgs, skipped.reasons(), nil
 }
-
-// maxReasons bounds the reasons listed for a partial result; the rest are
-// counted.
-const maxReasons = 10
 
 // stanza holds the fields of one package paragraph that matter here.
 type stanza struct {

@@ -29,6 +29,7 @@ type cell struct {
 	dir     string // parent of the members' data, removed by close
 	own     bool   // dir was created by the simulator
 	bin     string // "" = this binary with -serve-member
+	gogc    int    // GOGC of the member processes (0: Go's default, 100)
 }
 
 type member struct {
@@ -44,8 +45,8 @@ type member struct {
 // A non-empty vethIP makes each member listen for clients on that address
 // too (member.vethURL), for the partitioned hosts.
 // heartbeat and election (0: etcd's defaults, 100 ms and 1 s) are the raft
-// timings of every member.
-func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, election time.Duration) (*cell, error) {
+// timings of every member; gogc > 0 is their GOGC.
+func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, election time.Duration, gogc int) (*cell, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("-cluster must be at least 1 (got %d)", n)
 	}
@@ -56,7 +57,7 @@ func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, 
 	if err != nil {
 		return nil, err
 	}
-	c := &cell{dir: dir, own: true, bin: bin}
+	c := &cell{dir: dir, own: true, bin: bin, gogc: gogc}
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
@@ -107,6 +108,8 @@ func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, 
 		} else if noFsync {
 			m.args = append(m.args, "--unsafe-no-fsync")
 		}
+		// pprof on the client URL: idle unless queried (-profile-dir).
+		m.args = append(m.args, "--enable-pprof")
 	}
 	for _, m := range c.members {
 		if err := c.start(m); err != nil {
@@ -165,6 +168,9 @@ func (c *cell) start(m *member) error {
 		defer lf.Close()
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if c.gogc > 0 {
+		cmd.Env = append(os.Environ(), "GOGC="+strconv.Itoa(c.gogc))
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting etcd member %s: %w", m.name, err)
 	}
@@ -347,6 +353,10 @@ func serveMember(ctx context.Context, args []string) error {
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	// etcd formats every unary request slower than this as text for a
+	// warning (logUnaryRequestStats), before the logger drops it; on a
+	// saturated cell that is every request. The member logs nothing.
+	cfg.WarningUnaryRequestDuration = time.Hour
 	u := func(s string) ([]url.URL, error) {
 		var out []url.URL
 		for _, p := range strings.Split(s, ",") {
@@ -362,6 +372,10 @@ func serveMember(ctx context.Context, args []string) error {
 		k := args[i]
 		if k == "--unsafe-no-fsync" {
 			cfg.UnsafeNoFsync = true
+			continue
+		}
+		if k == "--enable-pprof" {
+			cfg.EnablePprof = true // served on the client URL, /debug/pprof/
 			continue
 		}
 		if i+1 >= len(args) {

@@ -68,6 +68,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.GRPCProxyBin, "grpc-proxy-bin", "/usr/bin/etcd", "etcd binary whose grpc-proxy subcommand -grpc-proxy runs")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 0, "with -cluster: the members' raft heartbeat interval (0: etcd's 100ms)")
 	fs.DurationVar(&o.Election, "election", 0, "with -cluster: the members' election timeout (0: etcd's 1s)")
+	fs.IntVar(&o.MemberGOGC, "member-gogc", o.MemberGOGC, "with -cluster: GOGC of the member processes (0: Go's default, 100)")
 	fs.DurationVar(&o.Idle, "idle", o.Idle, "how long the idle scenario lets the registered fleet sit (measures lease renewal cost)")
 	fs.IntVar(&o.RolloutMB, "rollout-mb", o.RolloutMB, "rollout scenario: artifact size in MiB")
 	fs.DurationVar(&o.RolloutWindow, "rollout-window", o.RolloutWindow, "rollout scenario: spread window of the downloads (update.Spread)")
@@ -80,7 +81,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Spread, "spread", o.Spread, "spread of the hosts' first registration (control.spread)")
 	fs.DurationVar(&o.AckSpread, "ack-spread", o.AckSpread, "spread of the hosts' acknowledgements of fleet-wide changes (control.ack_spread)")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "how often each host polls plugin status")
-	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (needs -cluster 3),partition (needs -partition N),idle")
+	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (needs -cluster 3),partition (needs -partition N),idle,ackcost (cell CPU per acknowledgement write: guarded Txn vs plain Put)")
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
 	fs.IntVar(&o.ObserverWatches, "observer-watches", 1, "watch the agent prefix as this many sub-ranges, each on a connection of its own to one member (the observer, i.e. the server's view)")
 	fs.IntVar(&o.Offline, "offline", o.Offline, "hosts killed in the offline scenario")
@@ -90,6 +91,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	verbose := fs.Bool("v", false, "log the control loops' warnings to stderr")
 	gogc := fs.Int("gogc", 400, "garbage collector target percentage of the simulator process (memory is cheaper than CPU here)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles of the simulator and of every member (embedded etcd) over -profile-window from each stop, resume and leader-loss write into this directory")
+	fs.DurationVar(&o.ProfileWindow, "profile-window", o.ProfileWindow, "length of the -profile-dir profiles")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -101,6 +104,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		o.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 
+	if *cpuProfile != "" && o.ProfileDir != "" {
+		fmt.Fprintln(stderr, "vigil-sim: -cpuprofile and -profile-dir exclude each other (one CPU profile at a time)")
+		return 2
+	}
+	if o.ProfileDir != "" {
+		if err := os.MkdirAll(o.ProfileDir, 0o755); err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
+	}
 	debug.SetGCPercent(*gogc)
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

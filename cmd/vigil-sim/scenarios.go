@@ -242,6 +242,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	t0 := time.Now()
 	var wroteAt atomic.Int64
 	tl := s.startTimeline(wctx, t0, wroteAt.Load)
+	prof := s.startProfiles(name)
 	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim emergency "+name))
 	if err != nil {
 		tl.stop()
@@ -254,7 +255,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
 	}, tl)
 	total := time.Since(t0)
-	timeline := tl.stop()
+	timeline := tl.stop() + prof.wait()
 	if len(lat) < len(want) {
 		total = 0
 	}
@@ -286,6 +287,7 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 	t0 := time.Now()
 	var wroteAt atomic.Int64
 	tl := s.startTimeline(wctx, t0, wroteAt.Load)
+	prof := s.startProfiles("leader-loss")
 	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim leader loss"))
 	if err != nil {
 		tl.stop()
@@ -308,7 +310,7 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
 	}, tl)
 	total := time.Since(t0)
-	timeline := tl.stop()
+	timeline := tl.stop() + prof.wait()
 	if len(lat) < len(want) {
 		total = 0
 	}
@@ -546,6 +548,13 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 			res = []Result{r}
 		case "idle":
 			res = []Result{s.idle(ctx)}
+		case "ackcost":
+			res, err = s.ackCost(ctx)
+			if err != nil {
+				return s.report, err
+			}
+			s.report.Results = append(s.report.Results, res...)
+			continue // each round carries its own load
 		case "partition":
 			res, err = s.partition(ctx)
 			if err != nil {

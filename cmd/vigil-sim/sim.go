@@ -42,6 +42,8 @@ type Options struct {
 	// Heartbeat and Election are the members' raft timings (0: etcd's
 	// defaults, 100ms and 1s).
 	Heartbeat, Election time.Duration
+	// MemberGOGC is the GOGC of the member processes (0: Go's default).
+	MemberGOGC int
 	// Idle is how long the idle scenario lets the fleet sit.
 	Idle time.Duration
 	// RolloutMB and RolloutWindow shape the rollout scenario.
@@ -63,7 +65,12 @@ type Options struct {
 	ObserverWatches int
 	Offline         int
 	Seed            uint64
-	Log             *slog.Logger
+	// ProfileDir receives CPU profiles of the simulator and of each
+	// member over ProfileWindow from the write of every stop, resume and
+	// leader-loss scenario.
+	ProfileDir    string
+	ProfileWindow time.Duration
+	Log           *slog.Logger
 }
 
 // DefaultOptions are the flags' defaults: the figures of docs/scale.md.
@@ -79,6 +86,7 @@ func DefaultOptions() Options {
 		Pushes:         200,
 		Offline:        1000,
 		Seed:           1,
+		ProfileWindow:  10 * time.Second,
 		Idle:           30 * time.Second,
 		RolloutMB:      20,
 		RolloutWindow:  60 * time.Second,
@@ -118,10 +126,10 @@ func (o Options) Validate() error {
 	if o.Cluster > 0 && len(o.Endpoints) > 0 {
 		errs = append(errs, errors.New("-cluster and -endpoints exclude each other"))
 	}
-	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true, "partition": true, "idle": true, "rollout": true}
+	known := map[string]bool{"register": true, "stop": true, "resume": true, "push": true, "offline": true, "leader-loss": true, "partition": true, "idle": true, "rollout": true, "ackcost": true}
 	for _, s := range o.Scenarios {
 		if !known[s] {
-			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss, partition, idle, rollout)", s))
+			errs = append(errs, fmt.Errorf("-scenarios: unknown scenario %q (want register, stop, resume, push, offline, leader-loss, partition, idle, rollout, ackcost)", s))
 		}
 		if s == "rollout" && len(o.Scenarios) != 1 {
 			errs = append(errs, errors.New("-scenarios rollout runs alone (it needs no etcd)"))
@@ -249,6 +257,7 @@ type Sim struct {
 	hosts        []*host
 	report       Report
 	tmpDir       string // removed by Close
+	profiled     int    // scenarios profiled so far
 }
 
 // NewSim starts etcd (unless endpoints are given) and the clients.
@@ -276,7 +285,7 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 			}
 			s.net, vethIP = n, n.hostIP
 		}
-		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync, vethIP, o.Heartbeat, o.Election)
+		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync, vethIP, o.Heartbeat, o.Election, o.MemberGOGC)
 		if err != nil {
 			s.Close()
 			return nil, err

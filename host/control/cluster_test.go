@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -161,4 +162,54 @@ func TestClusterFrozenMember(t *testing.T) {
 	waitAllRegs(t, cli, "change applied after thaw", func(r api.Registration) bool {
 		return r.Applied.Revision >= rev
 	})
+}
+
+// An acknowledgement sent through a follower to a leader that then stops
+// answering is lost, and etcd fails it only after its request timeout
+// (5 s + 2 × election timeout). The loop probes its watch stream's member
+// for the raft term while the write is pending and sends it again as soon
+// as a new leader is elected (errLeaderChanged), not after the timeout.
+func TestClusterAckResentOnLeaderChange(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	leader := c.Leader(t)
+	follower := (leader + 1) % 3
+	cfg := testConfig(c.Endpoints()[follower:follower+1], "node-probe")
+	cfg.LeaseTTL = 30 * time.Second
+	// Longer than etcd's own request timeout (7 s here): only the probe
+	// can end the write early.
+	cfg.RequestTimeout = 30 * time.Second
+	cfg.LeaderProbe = 200 * time.Millisecond
+	l := startLoop(t, cfg, &fakeApplier{})
+	eventually(t, 30*time.Second, "registered", func() bool { return l.Status().Connected })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ws, err := l.openWatches(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.close()
+	cli := c.Client(t)
+	resp, err := cli.Get(ctx, l.key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("reading the registration: %v %v", resp, err)
+	}
+	reg := &registration{lease: l.Status().Lease, createRev: resp.Kvs[0].CreateRevision}
+	before := ws.term.Load()
+	if before == 0 {
+		t.Fatal("the watch creation reported no raft term")
+	}
+
+	c.Freeze(t, leader) // thawed by the cluster's cleanup
+	_, err = l.ackOnce(ctx, reg, `{"host":"node-probe"}`, ws)
+	if !errors.Is(err, errLeaderChanged) {
+		t.Fatalf("ackOnce with the leader frozen = %v, want errLeaderChanged (term %d, now %d)", err, before, ws.term.Load())
+	}
+	if ws.term.Load() <= before {
+		t.Fatalf("term %d after the election, want more than %d", ws.term.Load(), before)
+	}
+	// Sent again, the write goes to the new leader.
+	if _, err := l.ackOnce(ctx, reg, `{"host":"node-probe"}`, ws); err != nil {
+		t.Fatalf("ackOnce after the election: %v", err)
+	}
 }

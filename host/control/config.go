@@ -60,6 +60,13 @@ type Config struct {
 	// scratch (plus up to half of it, by host hash), in case a watch hangs
 	// without an error.
 	ResyncInterval time.Duration `yaml:"resync_interval"`
+	// LeaderProbe: an acknowledgement pending longer than this asks the
+	// member of the host's watch stream for its raft term (a progress
+	// request), again every LeaderProbe, and is sent again at once if the
+	// term rose (a new leader: a write forwarded to the old one is lost
+	// and would only fail after etcd's request timeout, ~7 s). A value of
+	// RequestTimeout or more turns the probe off.
+	LeaderProbe time.Duration `yaml:"leader_probe"`
 	// StatusInterval is how often the plugins' status is polled; the
 	// registration is rewritten only when it changed.
 	StatusInterval time.Duration `yaml:"status_interval"`
@@ -77,6 +84,7 @@ func Default() Config {
 		OfflineGrace:   time.Second,
 		StatusInterval: 10 * time.Second,
 		ResyncInterval: 10 * time.Minute,
+		LeaderProbe:    2 * time.Second,
 	}
 }
 
@@ -99,6 +107,7 @@ func (c Config) withDefaults() Config {
 	setDur(&c.OfflineGrace, d.OfflineGrace)
 	setDur(&c.StatusInterval, d.StatusInterval)
 	setDur(&c.ResyncInterval, d.ResyncInterval)
+	setDur(&c.LeaderProbe, d.LeaderProbe)
 	return c
 }
 
@@ -145,6 +154,7 @@ func (c Config) Validate() error {
 	rng("offline_grace", c.OfflineGrace, time.Millisecond, time.Minute)
 	rng("status_interval", c.StatusInterval, 100*time.Millisecond, time.Hour)
 	rng("resync_interval", c.ResyncInterval, time.Second, 24*time.Hour)
+	rng("leader_probe", c.LeaderProbe, 100*time.Millisecond, time.Hour)
 	if c.AckSpread < 0 || c.AckSpread > time.Minute {
 		errs = append(errs, fmt.Errorf("control.ack_spread must be between 0s and 1m0s (got %s)", c.AckSpread))
 	}

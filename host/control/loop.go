@@ -76,6 +76,9 @@ type Status struct {
 	Resyncs int
 	// LastResync is why the last fresh read happened.
 	LastResync string
+	// AckResends counts acknowledgements sent again at once because the
+	// cell elected a new leader while they were pending.
+	AckResends int
 }
 
 // Loop is the running control loop of one host.

@@ -322,7 +322,17 @@ func sameReport(a, b *api.Registration) bool {
 
 // ack writes the registration if it changed since the last write, only if
 // the key is still the one this session created, with the lease.
-func (l *Loop) ack(ctx context.Context, reg *registration) error {
+//
+// A write sent through a follower to a leader that dies is lost without an
+// answer: etcd fails it only after its request timeout (5 s + 2 × election
+// timeout). So while the write is pending longer than LeaderProbe, the
+// loop asks its watch stream's member for progress (a stream message: no
+// raft, no disk), whose answer carries the member's raft term; a term
+// higher than the one the write was sent under means a new election: the
+// write is cancelled and sent again at once (a duplicate is harmless: same
+// value, same guard). A write that is merely slow keeps waiting: it is
+// never paid twice because the cell is busy.
+func (l *Loop) ack(ctx context.Context, reg *registration, ws *watchSet) error {
 	r := l.registrationValue()
 	if sameReport(r, reg.lastAck) {
 		return nil
@@ -331,20 +341,72 @@ func (l *Loop) ack(ctx context.Context, reg *registration) error {
 	if err != nil {
 		return fmt.Errorf("acknowledging: %w", err)
 	}
+	for {
+		resp, err := l.ackOnce(ctx, reg, string(val), ws)
+		switch {
+		case errors.Is(err, errLeaderChanged):
+			l.mu.Lock()
+			l.status.AckResends++
+			l.mu.Unlock()
+			l.log.Info("leader changed while acknowledging; sending again")
+			continue
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			return errLeaseLost
+		case err != nil:
+			return fmt.Errorf("acknowledging: %w", err)
+		case !resp.Succeeded:
+			return errRegistrationLost
+		}
+		reg.lastAck = r
+		return nil
+	}
+}
+
+var errLeaderChanged = errors.New("control: raft term rose while the write was pending")
+
+// ackOnce sends the guarded write once, probing for a leader change while
+// it is pending (see ack).
+func (l *Loop) ackOnce(ctx context.Context, reg *registration, val string, ws *watchSet) (*clientv3.TxnResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
 	defer cancel()
-	resp, err := l.cli.Txn(rctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", reg.createRev)).
-		Then(clientv3.OpPut(l.key, string(val), clientv3.WithLease(reg.lease))).
-		Commit()
-	switch {
-	case errors.Is(err, rpctypes.ErrLeaseNotFound):
-		return errLeaseLost
-	case err != nil:
-		return fmt.Errorf("acknowledging: %w", err)
-	case !resp.Succeeded:
-		return errRegistrationLost
+	txn := func() (*clientv3.TxnResponse, error) {
+		return l.cli.Txn(rctx).
+			If(clientv3.Compare(clientv3.CreateRevision(l.key), "=", reg.createRev)).
+			Then(clientv3.OpPut(l.key, val, clientv3.WithLease(reg.lease))).
+			Commit()
 	}
-	reg.lastAck = r
-	return nil
+	if ws == nil || ws.ctx == nil || l.cfg.LeaderProbe >= l.cfg.RequestTimeout {
+		return txn()
+	}
+	sent := ws.term.Load()
+	type result struct {
+		resp *clientv3.TxnResponse
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := txn()
+		done <- result{resp, err}
+	}()
+	probe := l.clockAfter(rctx, l.cfg.LeaderProbe)
+	for {
+		select {
+		case res := <-done:
+			if res.err == nil {
+				ws.noteTerm(res.resp.Header.RaftTerm)
+			}
+			return res.resp, res.err
+		case <-probe:
+			// Best effort: an error (stream being replaced) leaves the
+			// write to its timeout, as without the probe.
+			_ = l.cli.RequestProgress(ws.ctx)
+			probe = l.clockAfter(rctx, l.cfg.LeaderProbe)
+		case <-ws.termUp:
+			if sent != 0 && ws.term.Load() > sent {
+				cancel()
+				<-done
+				return nil, errLeaderChanged
+			}
+		}
+	}
 }

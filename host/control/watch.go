@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -39,6 +40,33 @@ type watchSet struct {
 	rev    int64
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// ctx is the watches' context: RequestProgress must name the same
+	// gRPC stream (its outgoing metadata).
+	ctx context.Context
+	// term is the highest raft term in a response header of the watches'
+	// stream; termUp is signalled when it rises. A progress response
+	// (RequestProgress) carries the answering member's term, which is how
+	// a pending acknowledgement learns that the cell elected a new leader.
+	term   atomic.Uint64
+	termUp chan struct{}
+}
+
+// noteTerm records a response header's raft term.
+func (w *watchSet) noteTerm(t uint64) {
+	for {
+		cur := w.term.Load()
+		if t <= cur {
+			return
+		}
+		if w.term.CompareAndSwap(cur, t) {
+			select {
+			case w.termUp <- struct{}{}:
+			default:
+			}
+			return
+		}
+	}
 }
 
 // close cancels the watches and waits for their goroutines. It is safe on
@@ -71,7 +99,7 @@ func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
 	// on a real host: watch creations on one stream are serialised.
 	wctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(
 		clientv3.WithRequireLeader(ctx), "vigil-host", l.cfg.Host))
-	ws := &watchSet{events: make(chan watchMsg, len(l.keys)), cancel: cancel}
+	ws := &watchSet{events: make(chan watchMsg, len(l.keys)), cancel: cancel, ctx: wctx, termUp: make(chan struct{}, 1)}
 	chans := make([]clientv3.WatchChan, len(l.keys))
 	for i, key := range l.keys {
 		chans[i] = l.cli.Watch(wctx, key, clientv3.WithCreatedNotify())
@@ -85,6 +113,7 @@ func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
 				return nil, fmt.Errorf("watching %s: %v", l.keys[i], resp.Err())
 			}
 			ws.rev = max(ws.rev, resp.Header.Revision)
+			ws.noteTerm(resp.Header.RaftTerm)
 		case <-timeout:
 			ws.close()
 			return nil, fmt.Errorf("watching %s: no answer within %s", l.keys[i], l.cfg.RequestTimeout)
@@ -95,6 +124,10 @@ func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
 		go func() {
 			defer ws.wg.Done()
 			for resp := range wch {
+				ws.noteTerm(resp.Header.RaftTerm)
+				if resp.IsProgressNotify() {
+					continue // only asked for its term (ackOnce)
+				}
 				select {
 				case ws.events <- watchMsg{resp: resp}:
 				case <-wctx.Done():
@@ -128,7 +161,7 @@ func (l *Loop) clockAfter(ctx context.Context, d time.Duration) <-chan struct{} 
 // events until something breaks: the lease or the registration is lost, or
 // a watch ends (compaction, lost leader, closed channel).
 func (l *Loop) follow(ctx context.Context, reg *registration, ka <-chan *clientv3.LeaseKeepAliveResponse, ws *watchSet) error {
-	if err := l.ack(ctx, reg); err != nil {
+	if err := l.ack(ctx, reg, ws); err != nil {
 		return err
 	}
 	sctx, scancel := context.WithCancel(ctx)
@@ -192,7 +225,7 @@ func (l *Loop) follow(ctx context.Context, reg *registration, ka <-chan *clientv
 			// with it anything held.
 			ackDue = nil
 			l.releaseReport()
-			if err := l.ack(ctx, reg); err != nil {
+			if err := l.ack(ctx, reg, ws); err != nil {
 				return err
 			}
 			if broken != nil {
@@ -201,15 +234,15 @@ func (l *Loop) follow(ctx context.Context, reg *registration, ka <-chan *clientv
 		case <-ackDue:
 			ackDue = nil
 			l.releaseReport()
-			if err := l.ack(ctx, reg); err != nil {
+			if err := l.ack(ctx, reg, ws); err != nil {
 				return err
 			}
 		case <-l.kick:
-			if err := l.ack(ctx, reg); err != nil {
+			if err := l.ack(ctx, reg, ws); err != nil {
 				return err
 			}
 		case <-statusTick:
-			if err := l.ack(ctx, reg); err != nil {
+			if err := l.ack(ctx, reg, ws); err != nil {
 				return err
 			}
 		}

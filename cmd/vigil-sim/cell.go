@@ -168,9 +168,18 @@ func (c *cell) start(m *member) error {
 		defer lf.Close()
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if c.gogc > 0 {
-		cmd.Env = append(os.Environ(), "GOGC="+strconv.Itoa(c.gogc))
+	// The members run with Go's defaults but for -member-gogc, and
+	// without the simulator's own GODEBUG (see -shrink-stacks).
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOGC=") {
+			env = append(env, kv)
+		}
 	}
+	if c.gogc > 0 {
+		env = append(env, "GOGC="+strconv.Itoa(c.gogc))
+	}
+	cmd.Env = env
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting etcd member %s: %w", m.name, err)
 	}

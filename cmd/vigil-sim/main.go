@@ -32,7 +32,33 @@ import (
 )
 
 func main() {
+	reexecWithoutStackShrinking(os.Args)
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// reexecWithoutStackShrinking restarts the simulator (same pid, exec) with
+// GODEBUG=gcshrinkstackoff=1 unless -shrink-stacks is given or it is a
+// member or artifact server: the runtime reads that setting only at start.
+// With it, the garbage collector leaves the loops' goroutine stacks grown
+// between changes; with Go's default, each of the 20,000 loops had its
+// stack copied up again for every acknowledgement (runtime.newstack, 13%
+// of the simulator's CPU in a stop). A real host runs one loop: this is a
+// cost of packing 20,000 into one process only.
+func reexecWithoutStackShrinking(argv []string) {
+	if strings.Contains(os.Getenv("GODEBUG"), "gcshrinkstackoff") {
+		return
+	}
+	for _, a := range argv[1:] {
+		if a == "-serve-member" || a == "-serve-artifacts" || strings.HasPrefix(a, "-shrink-stacks") || strings.HasPrefix(a, "--shrink-stacks") {
+			return
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return
+	}
+	env := append(os.Environ(), "GODEBUG="+strings.Trim(os.Getenv("GODEBUG")+",gcshrinkstackoff=1", ","))
+	_ = syscall.Exec(self, argv, env) // on failure, run as is
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -80,6 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "per-request timeout of each host")
 	fs.DurationVar(&o.Spread, "spread", o.Spread, "spread of the hosts' first registration (control.spread)")
 	fs.DurationVar(&o.AckSpread, "ack-spread", o.AckSpread, "spread of the hosts' acknowledgements of fleet-wide changes (control.ack_spread)")
+	fs.DurationVar(&o.LeaderProbe, "leader-probe", o.LeaderProbe, "control.leader_probe of each host: a pending acknowledgement asks for the raft term this often and is resent on a new leader (0: the default, 2s; >= -request-timeout: off)")
 	fs.DurationVar(&o.StatusInterval, "status-interval", o.StatusInterval, "how often each host polls plugin status")
 	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (needs -cluster 3),partition (needs -partition N),idle,ackcost (cell CPU per acknowledgement write: guarded Txn vs plain Put)")
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
@@ -89,6 +116,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file ('-' for stdout only)")
 	serveEtcd := fs.String("serve-etcd", "", "only run the embedded etcd (in this process, apart from the hosts) and write its client URL to this file; stop with SIGTERM")
 	verbose := fs.Bool("v", false, "log the control loops' warnings to stderr")
+	shrink := fs.Bool("shrink-stacks", false, "let the garbage collector shrink the simulator's goroutine stacks (Go's default); without it the simulator restarts itself with GODEBUG=gcshrinkstackoff=1, so the loops' stacks stay grown between changes instead of being copied up again on every acknowledgement (13% of the simulator's CPU in a stop)")
 	gogc := fs.Int("gogc", 400, "garbage collector target percentage of the simulator process (memory is cheaper than CPU here)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles of the simulator and of every member (embedded etcd) over -profile-window from each stop, resume and leader-loss write into this directory")
@@ -115,6 +143,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	debug.SetGCPercent(*gogc)
+	_ = shrink // acted on before run (reexecWithoutStackShrinking)
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {

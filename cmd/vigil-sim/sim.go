@@ -58,8 +58,10 @@ type Options struct {
 	StatusInterval time.Duration
 	Spread         time.Duration
 	AckSpread      time.Duration
-	Scenarios      []string
-	Pushes         int
+	// LeaderProbe is control.leader_probe (0: the control default).
+	LeaderProbe time.Duration
+	Scenarios   []string
+	Pushes      int
 	// ObserverWatches splits the observer's watch of the agent prefix
 	// into this many sub-ranges, each on a connection of its own.
 	ObserverWatches int
@@ -451,6 +453,7 @@ func (s *Sim) startHosts(ctx context.Context) error {
 			StatusInterval: s.opts.StatusInterval,
 			Spread:         s.opts.Spread,
 			AckSpread:      s.opts.AckSpread,
+			LeaderProbe:    s.opts.LeaderProbe,
 		}
 		l, err := control.Start(ctx, cfg, a, s.log, control.WithClient(s.clients[i%len(s.clients)]))
 		if err != nil {

@@ -99,7 +99,7 @@ func TestRPMInChildProcess(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			root, _ := rpmRoot(t, tt.fixture, tt.dbpath, tt.id, nil)
-			h := sdktest.New(t, vulnscan.New)
+			h := sdktest.New(t, vulnscan.NewWith(vulnscan.Options{RPMReaderChild: true}))
 			if err := h.Configure(config(t, map[string]any{"root": root, "watch": false})); err != nil {
 				t.Fatal(err)
 			}
@@ -117,25 +117,29 @@ func TestRPMInChildProcess(t *testing.T) {
 
 // TestCorruptRPMIsRefused: the Berkeley DB file on which go-rpmdb v0.1.1
 // never returns (one bit flipped in the type of an overflow page in the
-// middle of a chain) is refused by name; the plugin reports the
-// collection as failed and keeps going.
+// middle of a chain) is refused by name, with the reader child and
+// without; the plugin reports the collection as failed and keeps going.
 func TestCorruptRPMIsRefused(t *testing.T) {
-	root, db := rpmRoot(t, "Packages.gz", "var/lib/rpm/Packages", "centos", func(b []byte) { b[12*4096+25] ^= 8 })
-	h := sdktest.New(t, vulnscan.New)
-	if err := h.Configure(config(t, map[string]any{"root": root, "watch": false})); err != nil {
-		t.Fatal(err)
-	}
-	h.Start()
-	ev := h.WaitEvents(outcome, 1, wait)[0]
-	want := "rpm database " + db + ": overflow page 11's overflow chain points at page 12 of type 15 (want overflow)"
-	if ev.Type != vulnscan.EventError || ev.Str("error") != want {
-		t.Errorf("event %s\nwant error %q", ev, want)
-	}
-	if _, err := h.Task(vulnscan.TaskInventory, nil); err == nil || !strings.Contains(err.Error(), "overflow chain") {
-		t.Errorf("inventory task = %v, want the collection's error", err)
-	}
-	if err := h.Stop(); err != nil {
-		t.Fatal(err)
+	for _, child := range []bool{true, false} {
+		t.Run("child="+strconv.FormatBool(child), func(t *testing.T) {
+			root, db := rpmRoot(t, "Packages.gz", "var/lib/rpm/Packages", "centos", func(b []byte) { b[12*4096+25] ^= 8 })
+			h := sdktest.New(t, vulnscan.NewWith(vulnscan.Options{RPMReaderChild: child}))
+			if err := h.Configure(config(t, map[string]any{"root": root, "watch": false})); err != nil {
+				t.Fatal(err)
+			}
+			h.Start()
+			ev := h.WaitEvents(outcome, 1, wait)[0]
+			want := "rpm database " + db + ": overflow page 11's overflow chain points at page 12 of type 15 (want overflow)"
+			if ev.Type != vulnscan.EventError || ev.Str("error") != want {
+				t.Errorf("event %s\nwant error %q", ev, want)
+			}
+			if _, err := h.Task(vulnscan.TaskInventory, nil); err == nil || !strings.Contains(err.Error(), "overflow chain") {
+				t.Errorf("inventory task = %v, want the collection's error", err)
+			}
+			if err := h.Stop(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
@@ -150,7 +154,7 @@ func TestReaderChildKilled(t *testing.T) {
 		t.Run(tt.mode, func(t *testing.T) {
 			t.Setenv(readerModeEnv, tt.mode)
 			root, db := rpmRoot(t, "Packages.gz", "var/lib/rpm/Packages", "centos", nil)
-			h := sdktest.New(t, vulnscan.New)
+			h := sdktest.New(t, vulnscan.NewWith(vulnscan.Options{RPMReaderChild: true}))
 			timeout := "1s"
 			if tt.mode == "grow" {
 				timeout = "5m" // failure bound only: the memory limit ends it

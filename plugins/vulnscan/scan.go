@@ -21,9 +21,10 @@ import (
 var ErrStuck = errors.New("vulnscan: a previous collection is still running")
 
 // collectNow reads the inventory under cfg.Root and remembers it for the
-// inventory task. rpm databases are read in a child process killed after
-// 90% of collect_timeout (readRPMIsolated), so a collection normally ends
-// in time even on a database that would hang the reader. As a backstop
+// inventory task. In vigil-vulnscan, rpm databases are read in a child
+// process killed after 90% of collect_timeout (readRPMIsolated), so a
+// collection ends in time even on a database that would hang the reader
+// in a way collect.CheckRPM does not foresee. As a backstop
 // for anything else (a collect func given in Options, a blocked read),
 // the collection runs in a goroutine of its own, is reported as failed
 // after collect_timeout, and no other collection starts until it has
@@ -42,7 +43,10 @@ func (p *Plugin) collectNow(cfg *Config) (*Inventory, error) {
 	}
 	done := make(chan result, 1)
 	collectFn := p.collect
-	if collectFn == nil {
+	switch {
+	case collectFn == nil && !p.rpmChild:
+		collectFn = collect.Collect
+	case collectFn == nil:
 		timeout := cfg.CollectTimeout.D() * 9 / 10
 		collectFn = func(root string) (*collect.Snapshot, error) {
 			return collect.CollectWith(root, func(path string) ([]inventory.Package, error) {

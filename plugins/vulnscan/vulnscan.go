@@ -56,9 +56,16 @@ type Options struct {
 	Clock sdk.Clock
 	// HostName spreads the rescans; empty is os.Hostname.
 	HostName string
-	// Collect reads the inventory under a root; nil is collect.CollectWith
-	// with rpm databases read in a child process (RPMReaderArg).
+	// Collect reads the inventory under a root; nil is collect.Collect, or
+	// with RPMReaderChild collect.CollectWith an rpm reader child.
 	Collect func(root string) (*collect.Snapshot, error)
+	// RPMReaderChild reads rpm databases in a child process of this
+	// binary (/proc/self/exe RPMReaderArg …), under CPU, memory and time
+	// limits. Only a binary whose main runs RPMReaderMain when
+	// IsRPMReader(os.Args), as vigil-vulnscan's does, may set it; without
+	// it rpm databases are read in the plugin's process, behind
+	// collect.CheckRPM only.
+	RPMReaderChild bool
 }
 
 // Plugin collects the inventory.
@@ -67,6 +74,8 @@ type Plugin struct {
 	clock   sdk.Clock
 	host    string
 	collect func(root string) (*collect.Snapshot, error)
+	// rpmChild: read rpm databases in a reader child (Options.RPMReaderChild).
+	rpmChild bool
 
 	mu   sync.Mutex
 	cfg  *Config
@@ -101,7 +110,7 @@ func NewWith(o Options) sdk.Factory {
 		if o.HostName == "" {
 			o.HostName, _ = os.Hostname()
 		}
-		return &Plugin{log: log.Named(Name), clock: o.Clock, host: o.HostName, collect: o.Collect, cfg: DefaultConfig(), reconfigured: make(chan struct{}, 1)}
+		return &Plugin{log: log.Named(Name), clock: o.Clock, host: o.HostName, collect: o.Collect, rpmChild: o.RPMReaderChild, cfg: DefaultConfig(), reconfigured: make(chan struct{}, 1)}
 	}
 }
 

@@ -15,5 +15,5 @@ func main() {
 	if vulnscan.IsRPMReader(os.Args) {
 		os.Exit(vulnscan.RPMReaderMain(os.Args[2:], collect.ReadRPM))
 	}
-	sdk.Serve(vulnscan.New)
+	sdk.Serve(vulnscan.NewWith(vulnscan.Options{RPMReaderChild: true}))
 }

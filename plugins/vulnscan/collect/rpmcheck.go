@@ -36,9 +36,9 @@ func (e *CorruptError) Is(target error) bool { return target == ErrCorruptRPM }
 // follow and refuses the file (a *CorruptError naming the file and the
 // problem) when any of them is out of bounds, of the wrong type or visited
 // twice, so every file it accepts is read by go-rpmdb in time and memory
-// bounded by the file's size. Each page and slot is read once; memory is
-// one page plus a bit per page. SQLite databases are left to the SQLite
-// library, which checks its own format.
+// bounded by the file's size. Each page is read at most twice and each
+// slot once; memory is one page plus a bit per page. SQLite databases are
+// left to the SQLite library, which checks its own format.
 func CheckRPM(path string) error {
 	f, err := os.Open(path)
 	if err != nil {

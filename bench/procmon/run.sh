@@ -8,7 +8,13 @@
 # 2. For each rate in RATES, one exec storm watched by procmon (the real
 #    vigil-procmon binary, driven over go-plugin as vigil-host drives it) and
 #    forkstat at the same time: capture, loss accounting, command-line share,
-#    CPU and RSS.
+#    CPU and RSS. A rate of FILL_FROM or more is beyond what 2 vCPUs can
+#    exec (about 14,000/s with nothing listening): the storm then runs as
+#    fast as the machine lets it, and a FILLER process (comm changes,
+#    prctl(PR_SET_NAME): one message each) brings the proc connector's
+#    messages up to the 3 x rate per second (fork, exec, exit) such a
+#    storm would send. That is the message load of the rate, not an exec
+#    storm at the rate.
 # 3. The same storm at the first rate with read_coalesce 0, the setting
 #    that favours enrichment of very short-lived processes over CPU.
 # 4. A storm of a dynamically linked /bin/true copy at DYN_RATE, a child
@@ -22,9 +28,10 @@
 # 6. A soak at SOAK_RATE for SOAK (procmon only) for steady RSS.
 #
 # Environment: RATES (default "5000 20000"), DURATION (20s), DYN_RATE
-# (1000), LOW_RATE (1000), SOAK (10m, empty to skip), SOAK_RATE (2000),
-# STORM_WORKERS (2), ONLY (run only the named parts: micro rates coalesce
-# dyn low overload soak), PPROF (a directory: build the plugin with the
+# (1000), LOW_RATE (1000), SOAK (10m, empty to skip), SOAK_RATE (5000),
+# STORM_WORKERS (2, each pinned to a CPU), FILL_FROM (10000), FILLER
+# (comm; proc or thread; empty: never fill), ONLY (run only the named
+# parts: micro rates coalesce dyn low overload soak), PPROF (a directory: build the plugin with the
 # pprof tag and have it write cpu.pprof, heap.pprof and memstats.txt there;
 # each storm overwrites them).
 set -eu
@@ -32,13 +39,15 @@ set -eu
 RATES=${RATES:-"5000 20000"}
 DURATION=${DURATION:-20s}
 SOAK=${SOAK-10m}
-SOAK_RATE=${SOAK_RATE:-2000}
+SOAK_RATE=${SOAK_RATE:-5000}
 DYN_RATE=${DYN_RATE:-1000}
 LOW_RATE=${LOW_RATE:-1000}
 ONLY=${ONLY:-"micro rates coalesce dyn low overload soak"}
 PPROF=${PPROF:-}
 want() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
 STORM_WORKERS=${STORM_WORKERS:-2}
+FILL_FROM=${FILL_FROM:-10000}
+FILLER=${FILLER-comm}
 
 if [ "$(id -u)" != 0 ]; then
 	echo "run.sh needs root (the proc connector needs CAP_NET_ADMIN)" >&2
@@ -62,7 +71,7 @@ else
 	go build -o "$work/vigil-procmon" ./plugins/procmon/cmd/vigil-procmon
 fi
 go build -o "$work/driver" ./bench/procmon/driver
-cc -O2 -Wall -o "$work/storm" "$here/storm/storm.c"
+cc -O2 -Wall -pthread -o "$work/storm" "$here/storm/storm.c"
 cc -O2 -static -nostdlib -o "$work/stormchild" "$here/storm/child.c"
 cp /bin/true "$work/dyntrue"
 drive() { echo "load: $(cut -d" " -f1-3 /proc/loadavg)"; "$work/driver" -plugin "$work/vigil-procmon" -storm "$work/storm" -workers "$STORM_WORKERS" "$@"; }
@@ -81,7 +90,12 @@ first=${RATES%% *}
 if want rates; then
 	for rate in $RATES; do
 		echo
-		drive -target "$work/stormchild" -rate "$rate" -duration "$DURATION"
+		if [ -n "$FILLER" ] && [ "$rate" -ge "$FILL_FROM" ]; then
+			drive -target "$work/stormchild" -rate "$rate" -duration "$DURATION" \
+				-messages $((3 * rate)) -filler "$FILLER"
+		else
+			drive -target "$work/stormchild" -rate "$rate" -duration "$DURATION"
+		fi
 	done
 fi
 if want coalesce; then

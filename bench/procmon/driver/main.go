@@ -40,6 +40,9 @@ var (
 	forkstat   = flag.Bool("forkstat", true, "run forkstat on the same storm")
 	sample     = flag.Duration("sample", time.Second, "RSS/CPU sampling interval")
 	idle       = flag.Duration("idle", 5*time.Second, "time to measure procmon on the machine's background load first")
+	pin        = flag.Bool("pin", true, "pin each storm worker to a CPU")
+	messages   = flag.Float64("messages", 0, "with a filler, bring the proc connector's messages to this many per second (3 per storm exec counted); 0: no filler")
+	filler     = flag.String("filler", "comm", "filler kind: comm (prctl(PR_SET_NAME): one comm message), proc (vfork, rename, exit: fork, comm and exit messages, no exec) or thread")
 )
 
 // execRec is one exec event procmon emitted.
@@ -154,11 +157,23 @@ func run() error {
 		fsCPU0, _ = cpuTicks(fs.Process.Pid)
 	}
 	rss0, _ := rssKB(pid)
+	pmDrops0 := netlinkDrops(pid)
+	var fsDrops0 dropCounts
+	if fs != nil {
+		fsDrops0 = netlinkDrops(fs.Process.Pid)
+	}
 
 	// The storm, sampled every second.
 	pidlog := filepath.Join(dir, "pids")
-	storm := exec.Command(*stormPath, "-r", fmt.Sprint(*rate), "-d", fmt.Sprint(duration.Seconds()),
-		"-t", *target, "-w", strconv.Itoa(*workers), "-o", pidlog)
+	args := []string{"-r", fmt.Sprint(*rate), "-d", fmt.Sprint(duration.Seconds()),
+		"-t", *target, "-w", strconv.Itoa(*workers), "-o", pidlog}
+	if !*pin {
+		args = append(args, "-P")
+	}
+	if *messages > 0 {
+		args = append(args, "-M", fmt.Sprint(*messages), "-f", *filler)
+	}
+	storm := exec.Command(*stormPath, args...)
 	storm.Stderr = os.Stderr
 	var stormOut strings.Builder
 	storm.Stdout = &stormOut
@@ -199,7 +214,9 @@ wait:
 	// Let both drain what is queued.
 	time.Sleep(3 * time.Second)
 	end := col.snapshot()
+	drops := sockDrops{procmon: netlinkDrops(pid).minus(pmDrops0)}
 	if fs != nil {
+		drops.forkstat = netlinkDrops(fs.Process.Pid).minus(fsDrops0)
 		_ = fs.Process.Signal(syscall.SIGINT)
 		<-fsDone
 		_ = fs.Wait()
@@ -211,7 +228,7 @@ wait:
 	if err != nil {
 		return err
 	}
-	report(gen, col, base, end, fsRecs, stormTime, stormOut.String(), cpu1-cpu0, fsCPU1-fsCPU0, rss0, rss, anon, bg)
+	report(gen, col, base, end, fsRecs, stormTime, stormOut.String(), cpu1-cpu0, fsCPU1-fsCPU0, rss0, rss, anon, bg, drops)
 	return nil
 }
 
@@ -337,13 +354,23 @@ func readPidlogs(prefix string, n int) ([]genRec, error) {
 }
 
 // matcher finds the generated exec a (pid, time) observation belongs to:
-// the same pid forked within the window of it. Pids wrap (pid_max is 32768
-// here) but not within a window at these rates.
+// the nearest in time of the execs of the same pid within the window of
+// it that no other observation took. Pids wrap (pid_max is 32768 here):
+// with a filler that forks, a pid comes back in little more than a second
+// at these rates, so the window may hold two execs of one pid; the
+// matcher counts such observations (ambiguous), and report prints the
+// shortest time between two storm execs of one pid and the offsets the
+// matches had, which say whether the nearest was the right one.
 type matcher struct {
 	byPid  map[int32][]int // indexes into gen, by time
 	gen    []genRec
 	window int64 // observation may follow the storm's time by less than this
 	before int64 // and precede it by less than this
+	used   []bool
+
+	ambiguous        int   // observations with two or more execs of their pid in the window
+	minOff, maxOff   int64 // storm's time minus observation's, over the matches
+	matched, reusedN int
 }
 
 func newMatcher(gen []genRec, window time.Duration) *matcher {
@@ -357,7 +384,8 @@ func newMatcher(gen []genRec, window time.Duration) *matcher {
 // while there, the storm (its reading comes late) more often than the
 // child.
 func newMatcherAsym(gen []genRec, before, after time.Duration) *matcher {
-	m := &matcher{byPid: map[int32][]int{}, gen: gen, window: int64(after), before: int64(before)}
+	m := &matcher{byPid: map[int32][]int{}, gen: gen, window: int64(after), before: int64(before), used: make([]bool, len(gen)),
+		minOff: math.MaxInt64, maxOff: math.MinInt64}
 	for i, g := range gen {
 		m.byPid[g.pid] = append(m.byPid[g.pid], i)
 	}
@@ -365,22 +393,134 @@ func newMatcherAsym(gen []genRec, before, after time.Duration) *matcher {
 }
 
 func (m *matcher) find(pid int32, t int64) int {
+	best, cands := -1, 0
+	var bestD int64
 	for _, i := range m.byPid[pid] {
-		if d := m.gen[i].t - t; d > -m.window && d < m.before {
-			return i
+		d := m.gen[i].t - t
+		if d <= -m.window || d >= m.before {
+			continue
+		}
+		cands++
+		if !m.used[i] && (best < 0 || abs(d) < abs(bestD)) {
+			best, bestD = i, d
 		}
 	}
-	return -1
+	if cands > 1 {
+		m.ambiguous++
+	}
+	if best >= 0 {
+		m.used[best] = true
+		m.matched++
+		m.minOff, m.maxOff = min(m.minOff, bestD), max(m.maxOff, bestD)
+	}
+	return best
+}
+
+// offsets says how far apart the matched storm times and observations
+// were, the smallest and largest storm time minus observation time.
+func (m *matcher) offsets(unit time.Duration) string {
+	if m.matched == 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%v..%v", time.Duration(m.minOff).Round(unit), time.Duration(m.maxOff).Round(unit))
+}
+
+// pidReuse returns the shortest time between two generated execs of one
+// pid, and how many generated execs had a pid used before in the storm.
+func pidReuse(gen []genRec) (shortest time.Duration, reused int) {
+	last := map[int32]int64{}
+	shortest = time.Duration(math.MaxInt64)
+	for _, g := range gen { // sorted by time
+		if t, ok := last[g.pid]; ok {
+			reused++
+			shortest = min(shortest, time.Duration(g.t-t))
+		}
+		last[g.pid] = g.t
+	}
+	return shortest, reused
+}
+
+// sockDrops are the messages the kernel could not put in each tool's
+// netlink sockets during the storm (the Drops column of /proc/net/netlink),
+// by socket inode.
+type sockDrops struct{ procmon, forkstat dropCounts }
+
+type dropCounts map[string]uint64
+
+func (d dropCounts) minus(o dropCounts) dropCounts {
+	r := dropCounts{}
+	for k, v := range d {
+		r[k] = v - o[k]
+	}
+	return r
+}
+
+// String lists the counts by socket inode.
+func (d dropCounts) String() string {
+	keys := make([]string, 0, len(d))
+	for k := range d {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b []string
+	for _, k := range keys {
+		b = append(b, strconv.FormatUint(d[k], 10))
+	}
+	return strings.Join(b, " + ")
+}
+
+func sum(d dropCounts) uint64 {
+	var n uint64
+	for _, v := range d {
+		n += v
+	}
+	return n
+}
+
+// netlinkDrops returns the kernel's drop counts of the connector
+// (NETLINK_CONNECTOR, 11) sockets that process pid holds.
+func netlinkDrops(pid int) dropCounts {
+	out := dropCounts{}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return out
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	b, err := os.ReadFile("/proc/net/netlink")
+	if err != nil {
+		return out
+	}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		// sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+		f := strings.Fields(l)
+		if len(f) >= 10 && f[1] == "11" && inodes[f[9]] {
+			out[f[9]], _ = strconv.ParseUint(f[8], 10, 64)
+		}
+	}
+	return out
 }
 
 func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormTime time.Duration, stormOut string,
-	cpuTicksUsed, fsTicks uint64, rss0 uint64, rss, anon []uint64, bg background) {
+	cpuTicksUsed, fsTicks uint64, rss0 uint64, rss, anon []uint64, bg background, drops sockDrops) {
 	n := len(gen)
 	achieved := float64(n) / stormTime.Seconds()
 
-	// procmon: each generated exec captured at most once.
-	// 1 s + 0.5 s: 32768 pids wrap in 1.6 s even at 20,000 execs/s.
-	m := newMatcherAsym(gen, time.Second, 500*time.Millisecond)
+	// procmon: each generated exec captured at most once. The window (from
+	// 1 s before the storm's time to 0.5 s after it) is kept shorter than
+	// the shortest time between two storm execs of one pid, so that an
+	// observation has one candidate at most.
+	shortest, reused := pidReuse(gen)
+	before, after := time.Second, 500*time.Millisecond
+	if span := shortest * 9 / 10; before+after > span {
+		before, after = span*2/3, span/3
+	}
+	m := newMatcherAsym(gen, before, after)
 	seen := make([]bool, n)
 	withCmd := make([]bool, n)
 	col.mu.Lock()
@@ -419,12 +559,17 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 		}
 	}
 
-	// forkstat, matched by pid within a 2 s window (it prints seconds).
-	mf := newMatcher(gen, 2*time.Second)
+	// forkstat, matched by pid within ±2 s of the middle of the second it
+	// prints, or less when pids come back sooner.
+	fsWin := 2 * time.Second
+	if span := shortest * 9 / 10; 2*fsWin > span {
+		fsWin = span / 2
+	}
+	mf := newMatcher(gen, fsWin)
 	fsSeen := make([]bool, n)
 	fsCmd := make([]bool, n)
 	for _, r := range fsRecs {
-		if i := mf.find(r.pid, r.sec*1e9+5e8); i >= 0 && !fsSeen[i] {
+		if i := mf.find(r.pid, r.sec*1e9+5e8); i >= 0 {
 			fsSeen[i] = true
 			fsCmd[i] = r.cmd
 		}
@@ -448,7 +593,12 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 	fsCPUPct := 100 * float64(fsTicks) / 100 / stormTime.Seconds()
 	rssSteady, rssMax := steady(rss)
 	anonSteady, anonMax := steady(anon)
-	fmt.Printf("== procmon vs forkstat: asked %.0f execs/s of %s for %s, config %s ==\n", *rate, filepath.Base(*target), duration.String(), *config)
+	if *messages > 0 {
+		fmt.Printf("== procmon vs forkstat: %.0f execs/s of %s (asked %.0f) + %s filler to %.0f connector messages/s for %s, config %s: NOT a %.0f execs/s storm ==\n",
+			achieved, filepath.Base(*target), *rate, *filler, *messages, duration.String(), *config, *messages/3)
+	} else {
+		fmt.Printf("== procmon vs forkstat: asked %.0f execs/s of %s for %s, config %s ==\n", *rate, filepath.Base(*target), duration.String(), *config)
+	}
 	fmt.Print(indent(stormOut))
 	fmt.Printf("%-44s %10d  (%.0f execs/s achieved)\n", "generated execs", n, achieved)
 	fmt.Printf("%-44s %10d  (%.3f%%)\n", "procmon captured", captured, pct(captured, n))
@@ -461,7 +611,20 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 	fmt.Printf("%-44s %10d  (%s)\n", "captured + counted losses - generated", int64(captured)+int64(counted)-int64(n),
 		map[bool]string{true: "every miss counted", false: "UNCOUNTED MISSES"}[int64(captured)+int64(counted) >= int64(n)])
 	fmt.Printf("%-44s %10d\n", "procmon exec_proc_gone (whole machine)", gone)
+	recv, lost := d("events_received"), kernelLost
+	fmt.Printf("%-44s %10.0f/s  (procmon received + kernel_events_lost, whole machine)\n", "connector messages during the storm", float64(recv+lost)/stormTime.Seconds())
+	fmt.Printf("%-44s %10.0f/s  (events_received: %d)\n", "  procmon received", float64(recv)/stormTime.Seconds(), recv)
+	fmt.Printf("%-44s %10s  (kernel's count per socket, /proc/net/netlink)\n", "  procmon socket drops", drops.procmon)
 	if *forkstat {
+		fsRecv := int64(recv+lost) - int64(sum(drops.forkstat))
+		fmt.Printf("%-44s %10.0f/s  (sent - its socket drops %d)\n", "  forkstat received", float64(fsRecv)/stormTime.Seconds(), sum(drops.forkstat))
+	}
+	fmt.Printf("%-44s %10d  of %d generated; shortest time between two: %v\n", "pid matching: storm execs with a reused pid", reused, n, shortest.Round(time.Millisecond))
+	fmt.Printf("%-44s %10d  (%d with 2+ storm execs of the pid in the window); storm's time - event's: %s (window %v..%v)\n", "  procmon matches",
+		m.matched, m.ambiguous, m.offsets(time.Microsecond), -time.Duration(m.window).Round(time.Millisecond), time.Duration(m.before).Round(time.Millisecond))
+	if *forkstat {
+		fmt.Printf("%-44s %10d  (%d with 2+ storm execs of the pid in the window); storm's time - printed second + 0.5 s: %s (window ±%v)\n", "  forkstat matches",
+			mf.matched, mf.ambiguous, mf.offsets(time.Millisecond), time.Duration(mf.before).Round(time.Millisecond))
 		fmt.Printf("%-44s %10d  (%.3f%%)\n", "forkstat captured", fsCaptured, pct(fsCaptured, n))
 		fmt.Printf("%-44s %10d  (%.2f%% of generated)\n", "forkstat with the storm's command line", fsWithCmd, pct(fsWithCmd, n))
 		fmt.Printf("%-44s %9.1f%%\n", "forkstat CPU (of one core)", fsCPUPct)

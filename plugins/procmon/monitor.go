@@ -124,12 +124,9 @@ type Monitor struct {
 	clock clocks
 
 	queues []*evQueue
-	// pre and nudge exist with the exec path (exec_prefetch): the table
-	// it fills, and its signal to the main reader that an exec came.
-	pre   *prefetchTable
-	nudge chan struct{}
-	// timed: the main socket is out of the poller and read on a timer
-	// and after each exec-path wake-up.
+	// pre is the table the exec path (exec_prefetch) fills.
+	pre *prefetchTable
+	// timed: the main socket is out of the poller and read on a timer.
 	timed bool
 
 	cancel context.CancelFunc
@@ -200,7 +197,6 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 	}
 	if cfg.ExecPrefetch {
 		m.pre = &prefetchTable{}
-		m.nudge = make(chan struct{}, 1)
 		if m.xsrc, err = m.dial(true); err != nil {
 			_ = src.Close()
 			return nil, fmt.Errorf("procmon: opening the exec socket: %w", err)
@@ -356,8 +352,7 @@ func (m *Monitor) signal() {
 
 // readTimed is the reader when the exec path runs: the main socket is out
 // of the runtime's poller (see cnproc.Conn.Detach), so its datagrams wake
-// nothing; it is drained when the exec path has handed over an exec, and
-// every read_coalesce otherwise. Like read, it never touches /proc and
+// nothing; it is drained every read_coalesce. Like read, it never touches /proc and
 // never waits on a worker.
 func (m *Monitor) readTimed(ctx context.Context) error {
 	var ev cnproc.Event
@@ -368,7 +363,6 @@ func (m *Monitor) readTimed(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-m.nudge:
 		case <-t.C:
 		}
 		m.mu.Lock()

@@ -17,9 +17,9 @@ import (
 // exec and exit arrive separately) pays a thread wake-up for each. So a
 // second socket, filtered in the kernel to exec events only
 // (cnproc.ExecFilter), is waited on by its own goroutine: only an exec
-// wakes it, and it reads at once what dies with the process (command line,
-// executable, working directory, status, and a shell's stdin and stdout)
-// into a small table. The worker that later handles the same exec from the
+// wakes it, and it reads at once what dies with the process when it exits
+// (command line, executable, working directory, and a shell's stdin and
+// stdout) into a small table. The worker that later handles the same exec from the
 // main socket claims those fields and reads the rest.
 //
 // The exec path is best effort and counts nothing: its socket has a small
@@ -50,9 +50,7 @@ type pfSlot struct {
 	ts  uint64
 
 	exe, cmdline, cwd, stdin, stdout []byte
-	haveCmdline, haveCwd, haveFDs    bool
-	haveStatus                       bool
-	st                               procinfo.Status
+	haveCwd, haveFDs                 bool
 }
 
 // prefetchTable is the bounded table between the exec path and the
@@ -97,44 +95,38 @@ func (t *prefetchTable) fill(r *procinfo.Reader, det *detector, ev *cnproc.Event
 		return
 	}
 	s.pid, s.ts = ev.TGID, ev.Timestamp
-	ok := readPrefetch(r, det, ev.TGID, s)
-	r.Close()
-	if ok {
+	if readPrefetch(r, det, ev.TGID, s) {
 		s.state.Store(pfReady)
 	} else {
 		s.state.Store(pfEmpty)
 	}
 }
 
-// readPrefetch reads into s, the command line first: it and the executable
-// link vanish when the process exits, the rest only when it is reaped.
+// readPrefetch reads into s what dies with the process when it exits:
+// the command line first, the executable, the working directory, and a
+// shell's stdin and stdout. Status (ppid, credentials) and the rest stay
+// readable until the process is reaped, and are the worker's.
 func readPrefetch(r *procinfo.Reader, det *detector, pid int32, s *pfSlot) bool {
-	s.haveCmdline, s.haveCwd, s.haveFDs, s.haveStatus = false, false, false, false
-	if r.Open(pid) != nil {
+	cmdline, exe, cwd, err := r.Peek(pid)
+	if err != nil {
 		return false
 	}
-	if b, err := r.Cmdline(); err == nil {
-		s.cmdline, s.haveCmdline = append(s.cmdline[:0], b...), true
-	}
-	exe, err := r.Exe()
-	if err != nil {
-		return false // exited: the command line read (if any) is empty
-	}
-	s.exe = append(s.exe[:0], exe...)
-	if b, err := r.Cwd(); err == nil {
-		s.cwd, s.haveCwd = append(s.cwd[:0], b...), true
-	}
+	s.cmdline, s.exe, s.cwd = append(s.cmdline[:0], cmdline...), append(s.exe[:0], exe...), append(s.cwd[:0], cwd...)
+	s.haveCwd = cwd != nil
+	s.haveFDs = false
 	if det.needsFDs(exe) {
-		in, _ := r.FD(0)
-		out, _ := r.FD(1)
+		in, _ := r.PeekFD(pid, 0)
+		out, _ := r.PeekFD(pid, 1)
 		s.stdin, s.stdout, s.haveFDs = append(s.stdin[:0], in...), append(s.stdout[:0], out...), true
 	}
-	s.haveStatus = r.Status(&s.st) == nil
 	return true
 }
 
-// execPath is the exec socket's goroutine: read, fill, tell the main
-// reader that there is something to read, and wait again.
+// execPath is the exec socket's goroutine: read, fill, wait again. It
+// does not hand the exec to the main reader: the worker's reads (status,
+// stat, namespaces, cgroup) at that moment cost more than they find,
+// since what outlives the exit (until the process is reaped) is read
+// just as well a read interval later; see docs/procmon.md.
 func (m *Monitor) execPath(ctx context.Context) error {
 	r := procinfo.NewReader(m.deps.ProcRoot, m.cfg.CmdlineMax)
 	defer r.Close()
@@ -164,22 +156,14 @@ func (m *Monitor) execPath(ctx context.Context) error {
 				m.pre.fill(r, m.det, &ev)
 			}
 		}
-		select {
-		case m.nudge <- struct{}{}:
-		default:
-		}
 	}
 }
 
 // addPrefetched appends the fields the exec path read and sets the facts
-// the detections use. It returns the parent pid, or -1.
-func (w *worker) addPrefetched(f []sdk.Field, s *pfSlot) ([]sdk.Field, int32) {
-	w.facts.exe, w.facts.haveExe = s.exe, true
-	f = append(f, sdk.String("exe", str(s.exe)))
-	if s.haveCmdline {
-		w.facts.cmdline = s.cmdline
-		f = append(f, sdk.String("cmdline", str(s.cmdline)))
-	}
+// the detections use.
+func (w *worker) addPrefetched(f []sdk.Field, s *pfSlot) []sdk.Field {
+	w.facts.haveExe, w.facts.exe, w.facts.cmdline = true, s.exe, s.cmdline
+	f = append(f, sdk.String("exe", str(s.exe)), sdk.String("cmdline", str(s.cmdline)))
 	if s.haveCwd {
 		f = append(f, sdk.String("cwd", str(s.cwd)))
 	}
@@ -187,11 +171,5 @@ func (w *worker) addPrefetched(f []sdk.Field, s *pfSlot) ([]sdk.Field, int32) {
 		w.facts.stdin, w.facts.stdout = s.stdin, s.stdout
 		f = append(f, sdk.String("stdin", str(s.stdin)), sdk.String("stdout", str(s.stdout)))
 	}
-	if !s.haveStatus {
-		return f, -1
-	}
-	st := &s.st
-	f = append(f, sdk.Int("ppid", int64(st.PPID)), sdk.Int("uid", int64(st.UID)), sdk.Int("euid", int64(st.EUID)),
-		sdk.Int("gid", int64(st.GID)), sdk.Int("egid", int64(st.EGID)))
-	return f, st.PPID
+	return f
 }

@@ -159,7 +159,7 @@ func (w *worker) execEvent(ev *cnproc.Event, knownGone bool) {
 	pf := m.pre.claim(ev)
 	if pf != nil {
 		m.c.execPrefetched.Add(1)
-		f, ppid = w.addPrefetched(f, pf)
+		f = w.addPrefetched(f, pf)
 	}
 	gone := knownGone
 	if !gone {
@@ -245,7 +245,7 @@ func (w *worker) readProc(pid int32, fp *[]sdk.Field, pf *pfSlot, ppid *int32) (
 			f = append(f, sdk.Int("ppid", int64(*ppid)), sdk.Int("uid", int64(w.st.UID)), sdk.Int("euid", int64(w.st.EUID)),
 				sdk.Int("gid", int64(w.st.GID)), sdk.Int("egid", int64(w.st.EGID)))
 		} else if pf != nil && errors.Is(err, procinfo.ErrGone) {
-			return true
+			return true // reaped: the exec path's fields are all there is
 		}
 	}
 	if err := r.Stat(&w.stat); err == nil {

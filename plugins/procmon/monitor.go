@@ -124,8 +124,10 @@ type Monitor struct {
 	clock clocks
 
 	queues []*evQueue
-	// pre is the table the exec path (exec_prefetch) fills.
-	pre *prefetchTable
+	// pre is the table the exec path (exec_prefetch) fills; nudge is its
+	// signal to the main reader that an exec came after a quiet spell.
+	pre   *prefetchTable
+	nudge chan struct{}
 	// timed: the main socket is out of the poller and read on a timer.
 	timed bool
 
@@ -197,6 +199,7 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 	}
 	if cfg.ExecPrefetch {
 		m.pre = &prefetchTable{}
+		m.nudge = make(chan struct{}, 1)
 		if m.xsrc, err = m.dial(true); err != nil {
 			_ = src.Close()
 			return nil, fmt.Errorf("procmon: opening the exec socket: %w", err)
@@ -343,6 +346,14 @@ func (m *Monitor) handleRead(b []byte, ev *cnproc.Event) {
 	}
 }
 
+// The timed reader's pacing: a read that finds fewer than idleBelow
+// messages (of msgSize bytes) doubles the interval, up to maxInterval.
+const (
+	idleBelow   = 8
+	msgSize     = 76
+	maxInterval = 100 * time.Millisecond
+)
+
 // signal wakes the workers that were handed events.
 func (m *Monitor) signal() {
 	for _, q := range m.queues {
@@ -352,19 +363,27 @@ func (m *Monitor) signal() {
 
 // readTimed is the reader when the exec path runs: the main socket is out
 // of the runtime's poller (see cnproc.Conn.Detach), so its datagrams wake
-// nothing; it is drained every read_coalesce. Like read, it never touches /proc and
+// nothing. It is drained every read_coalesce while reads find events
+// (at least idleBelow messages), at intervals doubling up to
+// maxInterval while they find fewer, and at once when the exec path
+// nudges it (an exec after a quiet spell). A timer wake-up costs the
+// poller thread and the runtime's monitor thread a wake-up each, which
+// on a quiet host is most of the plugin's CPU. Like read, it never touches /proc and
 // never waits on a worker.
 func (m *Monitor) readTimed(ctx context.Context) error {
 	var ev cnproc.Event
-	interval := m.cfg.ReadCoalesce.D()
+	base := m.cfg.ReadCoalesce.D()
+	interval := base
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-m.nudge:
 		case <-t.C:
 		}
+		got := 0
 		m.mu.Lock()
 		src := m.src
 		m.mu.Unlock()
@@ -384,12 +403,18 @@ func (m *Monitor) readTimed(ctx context.Context) error {
 				}
 				break
 			}
+			got += len(b)
 			m.handleRead(b, &ev)
 			if !src.More() {
 				break
 			}
 		}
 		m.signal()
+		if got >= idleBelow*msgSize {
+			interval = base
+		} else {
+			interval = min(2*interval, max(base, maxInterval))
+		}
 		t.Reset(interval)
 	}
 }

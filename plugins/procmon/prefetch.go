@@ -3,7 +3,9 @@ package procmon
 import (
 	"context"
 	"errors"
+	"runtime"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -122,20 +124,60 @@ func readPrefetch(r *procinfo.Reader, det *detector, pid int32, s *pfSlot) bool 
 	return true
 }
 
-// execPath is the exec socket's goroutine: read, fill, wait again. It
-// does not hand the exec to the main reader: the worker's reads (status,
-// stat, namespaces, cgroup) at that moment cost more than they find,
-// since what outlives the exit (until the process is reaped) is read
-// just as well a read interval later; see docs/procmon.md.
+// execPath is the exec socket's goroutine: read, fill, wait again.
+//
+// An exec that comes after a quiet spell (the goroutine was parked) is
+// handed on at once: the main reader is nudged, so the worker reads the
+// rest (status, stat, namespaces, cgroup) while the process is there, as
+// a quiet socket was always read. Under a steady flow it is not: there
+// the worker's reads at that moment cost more than they find, and what
+// outlives the exit (until the process is reaped) is read just as well a
+// read interval later; see docs/procmon.md.
+//
+// While execs keep coming (each within execBusyWait of the last), it
+// waits for the next one in a raw poll that keeps the goroutine's P
+// (cnproc.Conn.WaitRaw), letting the other goroutines run before each
+// wait: one thread wake-up per exec, instead of a wake-up through the
+// scheduler plus the runtime's monitor thread woken from its deep sleep
+// by the command line read (a scheduled system call, so that a process
+// whose memory cannot be read holds up only this goroutine). When execs
+// stop, it parks in the poller and costs nothing.
 func (m *Monitor) execPath(ctx context.Context) error {
 	r := procinfo.NewReader(m.deps.ProcRoot, m.cfg.CmdlineMax)
 	defer r.Close()
 	var ev cnproc.Event
+	fill := func(b []byte) {
+		for len(b) > 0 {
+			n, err := cnproc.Decode(b, &ev)
+			b = b[n:]
+			if err == nil && ev.What == cnproc.Exec {
+				m.pre.fill(r, m.det, &ev)
+			}
+		}
+	}
 	for {
 		m.mu.Lock()
 		src := m.xsrc
 		m.mu.Unlock()
 		b, err := src.Read()
+		if err == nil {
+			fill(b)
+			select {
+			case m.nudge <- struct{}{}:
+			default:
+			}
+			if rw, ok := src.(rawWaiter); ok {
+				for err == nil {
+					runtime.Gosched()
+					if !rw.WaitRaw(execBusyWait) {
+						break
+					}
+					if b, err = rw.ReadNow(); err == nil {
+						fill(b)
+					}
+				}
+			}
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -147,16 +189,19 @@ func (m *Monitor) execPath(ctx context.Context) error {
 			if err := m.reconnect(ctx, true); err != nil {
 				return nil // closed
 			}
-			continue
-		}
-		for len(b) > 0 {
-			n, err := cnproc.Decode(b, &ev)
-			b = b[n:]
-			if err == nil && ev.What == cnproc.Exec {
-				m.pre.fill(r, m.det, &ev)
-			}
 		}
 	}
+}
+
+// execBusyWait is the longest the exec path keeps its P waiting for the
+// next exec; it is also the longest the rest of the plugin waits for it.
+const execBusyWait = 5 * time.Millisecond
+
+// rawWaiter is a source that can wait without the scheduler (a
+// *cnproc.Conn).
+type rawWaiter interface {
+	WaitRaw(time.Duration) bool
+	ReadNow() ([]byte, error)
 }
 
 // addPrefetched appends the fields the exec path read and sets the facts

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/mdlayher/netlink"
@@ -36,13 +37,19 @@ type Conn struct {
 	more    bool // the last read stopped with datagrams possibly left
 	pending error
 	// recvmmsg state: one slot per datagram, gathered into buf.
-	slots   []byte
-	iovs    [mmsgSlots]unix.Iovec
-	msgs    [mmsgSlots]unix.Mmsghdr
-	readFn  func(fd uintptr) bool
-	rcvBuf  int
-	forced  bool
-	closing atomic.Bool
+	slots  []byte
+	iovs   [mmsgSlots]unix.Iovec
+	msgs   [mmsgSlots]unix.Mmsghdr
+	readFn func(fd uintptr) bool
+	// raw waits (WaitRaw, ReadNow)
+	pfd       [1]unix.PollFd
+	waitMS    int
+	waitOK    bool
+	pollFn    func(fd uintptr)
+	readNowFn func(fd uintptr)
+	rcvBuf    int
+	forced    bool
+	closing   atomic.Bool
 }
 
 // Options say how to open a socket.
@@ -114,6 +121,8 @@ func DialOptions(o Options) (*Conn, error) {
 		c.msgs[i].Hdr.Iovlen = 1
 	}
 	c.readFn = c.read
+	c.pollFn = c.poll
+	c.readNowFn = func(fd uintptr) { c.read(fd) }
 	if rcvBuf > 0 {
 		if err := c.setRcvBuf(rcvBuf); err != nil {
 			nl.Close()
@@ -239,6 +248,59 @@ func (c *Conn) read(fd uintptr) bool {
 	}
 	c.more = true
 	return true
+}
+
+// WaitRaw waits up to d for a datagram with a raw poll(2), without the Go
+// scheduler: the calling goroutine keeps its P meanwhile, so no other
+// goroutine of the process runs for up to d (nor can a garbage
+// collection stop the world). It reports whether a datagram is waiting;
+// ReadNow then takes it. EINTR (the runtime's preemption signal) reports
+// false.
+//
+// Why: a goroutine that parks in the runtime's poller leaves its P idle;
+// its wake-up goes through the scheduler, and the next scheduled system
+// call wakes the runtime's monitor thread from its deep sleep (it sleeps
+// deeply only while every P is idle). Under a steady flow of events a
+// short raw wait costs one thread wake-up per event and nothing else.
+func (c *Conn) WaitRaw(d time.Duration) bool {
+	c.waitMS = int(d / time.Millisecond)
+	c.waitOK = false
+	if c.dfd >= 0 {
+		c.dmu.Lock()
+		defer c.dmu.Unlock()
+		if !c.closing.Load() {
+			c.poll(uintptr(c.dfd))
+		}
+		return c.waitOK
+	}
+	_ = c.raw.Control(c.pollFn)
+	return c.waitOK
+}
+
+func (c *Conn) poll(fd uintptr) {
+	c.pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	n, _, errno := unix.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&c.pfd[0])), 1, uintptr(c.waitMS))
+	c.waitOK = errno == 0 && n == 1
+}
+
+// ReadNow returns the datagrams waiting, without waiting (possibly none);
+// errors are as Read's.
+func (c *Conn) ReadNow() ([]byte, error) {
+	if err := c.pending; err != nil {
+		c.pending = nil
+		return nil, err
+	}
+	if c.dfd >= 0 {
+		return c.readDetached()
+	}
+	c.n, c.rerr = 0, nil
+	if err := c.raw.Control(c.readNowFn); err != nil || c.closing.Load() {
+		return nil, ErrClosed
+	}
+	if c.rerr != nil {
+		return nil, c.rerr
+	}
+	return c.buf[:c.n], nil
 }
 
 // More says whether the last Read filled its buffer before the socket was

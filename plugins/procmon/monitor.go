@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -128,6 +129,8 @@ type Monitor struct {
 	// signal to the main reader that an exec came after a quiet spell.
 	pre   *prefetchTable
 	nudge chan struct{}
+	// quiet: the timed reader's interval has grown past read_coalesce.
+	quiet atomic.Bool
 	// timed: the main socket is out of the poller and read on a timer.
 	timed bool
 
@@ -366,7 +369,7 @@ func (m *Monitor) signal() {
 // nothing. It is drained every read_coalesce while reads find events
 // (at least idleBelow messages), at intervals doubling up to
 // maxInterval while they find fewer, and at once when the exec path
-// nudges it (an exec after a quiet spell). A timer wake-up costs the
+// nudges it (an exec while the interval is grown, i.e. a quiet host). A timer wake-up costs the
 // poller thread and the runtime's monitor thread a wake-up each, which
 // on a quiet host is most of the plugin's CPU. Like read, it never touches /proc and
 // never waits on a worker.
@@ -415,6 +418,7 @@ func (m *Monitor) readTimed(ctx context.Context) error {
 		} else {
 			interval = min(2*interval, max(base, maxInterval))
 		}
+		m.quiet.Store(interval > base)
 		t.Reset(interval)
 	}
 }

@@ -126,10 +126,11 @@ func readPrefetch(r *procinfo.Reader, det *detector, pid int32, s *pfSlot) bool 
 
 // execPath is the exec socket's goroutine: read, fill, wait again.
 //
-// An exec that comes after a quiet spell (the goroutine was parked) is
-// handed on at once: the main reader is nudged, so the worker reads the
-// rest (status, stat, namespaces, cgroup) while the process is there, as
-// a quiet socket was always read. Under a steady flow it is not: there
+// On a quiet host (the main reader's interval has grown past
+// read_coalesce) an exec is handed on at once: the main reader is nudged,
+// so the worker reads the rest (status, stat, namespaces, cgroup) while
+// the process is there, as a quiet socket was always read. Under load it
+// is not: there
 // the worker's reads at that moment cost more than they find, and what
 // outlives the exit (until the process is reaped) is read just as well a
 // read interval later; see docs/procmon.md.
@@ -162,9 +163,11 @@ func (m *Monitor) execPath(ctx context.Context) error {
 		b, err := src.Read()
 		if err == nil {
 			fill(b)
-			select {
-			case m.nudge <- struct{}{}:
-			default:
+			if m.quiet.Load() {
+				select {
+				case m.nudge <- struct{}{}:
+				default:
+				}
 			}
 			if rw, ok := src.(rawWaiter); ok {
 				for err == nil {

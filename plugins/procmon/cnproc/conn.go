@@ -254,8 +254,8 @@ func (c *Conn) read(fd uintptr) bool {
 // scheduler: the calling goroutine keeps its P meanwhile, so no other
 // goroutine of the process runs for up to d (nor can a garbage
 // collection stop the world). It reports whether a datagram is waiting;
-// ReadNow then takes it. EINTR (the runtime's preemption signal) reports
-// false.
+// ReadNow then takes it. A poll interrupted by signals (the runtime's
+// preemption) is taken up again, up to three times.
 //
 // Why: a goroutine that parks in the runtime's poller leaves its P idle;
 // its wake-up goes through the scheduler, and the next scheduled system
@@ -279,8 +279,13 @@ func (c *Conn) WaitRaw(d time.Duration) bool {
 
 func (c *Conn) poll(fd uintptr) {
 	c.pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
-	n, _, errno := unix.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&c.pfd[0])), 1, uintptr(c.waitMS))
-	c.waitOK = errno == 0 && n == 1
+	for range 3 { // a signal (the runtime preempting, a GC scan) is not the end of the wait
+		n, _, errno := unix.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&c.pfd[0])), 1, uintptr(c.waitMS))
+		if errno != unix.EINTR {
+			c.waitOK = errno == 0 && n == 1
+			return
+		}
+	}
 }
 
 // ReadNow returns the datagrams waiting, without waiting (possibly none);

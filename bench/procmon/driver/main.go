@@ -536,7 +536,8 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 	col.mu.Unlock()
 	captured, cmd := count(seen), count(withCmd)
 	// Say what became of each generated exec procmon did not report: the
-	// nearest exec event with its pid, if any.
+	// nearest exec event with its pid, if any (printed after the header).
+	var unmatched []string
 	shown := 0
 	for i, ok := range seen {
 		if ok || shown == 10 {
@@ -553,9 +554,9 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 			}
 		}
 		if near == math.MaxInt64 {
-			fmt.Printf("  unmatched: pid %d forked at %s, no exec event with that pid\n", g.pid, time.Unix(0, g.t).UTC().Format("15:04:05.000000"))
+			unmatched = append(unmatched, fmt.Sprintf("  unmatched: pid %d forked at %s, no exec event with that pid", g.pid, time.Unix(0, g.t).UTC().Format("15:04:05.000000")))
 		} else {
-			fmt.Printf("  unmatched: pid %d forked at %s, nearest exec event with that pid %v away\n", g.pid, time.Unix(0, g.t).UTC().Format("15:04:05.000000"), time.Duration(near))
+			unmatched = append(unmatched, fmt.Sprintf("  unmatched: pid %d forked at %s, nearest exec event with that pid %v away", g.pid, time.Unix(0, g.t).UTC().Format("15:04:05.000000"), time.Duration(near)))
 		}
 	}
 
@@ -604,6 +605,9 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 	fmt.Printf("%-44s %10d  (%.3f%%)\n", "procmon captured", captured, pct(captured, n))
 	fmt.Printf("%-44s %10d  (%.2f%% of generated)\n", "procmon with the storm's command line", cmd, pct(cmd, n))
 	fmt.Printf("%-44s %10d\n", "procmon missed", missed)
+	for _, l := range unmatched {
+		fmt.Println(l)
+	}
 	fmt.Printf("%-44s %10d\n", "  kernel_events_lost (all kinds, seq gaps)", kernelLost)
 	fmt.Printf("%-44s %10d\n", "  kernel_overruns (ENOBUFS)", overruns)
 	fmt.Printf("%-44s %10d  (all kinds: %d)\n", "  queue_dropped_exec", qdropExec, qdrop)
@@ -619,7 +623,11 @@ func report(gen []genRec, col *collector, base, end snap, fsRecs []fsRec, stormT
 		fsRecv := int64(recv+lost) - int64(sum(drops.forkstat))
 		fmt.Printf("%-44s %10.0f/s  (sent - its socket drops %d)\n", "  forkstat received", float64(fsRecv)/stormTime.Seconds(), sum(drops.forkstat))
 	}
-	fmt.Printf("%-44s %10d  of %d generated; shortest time between two: %v\n", "pid matching: storm execs with a reused pid", reused, n, shortest.Round(time.Millisecond))
+	reuse := "none"
+	if reused > 0 {
+		reuse = shortest.Round(time.Millisecond).String()
+	}
+	fmt.Printf("%-44s %10d  of %d generated; shortest time between two: %s\n", "pid matching: storm execs with a reused pid", reused, n, reuse)
 	fmt.Printf("%-44s %10d  (%d with 2+ storm execs of the pid in the window); storm's time - event's: %s (window %v..%v)\n", "  procmon matches",
 		m.matched, m.ambiguous, m.offsets(time.Microsecond), -time.Duration(m.window).Round(time.Millisecond), time.Duration(m.before).Round(time.Millisecond))
 	if *forkstat {

@@ -126,7 +126,7 @@ type Monitor struct {
 
 	queues []*evQueue
 	// pre is the table the exec path (exec_prefetch) fills; nudge is its
-	// signal to the main reader that an exec came after a quiet spell.
+	// signal to the main reader that an exec came on a quiet host.
 	pre   *prefetchTable
 	nudge chan struct{}
 	// quiet: the timed reader's interval has grown past read_coalesce.
@@ -367,12 +367,12 @@ func (m *Monitor) signal() {
 // readTimed is the reader when the exec path runs: the main socket is out
 // of the runtime's poller (see cnproc.Conn.Detach), so its datagrams wake
 // nothing. It is drained every read_coalesce while reads find events
-// (at least idleBelow messages), at intervals doubling up to
-// maxInterval while they find fewer, and at once when the exec path
-// nudges it (an exec while the interval is grown, i.e. a quiet host). A timer wake-up costs the
-// poller thread and the runtime's monitor thread a wake-up each, which
-// on a quiet host is most of the plugin's CPU. Like read, it never touches /proc and
-// never waits on a worker.
+// (at least idleBelow messages), at intervals doubling up to maxInterval
+// while they find fewer, and at once when the exec path nudges it (an
+// exec while the interval is grown, i.e. a quiet host). A timer wake-up
+// costs the poller thread and the runtime's monitor thread a wake-up
+// each, which on a quiet host is most of the plugin's CPU. Like read, it
+// never touches /proc and never waits on a worker.
 func (m *Monitor) readTimed(ctx context.Context) error {
 	var ev cnproc.Event
 	base := m.cfg.ReadCoalesce.D()

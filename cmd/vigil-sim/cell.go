@@ -30,6 +30,9 @@ type cell struct {
 	own     bool   // dir was created by the simulator
 	bin     string // "" = this binary with -serve-member
 	gogc    int    // GOGC of the member processes (0: Go's default, 100)
+	// maxTerm is the highest raft term watchLeader saw: elections that
+	// re-elect the same leader change it too.
+	maxTerm atomic.Uint64
 }
 
 type member struct {
@@ -295,6 +298,9 @@ func (c *cell) watchLeader(ctx context.Context, changes, leaderless *atomic.Int6
 			st, err := memberStatus(ctx, m.clientURL)
 			if err == nil && st.Leader != 0 {
 				id = st.Leader
+				if t := st.Header.RaftTerm; t > c.maxTerm.Load() {
+					c.maxTerm.Store(t)
+				}
 				break
 			}
 		}

@@ -507,7 +507,14 @@ func (s *Sim) Run(ctx context.Context) (Report, error) {
 		go s.cell.watchLeader(lctx, &changes, &leaderless)
 	}
 	rep, err := s.run(ctx)
+	if err != nil {
+		s.countLoops()
+		rep.AckResends, rep.Resyncs = s.report.AckResends, s.report.Resyncs
+	}
 	rep.LeaderChanges, rep.LeaderlessPolls = changes.Load(), leaderless.Load()
+	if s.cell != nil {
+		rep.TermEnd = s.cell.maxTerm.Load()
+	}
 	rep.LoadEnd = loadAvg()
 	if s.cell != nil {
 		rep.EtcdAtEnd = s.cell.stats()
@@ -534,6 +541,7 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 	s.report.SimAfterRegisterRSSMB, s.report.SimAfterRegisterCPU = procStats(os.Getpid())
 	if s.cell != nil {
 		s.report.EtcdAfterRegister = s.cell.stats()
+		s.report.TermAfterRegister = s.cell.maxTerm.Load()
 	}
 	if s.proxies != nil {
 		s.report.EtcdAfterRegister = append(s.report.EtcdAfterRegister, s.proxies.stats()...)
@@ -587,6 +595,7 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 		}
 		s.report.Results = append(s.report.Results, res...)
 	}
+	s.countLoops()
 	s.report.Goroutines = runtime.NumGoroutine()
 	s.report.MaxRSSMB = maxRSSMB()
 	var ru syscall.Rusage
@@ -594,6 +603,16 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 		s.report.CPUSeconds = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 	}
 	return s.report, nil
+}
+
+// countLoops sums the hosts' resends and resyncs into the report.
+func (s *Sim) countLoops() {
+	s.report.AckResends, s.report.Resyncs = 0, 0
+	for _, h := range s.hosts {
+		st := h.loop.Status()
+		s.report.AckResends += st.AckResends
+		s.report.Resyncs += st.Resyncs
+	}
 }
 
 // loadAvg is the first three fields of /proc/loadavg.

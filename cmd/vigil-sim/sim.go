@@ -89,6 +89,7 @@ func DefaultOptions() Options {
 		Offline:        1000,
 		Seed:           1,
 		ProfileWindow:  10 * time.Second,
+		MemberGOGC:     400,
 		Idle:           30 * time.Second,
 		RolloutMB:      20,
 		RolloutWindow:  60 * time.Second,
@@ -189,12 +190,21 @@ type Report struct {
 	// LeaderChanges counts leader changes seen by polling every second
 	// (kills by leader-loss included); LeaderlessPolls the polls that
 	// found no leader.
-	LeaderChanges   int64  `json:"leader_changes"`
-	LeaderlessPolls int64  `json:"leaderless_polls"`
-	Heartbeat       string `json:"heartbeat,omitempty"`
-	Election        string `json:"election,omitempty"`
-	LoadStart       string `json:"load_start"`
-	LoadEnd         string `json:"load_end"`
+	LeaderChanges   int64 `json:"leader_changes"`
+	LeaderlessPolls int64 `json:"leaderless_polls"`
+	// AckResends sums the hosts' acknowledgements sent again on a leader
+	// change (control.leader_probe); Resyncs their fresh reads after a
+	// watch ended; both at the end of the run.
+	AckResends int `json:"ack_resends"`
+	Resyncs    int `json:"resyncs"`
+	// TermAfterRegister and TermEnd are the cell's raft term (as polled):
+	// every election raises it, also one that keeps the same leader.
+	TermAfterRegister uint64 `json:"term_after_register"`
+	TermEnd           uint64 `json:"term_end"`
+	Heartbeat         string `json:"heartbeat,omitempty"`
+	Election          string `json:"election,omitempty"`
+	LoadStart         string `json:"load_start"`
+	LoadEnd           string `json:"load_end"`
 }
 
 // host is one simulated host: the real control loop and an applier that

@@ -11,6 +11,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/sdk"
@@ -325,13 +326,16 @@ func sameReport(a, b *api.Registration) bool {
 //
 // A write sent through a follower to a leader that dies is lost without an
 // answer: etcd fails it only after its request timeout (5 s + 2 × election
-// timeout). So while the write is pending longer than LeaderProbe, the
-// loop asks its watch stream's member for progress (a stream message: no
-// raft, no disk), whose answer carries the member's raft term; a term
-// higher than the one the write was sent under means a new election: the
-// write is cancelled and sent again at once (a duplicate is harmless: same
-// value, same guard). A write that is merely slow keeps waiting: it is
-// never paid twice because the cell is busy.
+// timeout). So, with LeaderProbe set (off by default, see Config), while
+// the write is pending longer than LeaderProbe, the
+// loop asks its watch stream's member for progress every LeaderProbe (a
+// stream message: no raft, no disk), whose answer carries the member's
+// raft term; a term higher than the one the write was sent under means an
+// election: the write is cancelled and sent again at once (a duplicate is
+// harmless: same value, same guard), at most once per acknowledgement. A
+// write that is merely slow keeps waiting; but a cell so overloaded that
+// it holds elections gets every pending write twice (hence off by
+// default).
 func (l *Loop) ack(ctx context.Context, reg *registration, ws *watchSet) error {
 	r := l.registrationValue()
 	if sameReport(r, reg.lastAck) {
@@ -341,14 +345,16 @@ func (l *Loop) ack(ctx context.Context, reg *registration, ws *watchSet) error {
 	if err != nil {
 		return fmt.Errorf("acknowledging: %w", err)
 	}
+	probe := ws
 	for {
-		resp, err := l.ackOnce(ctx, reg, string(val), ws)
+		resp, err := l.ackOnce(ctx, reg, string(val), probe)
 		switch {
 		case errors.Is(err, errLeaderChanged):
 			l.mu.Lock()
 			l.status.AckResends++
 			l.mu.Unlock()
 			l.log.Info("leader changed while acknowledging; sending again")
+			probe = nil // once
 			continue
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return errLeaseLost
@@ -364,8 +370,8 @@ func (l *Loop) ack(ctx context.Context, reg *registration, ws *watchSet) error {
 
 var errLeaderChanged = errors.New("control: raft term rose while the write was pending")
 
-// ackOnce sends the guarded write once, probing for a leader change while
-// it is pending (see ack).
+// ackOnce sends the guarded write once; with ws, it probes for an election
+// while the write is pending (see ack).
 func (l *Loop) ackOnce(ctx context.Context, reg *registration, val string, ws *watchSet) (*clientv3.TxnResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
 	defer cancel()
@@ -375,7 +381,7 @@ func (l *Loop) ackOnce(ctx context.Context, reg *registration, val string, ws *w
 			Then(clientv3.OpPut(l.key, val, clientv3.WithLease(reg.lease))).
 			Commit()
 	}
-	if ws == nil || ws.ctx == nil || l.cfg.LeaderProbe >= l.cfg.RequestTimeout {
+	if ws == nil || ws.ctx == nil || l.cfg.LeaderProbe <= 0 || l.cfg.LeaderProbe >= l.cfg.RequestTimeout {
 		return txn()
 	}
 	sent := ws.term.Load()
@@ -397,9 +403,7 @@ func (l *Loop) ackOnce(ctx context.Context, reg *registration, val string, ws *w
 			}
 			return res.resp, res.err
 		case <-probe:
-			// Best effort: an error (stream being replaced) leaves the
-			// write to its timeout, as without the probe.
-			_ = l.cli.RequestProgress(ws.ctx)
+			l.requestProgress(rctx, ws)
 			probe = l.clockAfter(rctx, l.cfg.LeaderProbe)
 		case <-ws.termUp:
 			if sent != 0 && ws.term.Load() > sent {
@@ -409,4 +413,20 @@ func (l *Loop) ackOnce(ctx context.Context, reg *registration, val string, ws *w
 			}
 		}
 	}
+}
+
+// requestProgress asks the member of the watch stream for a progress
+// response, without blocking the caller (the client hands the request to
+// the stream's goroutine, which may be busy), until ctx ends. Best effort:
+// a request lost (stream being replaced) leaves the write to its timeout,
+// as without the probe. The context carries the watches' outgoing
+// metadata, which is how the client finds their stream.
+func (l *Loop) requestProgress(ctx context.Context, ws *watchSet) {
+	md, _ := metadata.FromOutgoingContext(ws.ctx)
+	pctx := metadata.NewOutgoingContext(ctx, md)
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		_ = l.cli.RequestProgress(pctx)
+	}()
 }

@@ -208,7 +208,9 @@ func TestClusterAckResentOnLeaderChange(t *testing.T) {
 	if ws.term.Load() <= before {
 		t.Fatalf("term %d after the election, want more than %d", ws.term.Load(), before)
 	}
-	// Sent again, the write goes to the new leader.
+	// The term rises when the election starts; once a new leader is
+	// known, the write sent again goes to it.
+	c.WaitLeader(t, leader)
 	if _, err := l.ackOnce(ctx, reg, `{"host":"node-probe"}`, ws); err != nil {
 		t.Fatalf("ackOnce after the election: %v", err)
 	}

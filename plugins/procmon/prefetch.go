@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -135,6 +136,11 @@ func readPrefetch(r *procinfo.Reader, det *detector, pid int32, s *pfSlot) bool 
 // outlives the exit (until the process is reaped) is read just as well a
 // read interval later; see docs/procmon.md.
 //
+// An exec whose process is already reaped is skipped by a kill(pid, 0)
+// (reaped) before any /proc lookup. Above execBatchRate it pauses
+// execBatchWait after each read, so that one wake-up serves the execs of
+// the pause (execPace).
+//
 // While execs keep coming (each within execBusyWait of the last), it
 // waits for the next one in a raw poll that keeps the goroutine's P
 // (cnproc.Conn.WaitRaw), letting the other goroutines run before each
@@ -147,11 +153,15 @@ func (m *Monitor) execPath(ctx context.Context) error {
 	r := procinfo.NewReader(m.deps.ProcRoot, m.cfg.CmdlineMax)
 	defer r.Close()
 	var ev cnproc.Event
+	hostProc := m.deps.ProcRoot == "/proc" // kill(2) sees this pid namespace
 	fill := func(b []byte) {
 		for len(b) > 0 {
 			n, err := cnproc.Decode(b, &ev)
 			b = b[n:]
 			if err == nil && ev.What == cnproc.Exec {
+				if hostProc && reaped(ev.TGID) {
+					continue // gone: /proc has nothing of it, and its lookup costs more
+				}
 				m.pre.fill(r, m.det, &ev)
 			}
 		}
@@ -170,8 +180,19 @@ func (m *Monitor) execPath(ctx context.Context) error {
 				}
 			}
 			if rw, ok := src.(rawWaiter); ok {
+				var pace execPace
 				for err == nil {
 					runtime.Gosched()
+					if pace.fast(time.Now()) {
+						rawSleep(execBatchWait)
+						if b, err = rw.ReadNow(); err == nil && len(b) > 0 {
+							fill(b)
+							continue
+						}
+						if err != nil {
+							break
+						}
+					}
 					if !rw.WaitRaw(execBusyWait) {
 						break
 					}
@@ -199,6 +220,58 @@ func (m *Monitor) execPath(ctx context.Context) error {
 // execBusyWait is the longest the exec path keeps its P waiting for the
 // next exec; it is also the longest the rest of the plugin waits for it.
 const execBusyWait = 5 * time.Millisecond
+
+// Above execBatchRate execs per second (as the exec path sees them, a
+// moving average), the exec path lets execs gather for execBatchWait
+// before it looks again, so that one thread wake-up serves several; below
+// it, each exec wakes it at once. The execs that arrive in that pause are
+// read up to execBatchWait late: a process that lives microseconds is
+// gone by then, one that lives a millisecond is not. See docs/procmon.md
+// ("Exec path").
+const (
+	execBatchRate = 2000
+	execBatchWait = 150 * time.Microsecond
+)
+
+// execPace keeps the moving average of the time between the exec path's
+// wake-ups.
+type execPace struct {
+	last time.Time
+	avg  time.Duration // exponential moving average, weight 1/8
+}
+
+// fast records a wake-up at now and says whether they come faster than
+// execBatchRate.
+func (p *execPace) fast(now time.Time) bool {
+	if !p.last.IsZero() {
+		p.avg += (now.Sub(p.last) - p.avg) / 8
+	} else {
+		p.avg = time.Second
+	}
+	p.last = now
+	return p.avg < time.Second/execBatchRate
+}
+
+// rawSleep sleeps d without the Go scheduler (the goroutine keeps its P,
+// as in cnproc.Conn.WaitRaw).
+func rawSleep(d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	for {
+		_, _, errno := unix.RawSyscall(unix.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&ts)), uintptr(unsafe.Pointer(&ts)), 0)
+		if errno != unix.EINTR {
+			return
+		}
+	}
+}
+
+// reaped says whether process pid is gone and reaped, by kill(pid, 0): a
+// pid hash lookup instead of a /proc path walk that would fail the same
+// way. At 5,000 execs/s of a microsecond process most execs are reaped
+// before the exec path gets to them.
+func reaped(pid int32) bool {
+	_, _, errno := unix.RawSyscall(unix.SYS_KILL, uintptr(pid), 0, 0)
+	return errno == unix.ESRCH
+}
 
 // rawWaiter is a source that can wait without the scheduler (a
 // *cnproc.Conn).

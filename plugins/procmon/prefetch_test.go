@@ -232,3 +232,47 @@ func BenchmarkPrefetch(b *testing.B) {
 		b.Fatalf("exec_prefetched %d, want %d", m.c.execPrefetched.Load(), b.N+1)
 	}
 }
+
+// The exec path pauses between reads only while its wake-ups come faster
+// than execBatchRate, and stops as soon as they slow down.
+func TestExecPace(t *testing.T) {
+	var p execPace
+	t0 := time.Unix(1000, 0)
+	if p.fast(t0) {
+		t.Fatal("the first wake-up says fast")
+	}
+	now := t0
+	for range 100 { // 5,000/s
+		now = now.Add(200 * time.Microsecond)
+		p.fast(now)
+	}
+	if !p.fast(now.Add(200 * time.Microsecond)) {
+		t.Fatalf("5,000 wake-ups/s not fast (average %v)", p.avg)
+	}
+	now = now.Add(200 * time.Microsecond)
+	for range 40 { // 500/s
+		now = now.Add(2 * time.Millisecond)
+		p.fast(now)
+	}
+	if p.fast(now.Add(2 * time.Millisecond)) {
+		t.Fatalf("500 wake-ups/s fast (average %v)", p.avg)
+	}
+}
+
+// reaped tells a reaped process from a live one or a zombie.
+func TestReaped(t *testing.T) {
+	if reaped(int32(os.Getpid())) {
+		t.Fatal("this process reported reaped")
+	}
+	cmd := exec.Command("/bin/true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := int32(cmd.Process.Pid)
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !reaped(pid) {
+		t.Fatalf("reaped child %d not reported reaped", pid)
+	}
+}

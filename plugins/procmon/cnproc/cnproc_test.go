@@ -457,20 +457,26 @@ func TestOtherSubscribersAreNoLoss(t *testing.T) {
 	}
 }
 
-// collect reads c in a goroutine (blocking reads) until stop is closed,
-// then closes c and returns every event decoded.
-func collect(t *testing.T, c *Conn, stop <-chan struct{}) <-chan []Event {
-	t.Helper()
-	out := make(chan []Event, 1)
+// collector reads a socket into a list until stopped.
+type collector struct {
+	mu   sync.Mutex
+	evs  []Event
+	done chan struct{}
+	c    *Conn
+}
+
+// collect reads c in a goroutine until stop closes it (ENOBUFS is skipped:
+// the assertions say what a busy machine made the socket miss).
+func collect(c *Conn) *collector {
+	col := &collector{done: make(chan struct{}), c: c}
 	go func() {
-		var evs []Event
+		defer close(col.done)
 		for {
 			b, err := c.Read()
 			if errors.Is(err, unix.ENOBUFS) {
-				continue // a busy machine; the assertions say what was missed
+				continue
 			}
 			if err != nil {
-				out <- evs
 				return
 			}
 			for len(b) > 0 {
@@ -478,13 +484,33 @@ func collect(t *testing.T, c *Conn, stop <-chan struct{}) <-chan []Event {
 				n, err := Decode(b, &ev)
 				b = b[n:]
 				if err == nil {
-					evs = append(evs, ev)
+					col.mu.Lock()
+					col.evs = append(col.evs, ev)
+					col.mu.Unlock()
 				}
 			}
 		}
 	}()
-	go func() { <-stop; c.Close() }()
-	return out
+	return col
+}
+
+// seen reports whether an event matching f has been read.
+func (col *collector) seen(f func(*Event) bool) bool {
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	for i := range col.evs {
+		if f(&col.evs[i]) {
+			return true
+		}
+	}
+	return false
+}
+
+// stop closes the socket and returns what was read.
+func (col *collector) stop() []Event {
+	_ = col.c.Close()
+	<-col.done
+	return col.evs
 }
 
 // TestExecFilter checks on the live kernel that a socket with the exec
@@ -502,18 +528,28 @@ func TestExecFilter(t *testing.T) {
 		all.Close()
 		t.Fatal(err)
 	}
-	stop := make(chan struct{})
-	allc, onlyc := collect(t, all, stop), collect(t, only, stop)
+	allCol, onlyCol := collect(all), collect(only)
 	pids := map[int32]bool{}
 	for range 20 {
 		pid, wait := startCmd(t, "/bin/true")
 		wait()
 		pids[int32(pid)] = true
 	}
-	_ = exec.Command("/bin/sh", "-c", "exit 0").Run() // some events after the last one
-	time.Sleep(300 * time.Millisecond)                // let the last messages arrive
-	close(stop)
-	allEvs, onlyEvs := <-allc, <-onlyc
+	// A last process: once both sockets have read its exec, they have
+	// read everything of the 20 (the kernel queues a message on every
+	// listening socket before the sending task goes on, so theirs were
+	// queued before this one started, and a socket's queue is read in
+	// order). No sleep decides when the sockets are done.
+	last, wait := startCmd(t, "/bin/true")
+	wait()
+	isLast := func(ev *Event) bool { return ev.What == Exec && ev.TGID == int32(last) }
+	for deadline := time.Now().Add(30 * time.Second); !(allCol.seen(isLast) && onlyCol.seen(isLast)); {
+		if time.Now().After(deadline) {
+			break // the assertions below say what is missing
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	allEvs, onlyEvs := allCol.stop(), onlyCol.stop()
 
 	type key struct {
 		cpu, seq uint32

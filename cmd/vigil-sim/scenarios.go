@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -237,14 +238,25 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	evs := s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
+	var evs <-chan agentEvent
+	var obs *observerProc
+	if s.opts.ObserverProcess && s.opts.ObserverWatches <= 1 {
+		if obs, evs, err = s.startObserver(wctx, rev+1); err != nil {
+			return Result{}, err
+		}
+	} else {
+		evs = s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
+	}
 	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
 	t0 := time.Now()
 	var wroteAt atomic.Int64
-	tl := s.startTimeline(wctx, t0, wroteAt.Load)
+	tl := s.startTimeline(wctx, t0, wroteAt.Load, obs == nil)
 	prof := s.startProfiles(name)
 	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim emergency "+name))
 	if err != nil {
+		if obs != nil {
+			obs.finish(t0, tl)
+		}
 		tl.stop()
 		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
 	}
@@ -255,7 +267,16 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
 	}, tl)
 	total := time.Since(t0)
-	timeline := tl.stop() + prof.wait()
+	if obs != nil && len(lat) > 0 {
+		// The observer's delivery time of the last acknowledgement, not
+		// the time this loaded process got to read it.
+		total = slices.Max(lat)
+	}
+	obsNote := ""
+	if obs != nil {
+		obsNote = obs.finish(t0, tl)
+	}
+	timeline := tl.stop() + obsNote + prof.wait()
 	if len(lat) < len(want) {
 		total = 0
 	}
@@ -301,7 +322,7 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
 	t0 := time.Now()
 	var wroteAt atomic.Int64
-	tl := s.startTimeline(wctx, t0, wroteAt.Load)
+	tl := s.startTimeline(wctx, t0, wroteAt.Load, true)
 	prof := s.startProfiles("leader-loss")
 	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim leader loss"))
 	if err != nil {

@@ -65,6 +65,10 @@ type Options struct {
 	// ObserverWatches splits the observer's watch of the agent prefix
 	// into this many sub-ranges, each on a connection of its own.
 	ObserverWatches int
+	// ObserverProcess measures the stop and resume scenarios from an
+	// observer process of its own (-serve-observer) instead of a watch in
+	// this process, which also runs every host loop.
+	ObserverProcess bool
 	Offline         int
 	Seed            uint64
 	// ProfileDir receives CPU profiles of the simulator and of each
@@ -78,21 +82,22 @@ type Options struct {
 // DefaultOptions are the flags' defaults: the figures of docs/scale.md.
 func DefaultOptions() Options {
 	return Options{
-		Hosts:          10000,
-		Clients:        16,
-		Groups:         2,
-		LeaseTTL:       15 * time.Second,
-		RequestTimeout: 10 * time.Second,
-		StatusInterval: 10 * time.Second,
-		Scenarios:      []string{"register", "stop", "resume", "push", "offline"},
-		Pushes:         200,
-		Offline:        1000,
-		Seed:           1,
-		ProfileWindow:  10 * time.Second,
-		MemberGOGC:     400,
-		Idle:           30 * time.Second,
-		RolloutMB:      20,
-		RolloutWindow:  60 * time.Second,
+		Hosts:           10000,
+		Clients:         16,
+		Groups:          2,
+		LeaseTTL:        15 * time.Second,
+		RequestTimeout:  10 * time.Second,
+		StatusInterval:  10 * time.Second,
+		Scenarios:       []string{"register", "stop", "resume", "push", "offline"},
+		Pushes:          200,
+		Offline:         1000,
+		Seed:            1,
+		ProfileWindow:   10 * time.Second,
+		MemberGOGC:      400,
+		Idle:            30 * time.Second,
+		RolloutMB:       20,
+		RolloutWindow:   60 * time.Second,
+		ObserverProcess: true,
 	}
 }
 

@@ -77,7 +77,7 @@ func TestOptionsValidate(t *testing.T) {
 // TestMain lets this test binary serve as the etcd members and the
 // partitioned hosts' process that vigil-sim starts by re-executing itself.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && (os.Args[1] == "-serve-member" || os.Args[1] == "-partition-child" || os.Args[1] == "-serve-artifacts") {
+	if len(os.Args) > 1 && (os.Args[1] == "-serve-member" || os.Args[1] == "-partition-child" || os.Args[1] == "-serve-artifacts" || os.Args[1] == "-serve-observer") {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
@@ -157,5 +157,22 @@ func TestSimRollout(t *testing.T) {
 	checkDone(t, rep, map[string]int{"rollout": 20})
 	if r := rep.Results[0]; !strings.Contains(r.Note, "bytes served 20971520 = 1.000 × hosts × size") {
 		t.Errorf("rollout note: %s", r.Note)
+	}
+}
+
+// TestSimObserverProcess measures the stop and resume from the observer
+// process (-serve-observer): every host's acknowledgement must be counted,
+// and the note must carry the observer's CPU and RSS.
+func TestSimObserverProcess(t *testing.T) {
+	rep := runReport(t, "-hosts", "20", "-clients", "2", "-ttl", "3s", "-offline", "2", "-observer-process=true",
+		"-data-dir", t.TempDir(), "-scenarios", "register,stop,resume")
+	checkDone(t, rep, map[string]int{"register": 20, "stop": 20, "resume": 20})
+	for _, r := range rep.Results {
+		if r.Scenario != "register" && !strings.Contains(r.Note, "observer process (pid") {
+			t.Errorf("%s: note lacks the observer process's figures: %s", r.Scenario, r.Note)
+		}
+		if strings.Contains(r.Note, "observer error") {
+			t.Errorf("%s: %s", r.Scenario, r.Note)
+		}
 	}
 }

@@ -25,18 +25,24 @@ type ackTimeline struct {
 	sent []time.Duration
 	seen []time.Duration
 	size int // bytes of the values seen
-	// applied[i] is the count of acknowledgements applied at polled[i].
-	polled  []time.Duration
-	applied []int64
-	failed  int // polls that got no answer within 2 s
-	done    chan struct{}
-	wg      sync.WaitGroup
+	// revs[i] is the revision a member had applied at polled[i]; minus
+	// the change's revision, the count of acknowledgements applied.
+	polled []time.Duration
+	revs   []int64
+	rev    func() int64
+	failed int // polls that got no answer within 2 s
+	done   chan struct{}
+	wg     sync.WaitGroup
 }
 
 // startTimeline polls the cell for the writes it applied after rev (the
-// change's revision, once known) until stop is called.
-func (s *Sim) startTimeline(ctx context.Context, t0 time.Time, rev func() int64) *ackTimeline {
-	tl := &ackTimeline{t0: t0, done: make(chan struct{})}
+// change's revision, once known) until stop is called; with poll false
+// it does not poll (the observer process does, see addPoll).
+func (s *Sim) startTimeline(ctx context.Context, t0 time.Time, rev func() int64, poll bool) *ackTimeline {
+	tl := &ackTimeline{t0: t0, rev: rev, done: make(chan struct{})}
+	if !poll {
+		return tl
+	}
 	tl.wg.Add(1)
 	go func() {
 		defer tl.wg.Done()
@@ -65,13 +71,26 @@ func (s *Sim) startTimeline(ctx context.Context, t0 time.Time, rev func() int64)
 				tl.mu.Unlock()
 				continue
 			}
-			tl.mu.Lock()
-			tl.polled = append(tl.polled, time.Since(t0))
-			tl.applied = append(tl.applied, max(0, resp.Header.Revision-r))
-			tl.mu.Unlock()
+			tl.addPoll(time.Since(t0), resp.Header.Revision)
 		}
 	}()
 	return tl
+}
+
+// addPoll notes that a member had applied revision rev at the time at
+// (from t0).
+func (tl *ackTimeline) addPoll(at time.Duration, rev int64) {
+	tl.mu.Lock()
+	tl.polled = append(tl.polled, at)
+	tl.revs = append(tl.revs, rev)
+	tl.mu.Unlock()
+}
+
+// addFailed counts n polls not answered within 2 s.
+func (tl *ackTimeline) addFailed(n int) {
+	tl.mu.Lock()
+	tl.failed += n
+	tl.mu.Unlock()
 }
 
 // record notes one host's acknowledgement as delivered to the observer.
@@ -109,7 +128,9 @@ func (tl *ackTimeline) stop() string {
 	fmt.Fprintf(&b, "timeline: hosts wrote their acks at %s; observer's watch delivered them at %s; writes applied after the change (a member, polled every 250 ms):", q(tl.sent), q(tl.seen))
 	var last int64 = -1
 	var gap, prev time.Duration
-	for i, n := range tl.applied {
+	r := tl.rev()
+	for i, rv := range tl.revs {
+		n := max(0, rv-r)
 		gap = max(gap, tl.polled[i]-prev)
 		prev = tl.polled[i]
 		if n != last {
@@ -117,6 +138,6 @@ func (tl *ackTimeline) stop() string {
 			last = n
 		}
 	}
-	fmt.Fprintf(&b, " (%d polls answered, %d not within 2 s, longest time without an answer %.2f s)", len(tl.applied), tl.failed, gap.Seconds())
+	fmt.Fprintf(&b, " (%d polls answered, %d not within 2 s, longest time without an answer %.2f s)", len(tl.revs), tl.failed, gap.Seconds())
 	return b.String()
 }

@@ -305,16 +305,8 @@ func (m *Monitor) read(ctx context.Context) error {
 		m.mu.Unlock()
 		b, err := src.Read()
 		if err != nil {
-			if ctx.Err() != nil {
+			if closing, _ := m.readFailed(ctx, err); closing {
 				return nil
-			}
-			if errors.Is(err, unix.ENOBUFS) {
-				m.c.overruns.Add(1)
-				continue
-			}
-			m.log.Warn("reading process events failed, reopening the socket", "error", err)
-			if err := m.reconnect(ctx, false); err != nil {
-				return nil // closed
 			}
 			continue
 		}
@@ -325,6 +317,25 @@ func (m *Monitor) read(ctx context.Context) error {
 		m.handleRead(b, &ev)
 		m.signal()
 	}
+}
+
+// readFailed handles a failed read of the main socket: an overrun
+// (ENOBUFS) is counted and reading goes on; any other error reopens the
+// socket, with backoff. closing reports that the monitor is closing (the
+// reader returns), reopened that the socket was replaced.
+func (m *Monitor) readFailed(ctx context.Context, err error) (closing, reopened bool) {
+	if ctx.Err() != nil {
+		return true, false
+	}
+	if errors.Is(err, unix.ENOBUFS) {
+		m.c.overruns.Add(1)
+		return false, false
+	}
+	m.log.Warn("reading process events failed, reopening the socket", "error", err)
+	if err := m.reconnect(ctx, false); err != nil {
+		return true, false // closed
+	}
+	return false, true
 }
 
 // handleRead decodes, counts and dispatches one read's messages.
@@ -393,18 +404,14 @@ func (m *Monitor) readTimed(ctx context.Context) error {
 		for {
 			b, err := src.Read()
 			if err != nil {
-				if ctx.Err() != nil {
+				closing, reopened := m.readFailed(ctx, err)
+				if closing {
 					return nil
 				}
-				if errors.Is(err, unix.ENOBUFS) {
-					m.c.overruns.Add(1)
-					continue
+				if reopened {
+					break
 				}
-				m.log.Warn("reading process events failed, reopening the socket", "error", err)
-				if err := m.reconnect(ctx, false); err != nil {
-					return nil // closed
-				}
-				break
+				continue
 			}
 			got += len(b)
 			m.handleRead(b, &ev)

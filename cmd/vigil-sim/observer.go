@@ -54,13 +54,19 @@ type obsPoll struct {
 }
 
 // startObserver starts the observer process watching the agent prefix from
-// rev and returns its events once its watch is created.
-func (s *Sim) startObserver(ctx context.Context, rev int64) (*observerProc, <-chan agentEvent, error) {
+// rev through eps and returns its events once its watch is created.
+// requireLeader false keeps its watch open while the cell elects a leader
+// (leader-loss, which gives it only the members that survive).
+func (s *Sim) startObserver(ctx context.Context, eps []string, rev int64, requireLeader bool) (*observerProc, <-chan agentEvent, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, err
 	}
-	cmd := exec.Command(self, "-serve-observer", strings.Join(s.eps, ","), s.opts.Prefix, strconv.FormatInt(rev, 10))
+	args := []string{"-serve-observer", strings.Join(eps, ","), s.opts.Prefix, strconv.FormatInt(rev, 10)}
+	if !requireLeader {
+		args = append(args, "no-require-leader")
+	}
+	cmd := exec.Command(self, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = os.Stderr
 	var env []string
@@ -204,10 +210,19 @@ func (o *observerProc) finish(t0 time.Time, tl *ackTimeline) string {
 }
 
 // serveObserver is the -serve-observer process: args are the endpoints
-// (comma-separated), the keyspace prefix and the revision to watch from.
+// (comma-separated), the keyspace prefix and the revision to watch from,
+// and optionally "no-require-leader" (the watch stays open while the cell
+// has no leader).
 func serveObserver(ctx context.Context, args []string, stdin io.Reader, stdout io.Writer) error {
-	if len(args) != 3 {
-		return fmt.Errorf("-serve-observer: want endpoints prefix revision, got %d arguments", len(args))
+	if len(args) != 3 && len(args) != 4 {
+		return fmt.Errorf("-serve-observer: want endpoints prefix revision [no-require-leader], got %d arguments", len(args))
+	}
+	requireLeader := true
+	if len(args) == 4 {
+		if args[3] != "no-require-leader" {
+			return fmt.Errorf("-serve-observer: fourth argument %q, want no-require-leader", args[3])
+		}
+		requireLeader = false
 	}
 	rev, err := strconv.ParseInt(args[2], 10, 64)
 	if err != nil {
@@ -234,7 +249,7 @@ func serveObserver(ctx context.Context, args []string, stdin io.Reader, stdout i
 		}
 		mu.Unlock()
 	}
-	evs := s.watchAgents(ctx, s.ks.Agents(), true, rev)
+	evs := s.watchAgentsOpt(ctx, cli, s.ks.Agents(), true, rev, requireLeader)
 	emit(true, "R\n")
 	go func() {
 		tick := time.NewTicker(250 * time.Millisecond)

@@ -241,7 +241,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	var evs <-chan agentEvent
 	var obs *observerProc
 	if s.opts.ObserverProcess && s.opts.ObserverWatches <= 1 {
-		if obs, evs, err = s.startObserver(wctx, rev+1); err != nil {
+		if obs, evs, err = s.startObserver(wctx, s.eps, rev+1, true); err != nil {
 			return Result{}, err
 		}
 	} else {
@@ -313,19 +313,32 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 			survivors = append(survivors, ep)
 		}
 	}
-	obs, err := clientv3.New(clientv3.Config{Endpoints: survivors, DialTimeout: 10 * time.Second, Logger: zap.NewNop(), MaxCallRecvMsgSize: 64 << 20})
-	if err != nil {
-		return Result{}, fmt.Errorf("observer client: %w", err)
+	// With -observer-process the observer process gets only those members
+	// (as fleetStop, apart from the host loops).
+	var evs <-chan agentEvent
+	var obsProc *observerProc
+	if s.opts.ObserverProcess && s.opts.ObserverWatches <= 1 {
+		if obsProc, evs, err = s.startObserver(wctx, survivors, rev+1, false); err != nil {
+			return Result{}, err
+		}
+	} else {
+		obs, err := clientv3.New(clientv3.Config{Endpoints: survivors, DialTimeout: 10 * time.Second, Logger: zap.NewNop(), MaxCallRecvMsgSize: 64 << 20})
+		if err != nil {
+			return Result{}, fmt.Errorf("observer client: %w", err)
+		}
+		defer obs.Close()
+		evs = s.watchAgentsOpt(wctx, obs, s.ks.Agents(), true, rev+1, false)
 	}
-	defer obs.Close()
-	evs := s.watchAgentsOpt(wctx, obs, s.ks.Agents(), true, rev+1, false)
 	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
 	t0 := time.Now()
 	var wroteAt atomic.Int64
-	tl := s.startTimeline(wctx, t0, wroteAt.Load, true)
+	tl := s.startTimeline(wctx, t0, wroteAt.Load, obsProc == nil)
 	prof := s.startProfiles("leader-loss")
 	wrote, err := s.put(ctx, fleet, docValue("fleet", api.DesiredState{Stop: &stop}, "vigil-sim leader loss"))
 	if err != nil {
+		if obsProc != nil {
+			obsProc.finish(t0, tl)
+		}
 		tl.stop()
 		return Result{}, fmt.Errorf("writing fleet stop=%v: %w", stop, err)
 	}
@@ -346,7 +359,14 @@ func (s *Sim) leaderLoss(ctx context.Context) (Result, error) {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
 	}, tl)
 	total := time.Since(t0)
-	timeline := tl.stop() + prof.wait()
+	obsNote := ""
+	if obsProc != nil {
+		if len(lat) > 0 {
+			total = slices.Max(lat) // the observer's delivery time, as in fleetStop
+		}
+		obsNote = obsProc.finish(t0, tl)
+	}
+	timeline := tl.stop() + obsNote + prof.wait()
 	if len(lat) < len(want) {
 		total = 0
 	}

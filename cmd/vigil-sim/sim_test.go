@@ -119,13 +119,19 @@ func checkDone(t *testing.T, rep Report, want map[string]int) {
 
 // TestSimClusterLeaderLoss runs a small fleet on a cell of three etcd
 // member processes and kills the leader right after a fleet-wide stop:
-// every host must still acknowledge, and the members are gone afterwards.
+// every host must still acknowledge (seen by the observer process, through
+// the members that survive), and the members are gone afterwards.
 func TestSimClusterLeaderLoss(t *testing.T) {
 	rep := runReport(t, "-hosts", "30", "-clients", "3", "-cluster", "3", "-ttl", "3s", "-request-timeout", "2s",
 		"-offline", "3", "-data-dir", t.TempDir(), "-scenarios", "register,stop,leader-loss,resume")
 	checkDone(t, rep, map[string]int{"register": 30, "stop": 30, "leader-loss": 30, "resume": 30})
 	if len(rep.EtcdAtEnd) != 3 {
 		t.Errorf("report has %d etcd members, want 3", len(rep.EtcdAtEnd))
+	}
+	for _, r := range rep.Results {
+		if r.Scenario == "leader-loss" && (!strings.Contains(r.Note, "observer process (pid") || strings.Contains(r.Note, "observer error")) {
+			t.Errorf("leader-loss not measured by the observer process: %s", r.Note)
+		}
 	}
 }
 

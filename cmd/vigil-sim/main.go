@@ -120,7 +120,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	scen := fs.String("scenarios", strings.Join(o.Scenarios, ","), "comma-separated: register,stop,resume,push,offline,leader-loss (needs -cluster 3),partition (needs -partition N),idle,ackcost (cell CPU per acknowledgement write: guarded Txn vs plain Put)")
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
 	fs.IntVar(&o.ObserverWatches, "observer-watches", 1, "watch the agent prefix as this many sub-ranges, each on a connection of its own to one member (the observer, i.e. the server's view)")
-	fs.BoolVar(&o.ObserverProcess, "observer-process", o.ObserverProcess, "measure stop and resume from an observer process of its own (this binary re-executed with -serve-observer: watches the agent prefix, polls the applied revision, reports each arrival's time); false: a watch inside this process, which also runs every host loop. Other scenarios, and -observer-watches above 1, always watch in-process")
+	fs.BoolVar(&o.ObserverProcess, "observer-process", o.ObserverProcess, "measure stop, resume and leader-loss from an observer process of its own (this binary re-executed with -serve-observer: watches the agent prefix, polls the applied revision, reports each arrival's time); false: a watch inside this process, which also runs every host loop. Other scenarios, and -observer-watches above 1, always watch in-process")
 	fs.IntVar(&o.Offline, "offline", o.Offline, "hosts killed in the offline scenario")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed choosing the pushed hosts")
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file ('-' for stdout only)")

@@ -65,7 +65,7 @@ type Options struct {
 	// ObserverWatches splits the observer's watch of the agent prefix
 	// into this many sub-ranges, each on a connection of its own.
 	ObserverWatches int
-	// ObserverProcess measures the stop and resume scenarios from an
+	// ObserverProcess measures the stop, resume and leader-loss scenarios from an
 	// observer process of its own (-serve-observer) instead of a watch in
 	// this process, which also runs every host loop.
 	ObserverProcess bool

@@ -43,13 +43,29 @@ type member struct {
 	done                                       chan struct{}
 }
 
-// startCell starts n members with their data under base (a fresh
-// directory on /dev/shm when base is empty) and waits for a leader.
-// A non-empty vethIP makes each member listen for clients on that address
-// too (member.vethURL), for the partitioned hosts.
-// heartbeat and election (0: etcd's defaults, 100 ms and 1 s) are the raft
-// timings of every member; gogc > 0 is their GOGC.
-func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, election time.Duration, gogc int) (*cell, error) {
+// cellConfig is how startCell starts a cell.
+type cellConfig struct {
+	n       int    // members
+	bin     string // "" = this binary with -serve-member, else an etcd binary
+	base    string // parent of the cell's directory ("": /dev/shm if present)
+	noFsync bool
+	// vethIP, when set, makes each member listen for clients on that
+	// address too (member.vethURL), for the partitioned hosts.
+	vethIP string
+	// heartbeat and election (0: etcd's defaults, 100 ms and 1 s) are the
+	// raft timings of every member.
+	heartbeat, election time.Duration
+	gogc                int // > 0: GOGC of the member processes
+	// logLevel is the members' log level (debug, info, warn, error); ""
+	// logs nothing from the embedded members (warn for an etcd binary).
+	logLevel string
+	keep     bool // leave the cell's directory (data, logs) on close
+}
+
+// startCell starts cc.n members with their data under cc.base and waits
+// for a leader.
+func startCell(cc cellConfig) (*cell, error) {
+	n, bin, base := cc.n, cc.bin, cc.base
 	if n < 1 {
 		return nil, fmt.Errorf("-cluster must be at least 1 (got %d)", n)
 	}
@@ -60,7 +76,7 @@ func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, 
 	if err != nil {
 		return nil, err
 	}
-	c := &cell{dir: dir, own: true, bin: bin, gogc: gogc}
+	c := &cell{dir: dir, own: !cc.keep, bin: bin, gogc: cc.gogc}
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
@@ -74,8 +90,8 @@ func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, 
 			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			logPath:   filepath.Join(dir, fmt.Sprintf("m%d.log", i)),
 		}
-		if vethIP != "" {
-			m.vethURL = fmt.Sprintf("http://%s:%d", vethIP, ports[2*i])
+		if cc.vethIP != "" {
+			m.vethURL = fmt.Sprintf("http://%s:%d", cc.vethIP, ports[2*i])
 		}
 		initial = append(initial, m.name+"="+m.peerURL)
 		c.members = append(c.members, m)
@@ -97,18 +113,22 @@ func startCell(n int, bin, base string, noFsync bool, vethIP string, heartbeat, 
 			"--initial-cluster-token", filepath.Base(dir),
 			"--quota-backend-bytes", strconv.Itoa(8 << 30),
 		}
-		if heartbeat > 0 {
-			m.args = append(m.args, "--heartbeat-interval", strconv.FormatInt(heartbeat.Milliseconds(), 10))
+		if cc.heartbeat > 0 {
+			m.args = append(m.args, "--heartbeat-interval", strconv.FormatInt(cc.heartbeat.Milliseconds(), 10))
 		}
-		if election > 0 {
-			m.args = append(m.args, "--election-timeout", strconv.FormatInt(election.Milliseconds(), 10))
+		if cc.election > 0 {
+			m.args = append(m.args, "--election-timeout", strconv.FormatInt(cc.election.Milliseconds(), 10))
 		}
 		if bin != "" {
-			m.args = append(m.args, "--logger", "zap", "--log-outputs", m.logPath, "--log-level", "warn")
-			if noFsync {
-				m.args = append(m.args, "--unsafe-no-fsync")
+			level := cc.logLevel
+			if level == "" {
+				level = "warn"
 			}
-		} else if noFsync {
+			m.args = append(m.args, "--logger", "zap", "--log-outputs", m.logPath, "--log-level", level)
+		} else if cc.logLevel != "" {
+			m.args = append(m.args, "--log-level", cc.logLevel) // to stderr, the log file
+		}
+		if cc.noFsync {
 			m.args = append(m.args, "--unsafe-no-fsync")
 		}
 		// pprof on the client URL: idle unless queried (-profile-dir).
@@ -368,6 +388,7 @@ func serveMember(ctx context.Context, args []string) error {
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.LogOutputs = []string{embed.StdErrLogOutput}
 	// etcd formats every unary request slower than this as text for a
 	// warning (logUnaryRequestStats), before the logger drops it; on a
 	// saturated cell that is every request. The member logs nothing.
@@ -418,6 +439,10 @@ func serveMember(ctx context.Context, args []string) error {
 			cfg.ClusterState = v
 		case "--initial-cluster-token":
 			cfg.InitialClusterToken = v
+		case "--log-level":
+			// Logged to stderr (the member's log file), with etcd's own
+			// zap configuration; nothing is logged without this flag.
+			cfg.LogLevel, cfg.ZapLoggerBuilder = v, nil
 		case "--quota-backend-bytes":
 			cfg.QuotaBackendBytes, err = strconv.ParseInt(v, 10, 64)
 		case "--heartbeat-interval", "--election-timeout":

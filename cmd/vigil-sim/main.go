@@ -104,6 +104,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 0, "with -cluster: the members' raft heartbeat interval (0: etcd's 100ms)")
 	fs.DurationVar(&o.Election, "election", 0, "with -cluster: the members' election timeout (0: etcd's 1s)")
 	fs.IntVar(&o.MemberGOGC, "member-gogc", o.MemberGOGC, "with -cluster: GOGC of the member processes (0: Go's default, 100; 400 cut the cell's CPU per write by ~25%, see docs/scale.md)")
+	fs.StringVar(&o.MemberLog, "member-log", "", "with -cluster: the members' log level (debug, info, warn, error), logged to m<i>.log in the cell's directory (default: the embedded members log nothing)")
+	fs.BoolVar(&o.KeepCell, "keep-cell", false, "with -cluster: leave the cell's directory (members' data and logs) when the simulator ends; its path is in the report")
 	fs.DurationVar(&o.Idle, "idle", o.Idle, "how long the idle scenario lets the registered fleet sit (measures lease renewal cost)")
 	fs.IntVar(&o.RolloutMB, "rollout-mb", o.RolloutMB, "rollout scenario: artifact size in MiB")
 	fs.DurationVar(&o.RolloutWindow, "rollout-window", o.RolloutWindow, "rollout scenario: spread window of the downloads (update.Spread)")

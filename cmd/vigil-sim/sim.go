@@ -44,6 +44,10 @@ type Options struct {
 	Heartbeat, Election time.Duration
 	// MemberGOGC is the GOGC of the member processes (0: Go's default).
 	MemberGOGC int
+	// MemberLog is the members' log level ("": they log nothing); with
+	// KeepCell the logs (and data) stay in the cell's directory.
+	MemberLog string
+	KeepCell  bool
 	// Idle is how long the idle scenario lets the fleet sit.
 	Idle time.Duration
 	// RolloutMB and RolloutWindow shape the rollout scenario.
@@ -302,7 +306,8 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 			}
 			s.net, vethIP = n, n.hostIP
 		}
-		c, err := startCell(o.Cluster, o.EtcdBin, o.DataDir, o.NoFsync, vethIP, o.Heartbeat, o.Election, o.MemberGOGC)
+		c, err := startCell(cellConfig{n: o.Cluster, bin: o.EtcdBin, base: o.DataDir, noFsync: o.NoFsync, vethIP: vethIP,
+			heartbeat: o.Heartbeat, election: o.Election, gogc: o.MemberGOGC, logLevel: o.MemberLog, keep: o.KeepCell})
 		if err != nil {
 			s.Close()
 			return nil, err

@@ -33,8 +33,9 @@
 //
 // # Level-triggered desired state
 //
-// A compacted revision, a lost leader or a closed watch means a fresh
-// read: new watches, a read at their revision, Apply. So does every
+// A compacted revision, a lost leader or a broken watch stream (its member
+// died or was cut off) means a fresh read: new watches, a read at their
+// revision, Apply. So does every
 // Config.ResyncInterval (default 10 minutes, plus a share by host hash), so
 // that a watch that hangs without an error cannot keep a host behind for
 // longer. Events at or below a layer's known revision are repeats and are
@@ -44,15 +45,19 @@
 // be idempotent.
 //
 // Watch layout: a host watches only its own keys, one watch per key, all
-// on one gRPC stream of its own (the host name in the stream's metadata
-// keeps it separate even when vigil-sim shares one client between hosts).
+// on one gRPC stream of its own (etcd's Watch RPC, opened per watch set,
+// so it is the host's own even when vigil-sim shares one client between
+// hosts).
 // A fleet-wide change reaches N watchers, one event each; a change for one
 // host reaches one. A single prefix watch on the config tree would instead
 // send every host every other host's changes (N² events), and a watch per
 // plugin would multiply the watchers without need. Creating the watches at
 // the current revision and reading at the revision they report avoids
 // etcd's "unsynced" watchers (a watch from an older revision is caught up
-// by scanning history), which dominate a reconnect storm otherwise.
+// by scanning history), which dominate a reconnect storm otherwise. For the
+// same reason the stream is not clientv3's Watch, which resumes a broken
+// stream's watches on another member from the revision each last saw:
+// after a member's death that was the surviving members' largest cost.
 //
 // # Acknowledgement
 //

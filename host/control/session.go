@@ -9,9 +9,9 @@ import (
 	"slices"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/sdk"
@@ -381,7 +381,7 @@ func (l *Loop) ackOnce(ctx context.Context, reg *registration, val string, ws *w
 			Then(clientv3.OpPut(l.key, val, clientv3.WithLease(reg.lease))).
 			Commit()
 	}
-	if ws == nil || ws.ctx == nil || l.cfg.LeaderProbe <= 0 || l.cfg.LeaderProbe >= l.cfg.RequestTimeout {
+	if ws == nil || ws.stream == nil || l.cfg.LeaderProbe <= 0 || l.cfg.LeaderProbe >= l.cfg.RequestTimeout {
 		return txn()
 	}
 	sent := ws.term.Load()
@@ -416,17 +416,16 @@ func (l *Loop) ackOnce(ctx context.Context, reg *registration, val string, ws *w
 }
 
 // requestProgress asks the member of the watch stream for a progress
-// response, without blocking the caller (the client hands the request to
-// the stream's goroutine, which may be busy), until ctx ends. Best effort:
-// a request lost (stream being replaced) leaves the write to its timeout,
-// as without the probe. The context carries the watches' outgoing
-// metadata, which is how the client finds their stream.
+// response, without blocking the caller (a Send may wait for the stream's
+// flow control), until ctx ends. Best effort: a request lost (stream
+// breaking) leaves the write to its timeout, as without the probe.
 func (l *Loop) requestProgress(ctx context.Context, ws *watchSet) {
-	md, _ := metadata.FromOutgoingContext(ws.ctx)
-	pctx := metadata.NewOutgoingContext(ctx, md)
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		_ = l.cli.RequestProgress(pctx)
+		if ctx.Err() == nil {
+			_ = ws.send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_ProgressRequest{
+				ProgressRequest: &pb.WatchProgressRequest{}}})
+		}
 	}()
 }

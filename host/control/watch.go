@@ -8,20 +8,22 @@ import (
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc"
 
 	"github.com/vigil-hids/vigil/api"
 )
 
-// watchMsg is one watch response, or the end of a watch channel.
+// watchMsg is one watch response, or the end of the watch stream.
 type watchMsg struct {
-	resp   clientv3.WatchResponse
+	resp   *pb.WatchResponse
 	closed bool
 }
 
-// watchSet is the host's watches on its desired-state keys, fanned in to
-// one channel.
+// watchSet is the host's watches on its desired-state keys: one gRPC watch
+// stream of the host's own, one watch per key on it.
 //
 // Each host watches its own keys only (fleet, one per group, its host key),
 // so the etcd server fans a fleet-wide change out to N watchers and a
@@ -35,18 +37,30 @@ type watchMsg struct {
 // reconnect storm of thousands of hosts expensive. Events at or below a
 // layer's known revision are dropped, so the overlap between the read and
 // the watches cannot apply an older value.
+//
+// The stream is etcd's Watch RPC itself, not clientv3's Watch: when a
+// stream breaks (its member died or was cut off), clientv3 resumes every
+// watch on another member from the revision it last saw, and for a key
+// that did not change since the host registered that is a revision from
+// hours ago. Each batch of 512 such watches makes the member read and
+// decode the whole history since (etcd's syncWatchers, under the store's
+// lock, which also holds back every new event): profiled, it was the
+// largest item on the surviving members after a leader kill at 20,000
+// hosts (16–24 % of their CPU), and it delayed the acknowledgements' delivery
+// to the server by ~6 s. Here a broken stream ends the set instead, and the
+// loop reads the few keys again and watches from the current revision.
 type watchSet struct {
 	events chan watchMsg
 	rev    int64
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	// ctx is the watches' context: RequestProgress must name the same
-	// gRPC stream (its outgoing metadata).
-	ctx context.Context
+	stream pb.Watch_WatchClient
+	sendMu sync.Mutex // Send is not safe for concurrent use
+
 	// term is the highest raft term in a response header of the watches'
 	// stream; termUp is signalled when it rises. A progress response
-	// (RequestProgress) carries the answering member's term, which is how
+	// (requestProgress) carries the answering member's term, which is how
 	// a pending acknowledgement learns that the cell elected a new leader.
 	term   atomic.Uint64
 	termUp chan struct{}
@@ -67,6 +81,12 @@ func (w *watchSet) noteTerm(t uint64) {
 			return
 		}
 	}
+}
+
+func (w *watchSet) send(req *pb.WatchRequest) error {
+	w.sendMu.Lock()
+	defer w.sendMu.Unlock()
+	return w.stream.Send(req)
 }
 
 // close cancels the watches and waits for their goroutines. It is safe on
@@ -93,54 +113,105 @@ func (l *Loop) openAndRead(ctx context.Context) (*watchSet, error) {
 	return ws, nil
 }
 
+// openWatches opens the host's watch stream and creates one watch per key
+// on it, within Config.RequestTimeout.
 func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
-	// The host name in the metadata gives this host's watches a gRPC
-	// stream of their own even when the client is shared (vigil-sim), as
-	// on a real host: watch creations on one stream are serialised.
-	wctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(
-		clientv3.WithRequireLeader(ctx), "vigil-host", l.cfg.Host))
-	ws := &watchSet{events: make(chan watchMsg, len(l.keys)), cancel: cancel, ctx: wctx, termUp: make(chan struct{}, 1)}
-	chans := make([]clientv3.WatchChan, len(l.keys))
-	for i, key := range l.keys {
-		chans[i] = l.cli.Watch(wctx, key, clientv3.WithCreatedNotify())
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	ws := &watchSet{events: make(chan watchMsg, len(l.keys)), cancel: cancel, termUp: make(chan struct{}, 1)}
+	type opened struct {
+		early []*pb.WatchResponse
+		err   error
 	}
-	timeout := l.clockAfter(wctx, l.cfg.RequestTimeout)
-	for i, wch := range chans {
-		select {
-		case resp, ok := <-wch:
-			if !ok || !resp.Created || resp.Err() != nil {
-				ws.close()
-				return nil, fmt.Errorf("watching %s: %v", l.keys[i], resp.Err())
-			}
-			ws.rev = max(ws.rev, resp.Header.Revision)
-			ws.noteTerm(resp.Header.RaftTerm)
-		case <-timeout:
-			ws.close()
-			return nil, fmt.Errorf("watching %s: no answer within %s", l.keys[i], l.cfg.RequestTimeout)
+	done := make(chan opened, 1)
+	go func() {
+		early, err := ws.create(wctx, pb.NewWatchClient(l.cli.ActiveConnection()), l.keys)
+		done <- opened{early, err}
+	}()
+	var o opened
+	select {
+	case o = <-done:
+	case <-l.clockAfter(wctx, l.cfg.RequestTimeout):
+		cancel()
+		<-done
+		o.err = fmt.Errorf("watching the desired state: no answer within %s", l.cfg.RequestTimeout)
+	}
+	if o.err != nil {
+		ws.close()
+		return nil, o.err
+	}
+	ws.wg.Add(1)
+	go ws.receive(wctx, o.early)
+	return ws, nil
+}
+
+// create opens the stream and creates a watch per key at the current
+// revision. etcd answers a stream's creations in order; an event of a
+// watch already created may come before a later creation's answer, and is
+// returned to be delivered first.
+func (w *watchSet) create(ctx context.Context, wc pb.WatchClient, keys []string) ([]*pb.WatchResponse, error) {
+	stream, err := wc.Watch(ctx, grpc.WaitForReady(true))
+	if err != nil {
+		return nil, fmt.Errorf("opening the watch stream: %w", err)
+	}
+	w.stream = stream
+	for _, key := range keys {
+		req := &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{
+			CreateRequest: &pb.WatchCreateRequest{Key: []byte(key)}}}
+		if err := w.send(req); err != nil {
+			return nil, fmt.Errorf("watching %s: %w", key, err)
 		}
 	}
-	for _, wch := range chans {
-		ws.wg.Add(1)
-		go func() {
-			defer ws.wg.Done()
-			for resp := range wch {
-				ws.noteTerm(resp.Header.RaftTerm)
-				if resp.IsProgressNotify() {
-					continue // only asked for its term (ackOnce)
-				}
-				select {
-				case ws.events <- watchMsg{resp: resp}:
-				case <-wctx.Done():
-					return
-				}
-			}
-			select {
-			case ws.events <- watchMsg{closed: true}:
-			case <-wctx.Done():
-			}
-		}()
+	var early []*pb.WatchResponse
+	for created := 0; created < len(keys); {
+		resp, err := stream.Recv()
+		if err != nil {
+			return nil, fmt.Errorf("watching %s: %w", keys[created], err)
+		}
+		w.noteTerm(resp.Header.GetRaftTerm())
+		switch {
+		case resp.Created && resp.Canceled:
+			return nil, fmt.Errorf("watching %s: refused: %s", keys[created], resp.CancelReason)
+		case resp.Created:
+			w.rev = max(w.rev, resp.Header.GetRevision())
+			created++
+		case len(resp.Events) > 0 || resp.Canceled || resp.CompactRevision != 0:
+			early = append(early, resp)
+		}
 	}
-	return ws, nil
+	return early, nil
+}
+
+// receive delivers the stream's responses to events until the stream ends,
+// then one closed message. Progress responses only update the term.
+func (w *watchSet) receive(ctx context.Context, early []*pb.WatchResponse) {
+	defer w.wg.Done()
+	deliver := func(m watchMsg) bool {
+		select {
+		case w.events <- m:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for _, resp := range early {
+		if !deliver(watchMsg{resp: resp}) {
+			return
+		}
+	}
+	for {
+		resp, err := w.stream.Recv()
+		if err != nil {
+			deliver(watchMsg{closed: true})
+			return
+		}
+		w.noteTerm(resp.Header.GetRaftTerm())
+		if len(resp.Events) == 0 && !resp.Canceled && resp.CompactRevision == 0 {
+			continue // a progress response (requestProgress)
+		}
+		if !deliver(watchMsg{resp: resp}) {
+			return
+		}
+	}
 }
 
 // clockAfter returns a channel closed after d on the loop's clock, or when
@@ -260,11 +331,11 @@ func (l *Loop) handleWatch(ctx context.Context, batch []watchMsg) error {
 		var why error
 		switch {
 		case m.closed:
-			why = fmt.Errorf("%w: watch channel closed", errResync)
+			why = fmt.Errorf("%w: watch stream ended", errResync)
 		case m.resp.CompactRevision != 0:
 			why = fmt.Errorf("%w: revision compacted at %d", errResync, m.resp.CompactRevision)
-		case m.resp.Canceled || m.resp.Err() != nil:
-			why = fmt.Errorf("%w: %v", errResync, m.resp.Err())
+		case m.resp.Canceled:
+			why = fmt.Errorf("%w: watch cancelled: %s", errResync, m.resp.CancelReason)
 		}
 		if why != nil {
 			if broken == nil { // the first reason is the cause
@@ -274,7 +345,7 @@ func (l *Loop) handleWatch(ctx context.Context, batch []watchMsg) error {
 		}
 		for _, ev := range m.resp.Events {
 			var value []byte
-			if ev.Type != clientv3.EventTypeDelete {
+			if ev.Type != mvccpb.DELETE {
 				value = ev.Kv.Value
 			}
 			if l.setLayer(string(ev.Kv.Key), value, ev.Kv.ModRevision, false) {

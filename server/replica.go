@@ -80,6 +80,12 @@ func (s *Server) session(ctx context.Context) error {
 	s.leader.Store(true)
 	s.metrics.Leader.Set(1)
 	s.log.Info("elected leader for singleton jobs")
+	if s.cfg.CompactInterval > 0 {
+		cctx, ccancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); s.compactor().run(cctx) }()
+		defer func() { ccancel(); <-done }()
+	}
 	t := time.NewTicker(s.cfg.AggregateInterval)
 	defer t.Stop()
 	for {

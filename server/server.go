@@ -2,7 +2,7 @@
 // external cluster), the store, the HTTP API with client-certificate
 // authentication, the replica registration and the leader election that
 // decides which replica runs the singleton jobs (fleet aggregation for
-// /metrics).
+// /metrics, etcd compaction of every cell).
 package server
 
 import (
@@ -82,6 +82,10 @@ type Config struct {
 	// AggregateInterval is how often the leader aggregates the fleet and
 	// every replica checks etcd's health.
 	AggregateInterval time.Duration
+	// CompactInterval is how often the leader compacts every cell's etcd
+	// keyspace, at the revision it read one interval earlier (compact.go);
+	// 0 means DefaultCompactInterval, CompactOff turns it off.
+	CompactInterval time.Duration
 	// DialTimeout bounds connecting to etcd; Start fails if etcd does not
 	// answer a read within twice this.
 	DialTimeout time.Duration
@@ -160,6 +164,9 @@ func (c Config) Validate() error {
 	if c.AggregateInterval != 0 && (c.AggregateInterval < 100*time.Millisecond || c.AggregateInterval > time.Hour) {
 		errs = append(errs, fmt.Errorf("aggregate-interval must be between 100ms and 1h (got %s)", c.AggregateInterval))
 	}
+	if c.CompactInterval < 0 && c.CompactInterval != CompactOff {
+		errs = append(errs, fmt.Errorf("compact-interval must be 0 (off) or a positive duration (got %s)", c.CompactInterval))
+	}
 	seen := map[string]bool{c.cellName(): true}
 	if !api.ValidName(c.cellName()) {
 		errs = append(errs, fmt.Errorf("cell-name %q must be letters, digits, '.', '-', '_'", c.cellName()))
@@ -209,6 +216,7 @@ type Server struct {
 	cells   *cells.Set         // nil with one cell
 	cellCli []*clientv3.Client // the extra cells' clients
 	metrics *metrics.Metrics
+	compact *metrics.Compaction
 	http    *http.Server
 	ln      net.Listener
 	mhttp   *http.Server
@@ -244,6 +252,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	}
 	if cfg.AggregateInterval == 0 {
 		cfg.AggregateInterval = DefaultAggregateInterval
+	}
+	if cfg.CompactInterval == 0 {
+		cfg.CompactInterval = DefaultCompactInterval
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
@@ -295,6 +306,7 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 		return s, fmt.Errorf("server: connecting to etcd %v: %w", endpoints, err)
 	}
 	s.metrics = metrics.New(cfg.Registry)
+	s.compact = metrics.NewCompaction(cfg.Registry)
 	cfg.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.index = registry.Start(s.cli, s.ks, cfg.Logger)
 	s.store = store.New(s.cli, store.Options{Keyspace: s.ks, Validate: cfg.CheckPlugin, MaxRequestBytes: int(cfg.EtcdMaxRequestBytes),

@@ -40,6 +40,7 @@ type flags struct {
 	etcdEndpoints string
 	logLevel      string
 	cells         []string
+	compact       time.Duration // --compact-interval, 0 = off
 }
 
 func (f *flags) config() (server.Config, error) {
@@ -65,6 +66,10 @@ func (f *flags) config() (server.Config, error) {
 		}
 		cfg.Cells = append(cfg.Cells, c)
 	}
+	var err error
+	if cfg.CompactInterval, err = compactInterval(f.compact); err != nil {
+		return cfg, err
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(f.logLevel)); err != nil {
 		return cfg, fmt.Errorf("log-level must be debug, info, warn or error (got %q)", f.logLevel)
@@ -72,6 +77,22 @@ func (f *flags) config() (server.Config, error) {
 	cfg.Logger = slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	cfg.CheckPlugin = catalog.Validate
 	return cfg, nil
+}
+
+// MinCompactInterval is the shortest --compact-interval: a watcher further
+// behind than the interval is cut off and must read afresh.
+const MinCompactInterval = time.Minute
+
+// compactInterval turns --compact-interval into Config.CompactInterval:
+// 0 turns compaction off, otherwise at least MinCompactInterval.
+func compactInterval(d time.Duration) (time.Duration, error) {
+	switch {
+	case d == 0:
+		return server.CompactOff, nil
+	case d < MinCompactInterval:
+		return 0, fmt.Errorf("compact-interval must be 0 (off) or at least %s (got %s)", MinCompactInterval, d)
+	}
+	return d, nil
 }
 
 // parseCell parses a --cell value, NAME=URL[,URL...].
@@ -135,6 +156,8 @@ func newRoot() *cobra.Command {
 	fs.StringVar(&f.cfg.CellName, "cell-name", server.DefaultCellName, "name of the default cell (the embedded etcd or --etcd-endpoints) when --cell is given")
 	fs.StringArrayVar(&f.cells, "cell", nil, "a further cell: NAME=URL[,URL...] of an external etcd cluster, reached with the --etcd-ca/--etcd-cert/--etcd-key TLS (repeatable)")
 	fs.DurationVar(&f.cfg.AggregateInterval, "aggregate-interval", server.DefaultAggregateInterval, "fleet aggregation and health check interval")
+	fs.DurationVar(&f.compact, "compact-interval", server.DefaultCompactInterval,
+		"the leader compacts every cell's etcd keyspace this often, at the revision of one interval earlier (0 = off, e.g. when etcd runs --auto-compaction-retention; minimum 1m)")
 	addReleaseFlags(root, f)
 	addVulnFlags(root, f)
 	root.AddCommand(newInit())

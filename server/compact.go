@@ -31,6 +31,17 @@ const compactRoundTimeout = 30 * time.Second
 type compactCell struct {
 	name string
 	cli  *clientv3.Client
+	// compact, if set, compacts instead of cli (the embedded etcd,
+	// in-process: over gRPC with authentication on only root may).
+	compact func(ctx context.Context, rev int64) error
+}
+
+func (c compactCell) compactAt(ctx context.Context, rev int64) error {
+	if c.compact != nil {
+		return c.compact(ctx, rev)
+	}
+	_, err := c.cli.Compact(ctx, rev)
+	return err
 }
 
 // compactor is the leader's compaction job, after the Kubernetes apiserver:
@@ -108,7 +119,7 @@ func (c *compactor) round(ctx context.Context, log *slog.Logger, cell compactCel
 			"revision", cur, "previous_revision", prev)
 		return cur
 	}
-	_, err = cell.cli.Compact(rctx, prev)
+	err = cell.compactAt(rctx, prev)
 	switch {
 	case err == nil:
 		c.m.Compactions.WithLabelValues(cell.name).Inc()
@@ -123,6 +134,12 @@ func (c *compactor) round(ctx context.Context, log *slog.Logger, cell compactCel
 		log.Info("etcd already compacted past the revision", "revision", prev, "current_revision", cur)
 	case ctx.Err() != nil:
 		return prev
+	case errors.Is(err, rpctypes.ErrPermissionDenied):
+		c.m.Failures.WithLabelValues(cell.name).Inc()
+		log.Error("etcd refused the compaction: with authentication on, etcd lets only users with the root role compact; "+
+			"grant it to the server's etcd user (etcdctl user grant-role vigil-server root), or let etcd compact itself "+
+			"(--auto-compaction-mode=periodic --auto-compaction-retention=5m) and set --compact-interval 0",
+			"revision", prev, "error", err.Error())
 	default:
 		c.m.Failures.WithLabelValues(cell.name).Inc()
 		log.Warn("etcd compaction failed; retrying next interval", "revision", prev, "error", err.Error(),
@@ -161,6 +178,9 @@ func (c *compactor) alarms(ctx context.Context, log *slog.Logger, cell compactCe
 // and the extra cells (cfg.Cells, in order).
 func (s *Server) compactor() *compactor {
 	list := []compactCell{{name: s.cfg.cellName(), cli: s.cli}}
+	if s.embed != nil {
+		list[0].compact = s.embed.Compact
+	}
 	for i, cli := range s.cellCli {
 		list = append(list, compactCell{name: s.cfg.Cells[i].Name, cli: cli})
 	}

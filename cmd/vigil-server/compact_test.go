@@ -1,11 +1,22 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/plugins/catalog"
 	"github.com/vigil-hids/vigil/server"
+	"github.com/vigil-hids/vigil/server/pki"
 )
 
 func TestCompactIntervalFlag(t *testing.T) {
@@ -50,5 +61,94 @@ func TestCompactIntervalFlag(t *testing.T) {
 				t.Fatalf("compactInterval(%s) = %v, %v; want %v", d, got, err, tt.want)
 			}
 		})
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// counterValue returns the value of the metric name{cell="default"} in reg, 0 if
+// it is not there.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "cell" && l.GetValue() == server.DefaultCellName {
+					if c := m.GetCounter(); c != nil {
+						return c.GetValue()
+					}
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestCompactionUnderRBAC runs the compaction job as the production setup
+// has it: etcd authentication on (init), the server as etcd user
+// vigil-server. It may compact and read the alarms.
+func TestCompactionUnderRBAC(t *testing.T) {
+	dir := t.TempDir()
+	pd, data := filepath.Join(dir, "pki"), filepath.Join(dir, "data")
+	ports, err := etcdtest.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"init", "--dir", pd, "--data-dir", data, "--etcd-client-url", curl, "--etcd-peer-url", purl, "--log-level", "error"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("init: %v\n%s", err, out.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reg := prometheus.NewRegistry()
+	var logs lockedBuffer
+	s, err := server.Start(ctx, server.Config{ID: "r1", Listen: "127.0.0.1:0", DataDir: data, EtcdClientURL: curl, EtcdPeerURL: purl,
+		TLS:         pki.Files{CA: filepath.Join(pd, "ca.crt"), Cert: filepath.Join(pd, "server.crt"), Key: filepath.Join(pd, "server.key")},
+		CheckPlugin: catalog.Validate, CompactInterval: time.Second, Registry: reg,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for deadline := time.Now().Add(30 * time.Second); counterValue(t, reg, "vigil_etcd_compactions_total") < 2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no compaction under RBAC; logs:\n%s", logs.String())
+		}
+		if _, err := s.Store().SetStop(ctx, api.Scope{Kind: api.ScopeFleet}, false, "admin", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f := counterValue(t, reg, "vigil_etcd_compaction_failures_total"); f != 0 {
+		t.Errorf("compaction failures under RBAC: %v\n%s", f, logs.String())
+	}
+	if strings.Contains(logs.String(), "reading etcd alarms failed") {
+		t.Errorf("alarms unreadable under RBAC:\n%s", logs.String())
 	}
 }

@@ -1,7 +1,6 @@
 package sdk_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"strings"
@@ -12,6 +11,7 @@ import (
 
 	hclog "github.com/hashicorp/go-hclog"
 
+	"github.com/vigil-hids/vigil/internal/syncbuf"
 	"github.com/vigil-hids/vigil/sdk"
 	"github.com/vigil-hids/vigil/sdk/sdktest"
 )
@@ -41,28 +41,10 @@ func (e *counterEmitter) Counter(name string) *sdk.Counter {
 
 func (e *counterEmitter) get(name string) uint64 { return e.Counter(name).Load() }
 
-// syncBuffer is a log sink safe for the Guard's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestGuardRestartsPanickingWorker(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	log := hclog.New(&hclog.LoggerOptions{Output: &logs, JSONFormat: true})
 	em := &counterEmitter{}
 	clock := sdktest.NewFakeClock(time.Unix(0, 0))

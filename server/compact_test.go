@@ -1,14 +1,12 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/internal/syncbuf"
 	"github.com/vigil-hids/vigil/plugins/catalog"
 	"github.com/vigil-hids/vigil/server/etcdembed"
 	"github.com/vigil-hids/vigil/server/etcdrbac"
@@ -48,27 +47,8 @@ func compactions(s *Server, cell string) float64 {
 	return testutil.ToFloat64(s.compact.Compactions.WithLabelValues(cell))
 }
 
-// syncBuffer is a log sink the compactor's goroutines may write to while
-// the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-func newTestCompactor(interval time.Duration, cells ...compactCell) (*compactor, *syncBuffer) {
-	var logs syncBuffer
+func newTestCompactor(interval time.Duration, cells ...compactCell) (*compactor, *syncbuf.Buffer) {
+	var logs syncbuf.Buffer
 	return &compactor{interval: interval, cells: cells, probeKey: api.NewKeyspace("").ScopeKey(api.Scope{Kind: api.ScopeFleet}),
 		log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		m:   metrics.NewCompaction(prometheus.NewRegistry())}, &logs

@@ -7,13 +7,13 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/internal/syncbuf"
 	"github.com/vigil-hids/vigil/plugins/catalog"
 	"github.com/vigil-hids/vigil/server"
 	"github.com/vigil-hids/vigil/server/pki"
@@ -64,23 +64,6 @@ func TestCompactIntervalFlag(t *testing.T) {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // counterValue returns the value of the metric name{cell="default"} in reg, 0 if
 // it is not there.
 func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
@@ -128,7 +111,7 @@ func TestCompactionUnderRBAC(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	reg := prometheus.NewRegistry()
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	s, err := server.Start(ctx, server.Config{ID: "r1", Listen: "127.0.0.1:0", DataDir: data, EtcdClientURL: curl, EtcdPeerURL: purl,
 		TLS:         pki.Files{CA: filepath.Join(pd, "ca.crt"), Cert: filepath.Join(pd, "server.crt"), Key: filepath.Join(pd, "server.key")},
 		CheckPlugin: catalog.Validate, CompactInterval: time.Second, Registry: reg,

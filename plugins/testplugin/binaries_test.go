@@ -13,6 +13,7 @@ import (
 	hclog "github.com/hashicorp/go-hclog"
 	plugin "github.com/hashicorp/go-plugin"
 
+	"github.com/vigil-hids/vigil/internal/syncbuf"
 	"github.com/vigil-hids/vigil/sdk"
 	"github.com/vigil-hids/vigil/sdk/pluginpb"
 )
@@ -142,7 +143,7 @@ func TestBinaryMisbehaves(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs syncbuf.Buffer
 			c := plugin.NewClient(&plugin.ClientConfig{
 				HandshakeConfig:  sdk.Handshake,
 				VersionedPlugins: sdk.PluginSets(&sdk.GRPCPlugin{}),
@@ -184,21 +185,4 @@ func TestBinaryMisbehaves(t *testing.T) {
 			}
 		})
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

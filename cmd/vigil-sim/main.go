@@ -105,6 +105,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.Election, "election", 0, "with -cluster: the members' election timeout (0: etcd's 1s)")
 	fs.IntVar(&o.MemberGOGC, "member-gogc", o.MemberGOGC, "with -cluster: GOGC of the member processes (0: Go's default, 100; 400 cut the cell's CPU per write by ~25%, see docs/scale.md)")
 	fs.StringVar(&o.MemberLog, "member-log", "", "with -cluster: the members' log level (debug, info, warn, error), logged to m<i>.log in the cell's directory (default: the embedded members log nothing)")
+	fs.StringVar(&o.ServerBin, "server-bin", "", "with -cluster: also run this vigil-server binary against the cell (--etcd-endpoints the members, --insecure on loopback, --prefix the simulator's, --no-vuln), report its RSS and CPU, and poll its fleet progress during stop and resume")
 	fs.BoolVar(&o.KeepCell, "keep-cell", false, "with -cluster: leave the cell's directory (members' data and logs) when the simulator ends; its path is in the report")
 	fs.DurationVar(&o.Idle, "idle", o.Idle, "how long the idle scenario lets the registered fleet sit (measures lease renewal cost)")
 	fs.IntVar(&o.RolloutMB, "rollout-mb", o.RolloutMB, "rollout scenario: artifact size in MiB")
@@ -259,6 +260,18 @@ func printTable(w io.Writer, rep Report) {
 			reg = rep.EtcdAfterRegister[i]
 		}
 		fmt.Fprintf(w, "etcd %s: after registration RSS %.0f MiB, CPU %.1f s; at the end RSS %.0f MiB, CPU %.1f s\n", st.Name, reg.RSSMB, reg.CPUSeconds, st.RSSMB, st.CPUSeconds)
+	}
+	if rep.ServerBeforeRegister != nil {
+		var reg, end MemberStat
+		if rep.ServerAfterRegister != nil {
+			reg = *rep.ServerAfterRegister
+		}
+		if rep.ServerAtEnd != nil {
+			end = *rep.ServerAtEnd
+		}
+		b := rep.ServerBeforeRegister
+		fmt.Fprintf(w, "vigil-server: before registration RSS %.0f MiB, CPU %.1f s; after registration RSS %.0f MiB, CPU %.1f s; at the end RSS %.0f MiB, CPU %.1f s (running %v)\n",
+			b.RSSMB, b.CPUSeconds, reg.RSSMB, reg.CPUSeconds, end.RSSMB, end.CPUSeconds, end.Running)
 	}
 }
 

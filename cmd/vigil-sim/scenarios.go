@@ -263,6 +263,10 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	wroteAt.Store(wrote)
 	s.stopped, s.lastFleetRev = stop, wrote
 	want := s.allHosts()
+	var poll *progressPoll
+	if s.server != nil {
+		poll = s.server.pollProgress(wctx, wrote, len(want), t0)
+	}
 	lat := waitHostsTL(ctx, evs, want, t0, 60*time.Second, func(e agentEvent) bool {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
 	}, tl)
@@ -275,6 +279,9 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	obsNote := ""
 	if obs != nil {
 		obsNote = obs.finish(t0, tl)
+	}
+	if poll != nil {
+		obsNote += poll.finish(10 * time.Second)
 	}
 	timeline := tl.stop() + obsNote + prof.wait()
 	if len(lat) < len(want) {
@@ -563,10 +570,16 @@ func (s *Sim) Run(ctx context.Context) (Report, error) {
 	if s.proxies != nil {
 		rep.EtcdAtEnd = append(rep.EtcdAtEnd, s.proxies.stats()...)
 	}
+	if s.server != nil {
+		rep.ServerAtEnd = s.server.stat()
+	}
 	return rep, err
 }
 
 func (s *Sim) run(ctx context.Context) (Report, error) {
+	if s.server != nil {
+		s.report.ServerBeforeRegister = s.server.stat()
+	}
 	s.load1AtStart = load1()
 	r, err := s.register(ctx)
 	if err != nil {
@@ -580,6 +593,9 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 		return s.report, fmt.Errorf("registration incomplete (%d of %d hosts after %.0f s): later scenarios skipped", r.Done, r.Count, r.TotalMS/1000)
 	}
 	s.report.SimAfterRegisterRSSMB, s.report.SimAfterRegisterCPU = procStats(os.Getpid())
+	if s.server != nil {
+		s.report.ServerAfterRegister = s.server.stat()
+	}
 	if s.cell != nil {
 		s.report.EtcdAfterRegister = s.cell.stats()
 		s.report.TermAfterRegister = s.cell.maxTerm.Load()

@@ -48,6 +48,10 @@ type Options struct {
 	// KeepCell the logs (and data) stay in the cell's directory.
 	MemberLog string
 	KeepCell  bool
+	// ServerBin, with Cluster, runs this vigil-server binary against the
+	// cell (server.go): its RSS and CPU are reported, and stop and resume
+	// also poll its fleet progress answer.
+	ServerBin string
 	// Idle is how long the idle scenario lets the fleet sit.
 	Idle time.Duration
 	// RolloutMB and RolloutWindow shape the rollout scenario.
@@ -135,6 +139,9 @@ func (o Options) Validate() error {
 	if o.GRPCProxies < 0 || (o.GRPCProxies > 0 && o.Cluster == 0) {
 		errs = append(errs, fmt.Errorf("-grpc-proxy must be 0, or more with -cluster (got %d)", o.GRPCProxies))
 	}
+	if o.ServerBin != "" && o.Cluster == 0 {
+		errs = append(errs, errors.New("-server-bin needs -cluster (the server runs against the simulator's cell)"))
+	}
 	if o.Cluster > 0 && len(o.Endpoints) > 0 {
 		errs = append(errs, errors.New("-cluster and -endpoints exclude each other"))
 	}
@@ -212,8 +219,15 @@ type Report struct {
 	TermEnd           uint64 `json:"term_end"`
 	Heartbeat         string `json:"heartbeat,omitempty"`
 	Election          string `json:"election,omitempty"`
-	LoadStart         string `json:"load_start"`
-	LoadEnd           string `json:"load_end"`
+	// ServerBeforeRegister, ServerAfterRegister and ServerAtEnd are the
+	// vigil-server process's RSS and CPU (-server-bin): once its API
+	// answered and before any host started, once every host registered,
+	// and at the end.
+	ServerBeforeRegister *MemberStat `json:"server_before_register,omitempty"`
+	ServerAfterRegister  *MemberStat `json:"server_after_register,omitempty"`
+	ServerAtEnd          *MemberStat `json:"server_at_end,omitempty"`
+	LoadStart            string      `json:"load_start"`
+	LoadEnd              string      `json:"load_end"`
 }
 
 // host is one simulated host: the real control loop and an applier that
@@ -268,7 +282,8 @@ type Sim struct {
 	net          *netPart
 	part         *partChild
 	proxies      *proxies
-	hostEps      []string // what the hosts connect to (eps, or the proxies)
+	server       *serverProc // -server-bin, or nil
+	hostEps      []string    // what the hosts connect to (eps, or the proxies)
 	// load1AtStart is the load average when the run began.
 	load1AtStart float64
 	eps          []string
@@ -315,6 +330,15 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 		s.cell, s.eps = c, c.endpoints()
 		s.report.Etcd = c.describe()
 		s.report.Heartbeat, s.report.Election = o.Heartbeat.String(), o.Election.String()
+		if o.ServerBin != "" {
+			srv, err := startServer(o.ServerBin, s.eps, o.Prefix, c.dir)
+			if err != nil {
+				s.Close()
+				return nil, err
+			}
+			s.server = srv
+			s.report.Etcd += fmt.Sprintf("; vigil-server %s at %s (log %s)", o.ServerBin, srv.url, srv.logPath)
+		}
 		if o.GRPCProxies > 0 {
 			p, err := startProxies(o.GRPCProxies, o.GRPCProxyBin, s.eps, c.dir)
 			if err != nil {
@@ -431,6 +455,7 @@ func (s *Sim) Close() {
 		s.etcd.Close()
 	}
 	s.proxies.close()
+	s.server.close()
 	if s.cell != nil {
 		s.cell.close()
 	}

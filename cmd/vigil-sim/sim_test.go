@@ -55,6 +55,7 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "more clients than hosts", mod: func(o *Options) { o.Hosts, o.Clients = 2, 3 }, want: "-clients must be between 1 and -hosts (got 3)"},
 		{name: "unknown scenario", mod: func(o *Options) { o.Scenarios = []string{"stop", "reboot"} }, want: `unknown scenario "reboot"`},
 		{name: "too many offline", mod: func(o *Options) { o.Offline = o.Hosts + 1 }, want: "-offline must be between 0 and -hosts"},
+		{name: "server without cell", mod: func(o *Options) { o.ServerBin = "/usr/bin/vigil-server" }, want: "-server-bin needs -cluster"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

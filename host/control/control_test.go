@@ -10,6 +10,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
 
 	"github.com/vigil-hids/vigil/api"
@@ -508,5 +509,35 @@ func TestPeriodicResync(t *testing.T) {
 	})
 	if !l.Status().Connected {
 		t.Fatalf("a periodic re-read dropped the registration")
+	}
+}
+
+// A document larger than gRPC's default 4 MiB receive limit (etcd accepts
+// up to --max-request-bytes, 64 MiB at most) arrives through the watch
+// like any other, not as a broken stream and a re-read after every change.
+func TestLargeDocumentThroughWatch(t *testing.T) {
+	e := etcdtest.StartEmbedded(t, func(c *embed.Config) { c.MaxRequestBytes = 8 << 20 })
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints(), DialTimeout: 5 * time.Second, MaxCallSendMsgSize: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	cfg := testConfig(e.Endpoints(), "h1")
+	cfg.LeaseTTL = time.Minute
+	cfg.ResyncInterval = time.Hour
+	a := &fakeApplier{}
+	l := startLoop(t, cfg, a)
+	eventually(t, 10*time.Second, "registered", func() bool { return l.Status().Connected })
+	before := l.Status().Resyncs
+
+	blob, _ := json.Marshal(map[string]string{"blob": strings.Repeat("x", 5<<20)})
+	hostKey := ks.ScopeKey(api.Scope{Kind: api.ScopeHost, Host: "h1"})
+	rev := putDoc(t, cli, hostKey, api.DesiredState{Plugins: map[string]api.PluginState{"big": {Config: blob}}})
+	eventually(t, 20*time.Second, "the 5 MiB document applied", func() bool {
+		got, _ := a.last()
+		return got.rev == rev && len(got.ds.Plugins["big"].Config) == len(blob)
+	})
+	if st := l.Status(); st.Resyncs != before {
+		t.Fatalf("the document came by a re-read (resyncs %d → %d, last %q), not through the watch", before, st.Resyncs, st.LastResync)
 	}
 }

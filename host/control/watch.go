@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -149,7 +150,10 @@ func (l *Loop) openWatches(ctx context.Context) (*watchSet, error) {
 // watch already created may come before a later creation's answer, and is
 // returned to be delivered first.
 func (w *watchSet) create(ctx context.Context, wc pb.WatchClient, keys []string) ([]*pb.WatchResponse, error) {
-	stream, err := wc.Watch(ctx, grpc.WaitForReady(true))
+	// As clientv3 calls: wait for a member to connect to, and no receive
+	// limit below etcd's own request limit (up to 64 MiB; gRPC's default
+	// is 4 MiB, and a larger document would break the stream each time).
+	stream, err := wc.Watch(ctx, grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(math.MaxInt32))
 	if err != nil {
 		return nil, fmt.Errorf("opening the watch stream: %w", err)
 	}

@@ -267,6 +267,14 @@ func (x *Index) WaitRevision(ctx context.Context, rev int64) bool {
 	}
 }
 
+// Revision returns the etcd revision the index reflects, and whether it
+// has listed the registrations at all.
+func (x *Index) Revision() (rev int64, synced bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.rev, x.synced
+}
+
 // Each calls fn for every host under a read lock, with the revision the
 // index reflects; fn must not block.
 func (x *Index) Each(fn func(name string, h Host)) (rev int64, err error) {

@@ -345,3 +345,52 @@ func TestEffective(t *testing.T) {
 		t.Fatalf("unregistered = %+v %v", eff, err)
 	}
 }
+
+// An index that stopped following the cell (its watch cut off) does not
+// answer progress: the registrations are read from etcd.
+func TestProgressFrozenIndexFallsBackToScan(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	cli := e.Client(t)
+	proxy := etcdtest.NewProxy(t, e.URL)
+	x := registry.Start(etcdtest.NewClient(t, []string{proxy.URL}), api.NewKeyspace(""), nil)
+	t.Cleanup(x.Close)
+	s := New(cli, Options{Validate: validate, Index: x})
+	for i := range 4 {
+		register(t, cli, fmt.Sprintf("h%d", i), nil, 0)
+	}
+	fleet := api.Scope{Kind: api.ScopeFleet}
+	res, err := s.SetStop(ctx(t), fleet, true, "alice", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !x.WaitRevision(ctx(t), res.Revision) {
+		t.Fatal("index never reached the stop's revision")
+	}
+	proxy.Cut()
+	register(t, cli, "h0", nil, res.Revision)
+	register(t, cli, "h1", nil, res.Revision)
+	p, err := s.Progress(ctx(t), fleet, res.Revision)
+	if err != nil || p.Targeted != 4 || p.Acknowledged != 2 {
+		t.Fatalf("progress with the index cut off = %+v, %v; want 2 of 4 acknowledged (read from etcd)", p, err)
+	}
+	if frozen, _ := x.Revision(); p.AtRevision <= frozen {
+		t.Fatalf("answered at revision %d, the frozen index's (%d)", p.AtRevision, frozen)
+	}
+}
+
+func TestIndexAnswers(t *testing.T) {
+	for _, tt := range []struct {
+		fresh             bool
+		before, rev, want int64
+		answers           bool
+	}{
+		{true, 10, 10, 5, true},    // caught up with the cell
+		{false, 10, 40, 20, true},  // behind the cell, moving, holds the change
+		{false, 40, 40, 20, false}, // did not move while the request waited
+		{false, 10, 15, 20, false}, // moving, but not yet at the change
+	} {
+		if got := indexAnswers(tt.fresh, tt.before, tt.rev, tt.want); got != tt.answers {
+			t.Errorf("indexAnswers(%v, before %d, rev %d, want %d) = %v", tt.fresh, tt.before, tt.rev, tt.want, got)
+		}
+	}
+}

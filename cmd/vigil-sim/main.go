@@ -252,7 +252,7 @@ func printTable(w io.Writer, rep Report) {
 	fmt.Fprintf(w, "process: %d goroutines at the end, max RSS %.0f MiB, CPU %.1f s (after registration: RSS %.0f MiB, CPU %.1f s); load average %s at the start, %s at the end\n",
 		rep.Goroutines, rep.MaxRSSMB, rep.CPUSeconds, rep.SimAfterRegisterRSSMB, rep.SimAfterRegisterCPU, rep.LoadStart, rep.LoadEnd)
 	if rep.Cluster > 0 {
-		fmt.Fprintf(w, "etcd cell: %d leader changes, %d polls without a leader (polled every second), raft term %d after registration, %d at the end; hosts: %d acknowledgements resent on a new raft term, %d fresh reads after a watch ended\n", rep.LeaderChanges, rep.LeaderlessPolls, rep.TermAfterRegister, rep.TermEnd, rep.AckResends, rep.Resyncs)
+		fmt.Fprintf(w, "etcd cell: %d leader changes, %d polls without a leader (polled every second), raft term %d after registration, %d at the end; hosts: %d acknowledgements resent on a new raft term, %d fresh reads after a watch ended, %d failed acknowledgements retried %v\n", rep.LeaderChanges, rep.LeaderlessPolls, rep.TermAfterRegister, rep.TermEnd, rep.AckResends, rep.Resyncs, rep.AckFailures, rep.AckErrors)
 	}
 	for i, st := range rep.EtcdAtEnd {
 		var reg MemberStat

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -662,14 +664,32 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 	return s.report, nil
 }
 
-// countLoops sums the hosts' resends and resyncs into the report.
+// countLoops sums the hosts' resends, resyncs and failed acknowledgements
+// into the report, with the most frequent last acknowledgement errors.
 func (s *Sim) countLoops() {
-	s.report.AckResends, s.report.Resyncs = 0, 0
+	s.report.AckResends, s.report.Resyncs, s.report.AckFailures = 0, 0, 0
+	errs := map[string]int{}
 	for _, h := range s.hosts {
 		st := h.loop.Status()
 		s.report.AckResends += st.AckResends
 		s.report.Resyncs += st.Resyncs
+		s.report.AckFailures += st.AckFailures
+		if st.LastAckError != "" {
+			errs[st.LastAckError]++
+		}
 	}
+	s.report.AckErrors = topCounts(errs, 3)
+}
+
+// topCounts formats the n most frequent keys of m as "count × key".
+func topCounts(m map[string]int, n int) []string {
+	keys := slices.Collect(maps.Keys(m))
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Or(m[b]-m[a], strings.Compare(a, b)) })
+	var out []string
+	for _, k := range keys[:min(n, len(keys))] {
+		out = append(out, fmt.Sprintf("%d × %s", m[k], k))
+	}
+	return out
 }
 
 // loadAvg is the first three fields of /proc/loadavg.

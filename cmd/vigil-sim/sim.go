@@ -213,6 +213,10 @@ type Report struct {
 	// watch ended; both at the end of the run.
 	AckResends int `json:"ack_resends"`
 	Resyncs    int `json:"resyncs"`
+	// AckFailures sums the hosts' failed (and retried) acknowledgements;
+	// AckErrors is the most frequent last errors among the hosts.
+	AckFailures int      `json:"ack_failures"`
+	AckErrors   []string `json:"ack_errors,omitempty"`
 	// TermAfterRegister and TermEnd are the cell's raft term (as polled):
 	// every election raises it, also one that keeps the same leader.
 	TermAfterRegister uint64 `json:"term_after_register"`

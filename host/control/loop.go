@@ -79,6 +79,11 @@ type Status struct {
 	// AckResends counts acknowledgements sent again at once because the
 	// cell elected a new leader while they were pending.
 	AckResends int
+	// AckFailures counts acknowledgements that failed (timeout, etcd too
+	// busy, ...) and were retried after a backoff; LastAckError is the
+	// last such error.
+	AckFailures  int
+	LastAckError string
 }
 
 // Loop is the running control loop of one host.

@@ -69,6 +69,10 @@ func (l *Loop) session(ctx context.Context) error {
 			d := ab.Next()
 			l.log.Warn("acknowledging desired state", "err", err, "retry_in", d)
 			l.setError(err)
+			l.mu.Lock()
+			l.status.AckFailures++
+			l.status.LastAckError = err.Error()
+			l.mu.Unlock()
 			if err := l.sleepWithLease(ctx, d, ka); err != nil {
 				return err
 			}

@@ -115,7 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.NoFsync, "no-fsync", false, "embedded etcd without fsync (faster, unsafe; for comparison only)")
 	fs.StringVar(&o.Prefix, "prefix", "", "keyspace prefix (default: /vigil-sim-<time>, so runs never collide)")
 	fs.DurationVar(&o.LeaseTTL, "ttl", o.LeaseTTL, "registration lease TTL")
-	fs.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "per-request timeout of each host")
+	fs.DurationVar(&o.RequestTimeout, "request-timeout", o.RequestTimeout, "per-request timeout of each host (control.request_timeout; the default is the host's)")
 	fs.DurationVar(&o.Spread, "spread", o.Spread, "spread of the hosts' first registration (control.spread)")
 	fs.DurationVar(&o.AckSpread, "ack-spread", o.AckSpread, "spread of the hosts' acknowledgements of fleet-wide changes (control.ack_spread)")
 	fs.DurationVar(&o.LeaderProbe, "leader-probe", o.LeaderProbe, "control.leader_probe of each host: a pending acknowledgement asks for the raft term this often and is resent on a new leader (0: off, the default; see docs/scale.md)")

@@ -94,7 +94,7 @@ func DefaultOptions() Options {
 		Clients:         16,
 		Groups:          2,
 		LeaseTTL:        15 * time.Second,
-		RequestTimeout:  10 * time.Second,
+		RequestTimeout:  5 * time.Second, // control.request_timeout's default
 		StatusInterval:  10 * time.Second,
 		Scenarios:       []string{"register", "stop", "resume", "push", "offline"},
 		Pushes:          200,

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vigil-hids/vigil/api"
-	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/internal/syncbuf"
 	"github.com/vigil-hids/vigil/plugins/catalog"
 	"github.com/vigil-hids/vigil/server"
@@ -94,20 +91,8 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 // has it: etcd authentication on (init), the server as etcd user
 // vigil-server. It may compact and read the alarms.
 func TestCompactionUnderRBAC(t *testing.T) {
-	dir := t.TempDir()
-	pd, data := filepath.Join(dir, "pki"), filepath.Join(dir, "data")
-	ports, err := etcdtest.FreePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	root := newRoot()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetArgs([]string{"init", "--dir", pd, "--data-dir", data, "--etcd-client-url", curl, "--etcd-peer-url", purl, "--log-level", "error"})
-	if err := root.Execute(); err != nil {
-		t.Fatalf("init: %v\n%s", err, out.String())
-	}
+	d := runInit(t)
+	pd, data, curl, purl := d.pki, d.data, d.clientURL, d.peerURL
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	reg := prometheus.NewRegistry()

@@ -13,7 +13,6 @@ import (
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/cmd/vigilctl/cli"
 	"github.com/vigil-hids/vigil/host/control"
-	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/plugins/catalog"
 	"github.com/vigil-hids/vigil/server"
 	"github.com/vigil-hids/vigil/server/pki"
@@ -48,19 +47,8 @@ func (r *recorder) isStopped() bool {
 // `fleet stop --wait` and `resume --wait` as an operator, which exit 0 once
 // every host acknowledged.
 func TestFleetStopEndToEnd(t *testing.T) {
-	dir := t.TempDir()
-	pd, data := filepath.Join(dir, "pki"), filepath.Join(dir, "data")
-	ports, err := etcdtest.FreePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	root := newRoot()
-	root.SetOut(&bytes.Buffer{})
-	root.SetArgs([]string{"init", "--dir", pd, "--data-dir", data, "--etcd-client-url", curl, "--etcd-peer-url", purl})
-	if err := root.Execute(); err != nil {
-		t.Fatalf("init: %v", err)
-	}
+	d := runInit(t)
+	pd, data, curl, purl := d.pki, d.data, d.clientURL, d.peerURL
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s, err := server.Start(ctx, server.Config{ID: "r1", Listen: "127.0.0.1:0", DataDir: data, EtcdClientURL: curl, EtcdPeerURL: purl,
@@ -83,7 +71,7 @@ func TestFleetStopEndToEnd(t *testing.T) {
 			Endpoints: []string{strings.Replace(curl, "http:", "https:", 1)},
 			CAFile:    filepath.Join(pd, "ca.crt"), CertFile: filepath.Join(pd, "host.crt"), KeyFile: filepath.Join(pd, "host.key"),
 			Host: fmt.Sprintf("web-%02d", i), Labels: map[string]string{"env": env}, Version: "test",
-			LeaseTTL: 5 * time.Second, StateDir: filepath.Join(dir, "host", fmt.Sprint(i)),
+			LeaseTTL: 5 * time.Second, StateDir: filepath.Join(t.TempDir(), "host", fmt.Sprint(i)),
 			BackoffInitial: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond, StatusInterval: 200 * time.Millisecond,
 		}, recs[i], nil)
 		if err != nil {

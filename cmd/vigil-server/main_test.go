@@ -21,23 +21,11 @@ import (
 // server (etcd user vigil-server) can still do everything it needs —
 // registration lease, election, desired-state writes with history, status.
 func TestInitThenServeUnderRBAC(t *testing.T) {
-	dir := t.TempDir()
-	pd, data := filepath.Join(dir, "pki"), filepath.Join(dir, "data")
-	ports, err := etcdtest.FreePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	curl, purl := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
-	root := newRoot()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetArgs([]string{"init", "--dir", pd, "--data-dir", data, "--etcd-client-url", curl, "--etcd-peer-url", purl, "--log-level", "error"})
-	if err := root.Execute(); err != nil {
-		t.Fatalf("init: %v\n%s", err, out.String())
-	}
+	d := runInit(t)
+	pd, data, curl, purl := d.pki, d.data, d.clientURL, d.peerURL
 	for _, want := range []string{"wrote " + filepath.Join(pd, "admin.crt"), "etcd user vigil-host, role vigil-host: read /hids/server/config/, read /hids/releases/, readwrite /hids/agent/", "etcd authentication enabled"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("init output lacks %q:\n%s", want, out.String())
+		if !strings.Contains(d.out, want) {
+			t.Errorf("init output lacks %q:\n%s", want, d.out)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -64,4 +52,33 @@ func TestInitThenServeUnderRBAC(t *testing.T) {
 	if err != nil || !st.Etcd.Healthy || st.ElectionLeader != "r1" {
 		t.Fatalf("status: %+v %v", st, err)
 	}
+}
+
+// devInit is a directory after `vigil-server init`: the development PKI,
+// the embedded etcd's data with RBAC on, and its URLs.
+type devInit struct {
+	pki, data, clientURL, peerURL string
+	out                           string // what init printed
+}
+
+// runInit runs `vigil-server init` in a fresh temporary directory, on
+// free loopback ports.
+func runInit(t *testing.T) devInit {
+	t.Helper()
+	dir := t.TempDir()
+	d := devInit{pki: filepath.Join(dir, "pki"), data: filepath.Join(dir, "data")}
+	ports, err := etcdtest.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.clientURL, d.peerURL = fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	root := newRoot()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetArgs([]string{"init", "--dir", d.pki, "--data-dir", d.data, "--etcd-client-url", d.clientURL, "--etcd-peer-url", d.peerURL, "--log-level", "error"})
+	if err := root.Execute(); err != nil {
+		t.Fatalf("init: %v\n%s", err, out.String())
+	}
+	d.out = out.String()
+	return d
 }

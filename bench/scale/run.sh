@@ -16,7 +16,7 @@
 #   4. $OUT/scale.html: p50/p99/max against fleet size per scenario
 #      (bench/scale/chart), and $OUT/*.json.
 # Environment: SIZES ("1000 5000 10000 20000"), CLUSTER (3), CLIENTS (32),
-# TTL (60s, see docs/scale.md "Tuning"), REQUEST_TIMEOUT (5s, the host's default), PART_HOSTS
+# TTL (60s, see docs/scale.md "Tuning"), REQUEST_TIMEOUT (10s, the host's default), PART_HOSTS
 # (500), PART_TTL (15s), OUT (default a temporary directory), ETCD_BIN (run
 # that etcd binary, e.g. /usr/bin/etcd, instead of the embedded version),
 # RUN_TIMEOUT (600: seconds one vigil-sim run may take).
@@ -27,7 +27,7 @@ SIZES=${SIZES:-1000 5000 10000 20000}
 CLUSTER=${CLUSTER:-3}
 CLIENTS=${CLIENTS:-32}
 TTL=${TTL:-60s}
-REQUEST_TIMEOUT=${REQUEST_TIMEOUT:-5s}
+REQUEST_TIMEOUT=${REQUEST_TIMEOUT:-10s}
 PART_HOSTS=${PART_HOSTS:-500}
 PART_TTL=${PART_TTL:-15s}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}

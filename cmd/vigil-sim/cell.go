@@ -30,6 +30,7 @@ type cell struct {
 	own     bool   // dir was created by the simulator
 	bin     string // "" = this binary with -serve-member
 	gogc    int    // GOGC of the member processes (0: Go's default, 100)
+	procs   int    // GOMAXPROCS of the member processes (0: Go's default)
 	// maxTerm is the highest raft term watchLeader saw: elections that
 	// re-elect the same leader change it too.
 	maxTerm atomic.Uint64
@@ -56,6 +57,7 @@ type cellConfig struct {
 	// raft timings of every member.
 	heartbeat, election time.Duration
 	gogc                int // > 0: GOGC of the member processes
+	gomaxprocs          int // > 0: GOMAXPROCS of the member processes
 	// logLevel is the members' log level (debug, info, warn, error); ""
 	// logs nothing from the embedded members (warn for an etcd binary).
 	logLevel string
@@ -76,7 +78,7 @@ func startCell(cc cellConfig) (*cell, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &cell{dir: dir, own: !cc.keep, bin: bin, gogc: cc.gogc}
+	c := &cell{dir: dir, own: !cc.keep, bin: bin, gogc: cc.gogc, procs: cc.gomaxprocs}
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
@@ -195,12 +197,15 @@ func (c *cell) start(m *member) error {
 	// without the simulator's own GODEBUG (see -shrink-stacks).
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOGC=") {
+		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOGC=") && !strings.HasPrefix(kv, "GOMAXPROCS=") {
 			env = append(env, kv)
 		}
 	}
 	if c.gogc > 0 {
 		env = append(env, "GOGC="+strconv.Itoa(c.gogc))
+	}
+	if c.procs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(c.procs))
 	}
 	cmd.Env = env
 	if err := cmd.Start(); err != nil {

@@ -106,6 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.MemberGOGC, "member-gogc", o.MemberGOGC, "with -cluster: GOGC of the member processes (0: Go's default, 100; 400 cut the cell's CPU per write by ~25%, see docs/scale.md)")
 	fs.StringVar(&o.MemberLog, "member-log", "", "with -cluster: the members' log level (debug, info, warn, error), logged to m<i>.log in the cell's directory (default: the embedded members log nothing)")
 	fs.StringVar(&o.ServerBin, "server-bin", "", "with -cluster: also run this vigil-server binary against the cell (--etcd-endpoints the members, --insecure on loopback, --prefix the simulator's, --no-vuln), report its RSS and CPU, and poll its fleet progress during stop and resume")
+	fs.IntVar(&o.MemberGOMAXPROCS, "member-gomaxprocs", o.MemberGOMAXPROCS, "with -cluster: GOMAXPROCS of the member processes (0: Go's default, every core; -1: each member's share of this machine's cores, at least 1; see docs/scale.md)")
 	fs.BoolVar(&o.KeepCell, "keep-cell", false, "with -cluster: leave the cell's directory (members' data and logs) when the simulator ends; its path is in the report")
 	fs.DurationVar(&o.Idle, "idle", o.Idle, "how long the idle scenario lets the registered fleet sit (measures lease renewal cost)")
 	fs.IntVar(&o.RolloutMB, "rollout-mb", o.RolloutMB, "rollout scenario: artifact size in MiB")

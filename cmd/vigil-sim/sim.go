@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -48,6 +49,10 @@ type Options struct {
 	// KeepCell the logs (and data) stay in the cell's directory.
 	MemberLog string
 	KeepCell  bool
+	// MemberGOMAXPROCS is the GOMAXPROCS of the member processes: 0 (the
+	// default) is Go's default, every core; -1 each member's share of this
+	// machine's cores, at least 1.
+	MemberGOMAXPROCS int
 	// ServerBin, with Cluster, runs this vigil-server binary against the
 	// cell (server.go): its RSS and CPU are reported, and stop and resume
 	// also poll its fleet progress answer.
@@ -90,22 +95,23 @@ type Options struct {
 // DefaultOptions are the flags' defaults: the figures of docs/scale.md.
 func DefaultOptions() Options {
 	return Options{
-		Hosts:           10000,
-		Clients:         16,
-		Groups:          2,
-		LeaseTTL:        15 * time.Second,
-		RequestTimeout:  5 * time.Second, // control.request_timeout's default
-		StatusInterval:  10 * time.Second,
-		Scenarios:       []string{"register", "stop", "resume", "push", "offline"},
-		Pushes:          200,
-		Offline:         1000,
-		Seed:            1,
-		ProfileWindow:   10 * time.Second,
-		MemberGOGC:      400,
-		Idle:            30 * time.Second,
-		RolloutMB:       20,
-		RolloutWindow:   60 * time.Second,
-		ObserverProcess: true,
+		Hosts:            10000,
+		Clients:          16,
+		Groups:           2,
+		LeaseTTL:         15 * time.Second,
+		RequestTimeout:   10 * time.Second, // control.request_timeout's default
+		StatusInterval:   10 * time.Second,
+		Scenarios:        []string{"register", "stop", "resume", "push", "offline"},
+		Pushes:           200,
+		Offline:          1000,
+		Seed:             1,
+		ProfileWindow:    10 * time.Second,
+		MemberGOGC:       400,
+		MemberGOMAXPROCS: 0,
+		Idle:             30 * time.Second,
+		RolloutMB:        20,
+		RolloutWindow:    60 * time.Second,
+		ObserverProcess:  true,
 	}
 }
 
@@ -215,8 +221,10 @@ type Report struct {
 	Resyncs    int `json:"resyncs"`
 	// AckFailures sums the hosts' failed (and retried) acknowledgements;
 	// AckErrors is the most frequent last errors among the hosts.
-	AckFailures int      `json:"ack_failures"`
-	AckErrors   []string `json:"ack_errors,omitempty"`
+	AckFailures int `json:"ack_failures"`
+	// MemberGOMAXPROCS is the members' GOMAXPROCS (0: Go's default).
+	MemberGOMAXPROCS int      `json:"member_gomaxprocs,omitempty"`
+	AckErrors        []string `json:"ack_errors,omitempty"`
 	// TermAfterRegister and TermEnd are the cell's raft term (as polled):
 	// every election raises it, also one that keeps the same leader.
 	TermAfterRegister uint64 `json:"term_after_register"`
@@ -325,8 +333,16 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 			}
 			s.net, vethIP = n, n.hostIP
 		}
+		procs := o.MemberGOMAXPROCS
+		if procs < 0 {
+			// Members on a machine of their own use every core; here
+			// they share it, and with every core each member's idle
+			// garbage-collection workers take the others' CPU.
+			procs = max(1, runtime.NumCPU()/o.Cluster)
+		}
+		s.report.MemberGOMAXPROCS = procs
 		c, err := startCell(cellConfig{n: o.Cluster, bin: o.EtcdBin, base: o.DataDir, noFsync: o.NoFsync, vethIP: vethIP,
-			heartbeat: o.Heartbeat, election: o.Election, gogc: o.MemberGOGC, logLevel: o.MemberLog, keep: o.KeepCell})
+			heartbeat: o.Heartbeat, election: o.Election, gogc: o.MemberGOGC, gomaxprocs: procs, logLevel: o.MemberLog, keep: o.KeepCell})
 		if err != nil {
 			s.Close()
 			return nil, err

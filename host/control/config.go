@@ -79,10 +79,14 @@ type Config struct {
 // Default returns the defaults that zero fields take.
 func Default() Config {
 	return Config{
-		Prefix:         api.DefaultPrefix,
-		LeaseTTL:       15 * time.Second,
-		DialTimeout:    5 * time.Second,
-		RequestTimeout: 5 * time.Second,
+		Prefix:      api.DefaultPrefix,
+		LeaseTTL:    15 * time.Second,
+		DialTimeout: 5 * time.Second,
+		// Longer than etcd's own 7 s for a proposal its leader dropped:
+		// on an overloaded cell a write slower than a shorter timeout is
+		// abandoned and sent again, which doubles the load where it hurts
+		// (docs/scale.md: 20,000 hosts, 5 s vs 10 s).
+		RequestTimeout: 10 * time.Second,
 		BackoffInitial: 500 * time.Millisecond,
 		BackoffMax:     30 * time.Second,
 		OfflineGrace:   time.Second,

@@ -39,8 +39,8 @@ type ClusterStatus struct {
 	// DBSize is the largest backend size reported by an endpoint.
 	DBSize int64    `json:"db_size"`
 	Alarms []string `json:"alarms"`
-	// AlarmsError says why alarms could not be read (etcd before 3.5
-	// lets only root list them once authentication is on; 3.7 lets any
+	// AlarmsError says why alarms could not be read (older etcd releases
+	// let only root list them once authentication is on; 3.7.3 lets any
 	// authenticated user).
 	AlarmsError string `json:"alarms_error,omitempty"`
 	Healthy     bool   `json:"healthy"`

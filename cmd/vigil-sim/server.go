@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +11,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/client"
+	"github.com/vigil-hids/vigil/server/store"
 )
 
 // serverProc is the real vigil-server binary (-server-bin), run as a
@@ -27,7 +29,7 @@ type serverProc struct {
 	done    chan struct{}
 	url     string // http://127.0.0.1:port, the API
 	logPath string
-	http    *http.Client
+	api     *client.Client // vigilctl's client of the API
 }
 
 // serverArgs are the flags the simulator gives vigil-server.
@@ -58,8 +60,11 @@ func startServer(bin string, eps []string, prefix, dir string) (*serverProc, err
 	}
 	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	args := serverArgs(eps, prefix, listen, fmt.Sprintf("127.0.0.1:%d", ports[1]), dataDir)
-	p := &serverProc{url: "http://" + listen, logPath: filepath.Join(dir, "server.log"), done: make(chan struct{}),
-		http: &http.Client{Timeout: 30 * time.Second}}
+	api, err := client.New(client.Config{Server: "http://" + listen})
+	if err != nil {
+		return nil, err
+	}
+	p := &serverProc{url: "http://" + listen, logPath: filepath.Join(dir, "server.log"), done: make(chan struct{}), api: api}
 	lf, err := os.Create(p.logPath)
 	if err != nil {
 		return nil, err
@@ -75,7 +80,7 @@ func startServer(bin string, eps []string, prefix, dir string) (*serverProc, err
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		err := p.get(context.Background(), "/v1/status", nil)
+		_, err := p.api.Status(context.Background())
 		if err == nil {
 			return p, nil
 		}
@@ -101,28 +106,6 @@ func (p *serverProc) logTail() string {
 	return string(b)
 }
 
-// get GETs path from the API and decodes a 200 answer into v (if not nil).
-func (p *serverProc) get(ctx context.Context, path string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := p.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var b bytes.Buffer
-		_, _ = b.ReadFrom(resp.Body)
-		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(b.String()))
-	}
-	if v == nil {
-		return nil
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
-}
-
 // stat is the server process's RSS and CPU time.
 func (p *serverProc) stat() *MemberStat {
 	st := &MemberStat{Name: "vigil-server"}
@@ -141,15 +124,8 @@ func (p *serverProc) close() {
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
+	p.api.Close()
 	p.cmd = nil
-}
-
-// serverProgress is the part of GET /v1/fleet/progress (store.Progress)
-// the simulator reads.
-type serverProgress struct {
-	Targeted     int64 `json:"targeted"`
-	Acknowledged int64 `json:"acknowledged"`
-	AtRevision   int64 `json:"at_revision"`
 }
 
 // progressPoll polls the server's fleet progress of one write every
@@ -162,7 +138,7 @@ type progressPoll struct {
 	polls   int
 	errs    int
 	lastErr error
-	last    serverProgress
+	last    store.Progress
 	slowest time.Duration
 	allAt   time.Duration // since t0; 0 = not yet
 }
@@ -170,15 +146,13 @@ type progressPoll struct {
 func (p *serverProc) pollProgress(ctx context.Context, rev int64, want int, t0 time.Time) *progressPoll {
 	ctx, cancel := context.WithCancel(ctx)
 	pp := &progressPoll{cancel: cancel, done: make(chan struct{})}
-	path := fmt.Sprintf("/v1/fleet/progress?scope=fleet&revision=%d", rev)
 	go func() {
 		defer close(pp.done)
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
-			var pr serverProgress
 			start := time.Now()
-			err := p.get(ctx, path, &pr)
+			pr, err := p.api.Progress(ctx, api.Scope{Kind: api.ScopeFleet}, rev)
 			took := time.Since(start)
 			if ctx.Err() != nil {
 				return

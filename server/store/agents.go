@@ -261,17 +261,19 @@ func (s *Store) Progress(ctx context.Context, scope api.Scope, revision int64) (
 	if x := s.opts.Index; x != nil && host == "" {
 		before, _ := x.Revision()
 		fresh := s.syncIndex(ctx, revision)
-		rev, err := x.Each(func(name string, h registry.Host) {
-			if sel.Matches(h.Labels) {
-				p.add(name, h.Applied >= revision)
+		if now, synced := x.Revision(); synced && indexAnswers(fresh, before, now, revision) {
+			rev, err := x.Each(func(name string, h registry.Host) {
+				if sel.Matches(h.Labels) {
+					p.add(name, h.Applied >= revision)
+				}
+			})
+			if err == nil {
+				p.AtRevision = rev
+				p.finish()
+				return p, nil
 			}
-		})
-		if err == nil && indexAnswers(fresh, before, rev, revision) {
-			p.AtRevision = rev
-			p.finish()
-			return p, nil
+			p = Progress{Scope: scope.String(), Revision: revision, Stragglers: []string{}}
 		}
-		p = Progress{Scope: scope.String(), Revision: revision, Stragglers: []string{}}
 	}
 	check := func(name string, v []byte) {
 		var l lite

@@ -121,17 +121,13 @@ func (c *compactor) round(ctx context.Context, log *slog.Logger, cell compactCel
 	}
 	err = cell.compactAt(rctx, prev)
 	switch {
-	case err == nil:
+	case err == nil || errors.Is(err, rpctypes.ErrCompacted):
+		// ErrCompacted: someone (etcd's own auto-compaction, an operator,
+		// an earlier leader) already compacted past prev, so the keyspace
+		// is where we wanted it.
 		c.m.Compactions.WithLabelValues(cell.name).Inc()
 		c.m.Revision.WithLabelValues(cell.name).Set(float64(prev))
-		log.Info("etcd compacted", "revision", prev, "current_revision", cur)
-	case errors.Is(err, rpctypes.ErrCompacted):
-		// Someone (etcd's own auto-compaction, an operator, an earlier
-		// leader) already compacted past prev: the keyspace is where we
-		// wanted it.
-		c.m.Compactions.WithLabelValues(cell.name).Inc()
-		c.m.Revision.WithLabelValues(cell.name).Set(float64(prev))
-		log.Info("etcd already compacted past the revision", "revision", prev, "current_revision", cur)
+		log.Info("etcd compacted", "revision", prev, "current_revision", cur, "already", err != nil)
 	case ctx.Err() != nil:
 		return prev
 	case errors.Is(err, rpctypes.ErrPermissionDenied):

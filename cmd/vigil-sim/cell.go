@@ -25,12 +25,13 @@ import (
 // of an etcd binary (-etcd-bin, e.g. Debian's /usr/bin/etcd 3.4). Each
 // member is a process of its own, so that a leader can be killed for real.
 type cell struct {
-	members []*member
-	dir     string // parent of the members' data, removed by close
-	own     bool   // dir was created by the simulator
-	bin     string // "" = this binary with -serve-member
-	gogc    int    // GOGC of the member processes (0: Go's default, 100)
-	procs   int    // GOMAXPROCS of the member processes (0: Go's default)
+	members  []*member
+	dir      string // parent of the members' data, removed by close
+	own      bool   // dir was created by the simulator
+	bin      string // "" = this binary with -serve-member
+	gogc     int    // GOGC of the member processes (0: Go's default, 100; -1: off)
+	memlimit string // GOMEMLIMIT of the member processes ("": none)
+	procs    int    // GOMAXPROCS of the member processes (0: Go's default)
 	// maxTerm is the highest raft term watchLeader saw: elections that
 	// re-elect the same leader change it too.
 	maxTerm atomic.Uint64
@@ -56,8 +57,9 @@ type cellConfig struct {
 	// heartbeat and election (0: etcd's defaults, 100 ms and 1 s) are the
 	// raft timings of every member.
 	heartbeat, election time.Duration
-	gogc                int // > 0: GOGC of the member processes
-	gomaxprocs          int // > 0: GOMAXPROCS of the member processes
+	gogc                int    // > 0: GOGC of the member processes; -1: off
+	memlimit            string // GOMEMLIMIT of the member processes ("": none)
+	gomaxprocs          int    // > 0: GOMAXPROCS of the member processes
 	// logLevel is the members' log level (debug, info, warn, error); ""
 	// logs nothing from the embedded members (warn for an etcd binary).
 	logLevel string
@@ -78,7 +80,7 @@ func startCell(cc cellConfig) (*cell, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &cell{dir: dir, own: !cc.keep, bin: bin, gogc: cc.gogc, procs: cc.gomaxprocs}
+	c := &cell{dir: dir, own: !cc.keep, bin: bin, gogc: cc.gogc, memlimit: cc.memlimit, procs: cc.gomaxprocs}
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
@@ -193,16 +195,24 @@ func (c *cell) start(m *member) error {
 		defer lf.Close()
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// The members run with Go's defaults but for -member-gogc, and
-	// without the simulator's own GODEBUG (see -shrink-stacks).
+	// The members run with Go's defaults but for -member-gogc,
+	// -member-memlimit and -member-gomaxprocs, and without the
+	// simulator's own GODEBUG (see -shrink-stacks).
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOGC=") && !strings.HasPrefix(kv, "GOMAXPROCS=") {
+		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOGC=") && !strings.HasPrefix(kv, "GOMAXPROCS=") &&
+			!strings.HasPrefix(kv, "GOMEMLIMIT=") {
 			env = append(env, kv)
 		}
 	}
-	if c.gogc > 0 {
+	switch {
+	case c.gogc > 0:
 		env = append(env, "GOGC="+strconv.Itoa(c.gogc))
+	case c.gogc < 0:
+		env = append(env, "GOGC=off")
+	}
+	if c.memlimit != "" {
+		env = append(env, "GOMEMLIMIT="+c.memlimit)
 	}
 	if c.procs > 0 {
 		env = append(env, "GOMAXPROCS="+strconv.Itoa(c.procs))

@@ -103,7 +103,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.GRPCProxyBin, "grpc-proxy-bin", "/usr/bin/etcd", "etcd binary whose grpc-proxy subcommand -grpc-proxy runs")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 0, "with -cluster: the members' raft heartbeat interval (0: etcd's 100ms)")
 	fs.DurationVar(&o.Election, "election", 0, "with -cluster: the members' election timeout (0: etcd's 1s)")
-	fs.IntVar(&o.MemberGOGC, "member-gogc", o.MemberGOGC, "with -cluster: GOGC of the member processes (0: Go's default, 100; 400 cut the cell's CPU per write by ~25%, see docs/scale.md)")
+	fs.IntVar(&o.MemberGOGC, "member-gogc", o.MemberGOGC, "with -cluster: GOGC of the member processes (0: Go's default, 100; 400 cut the cell's CPU per write by ~25%; -1: off, collecting only near -member-memlimit; see docs/scale.md)")
+	fs.StringVar(&o.MemberMemLimit, "member-memlimit", o.MemberMemLimit, "with -cluster: GOMEMLIMIT of the member processes, e.g. 4GiB (\"\": none; required with -member-gogc -1)")
 	fs.StringVar(&o.MemberLog, "member-log", "", "with -cluster: the members' log level (debug, info, warn, error), logged to m<i>.log in the cell's directory (default: the embedded members log nothing)")
 	fs.StringVar(&o.ServerBin, "server-bin", "", "with -cluster: also run this vigil-server binary against the cell (--etcd-endpoints the members, --insecure on loopback, --prefix the simulator's, --no-vuln), report its RSS and CPU, and poll its fleet progress during stop and resume")
 	fs.IntVar(&o.MemberGOMAXPROCS, "member-gomaxprocs", o.MemberGOMAXPROCS, "with -cluster: GOMAXPROCS of the member processes (0: Go's default, every core; -1: each member's share of this machine's cores, at least 1; see docs/scale.md)")
@@ -125,6 +126,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.Pushes, "pushes", o.Pushes, "per-host config pushes measured")
 	fs.IntVar(&o.ObserverWatches, "observer-watches", 1, "watch the agent prefix as this many sub-ranges, each on a connection of its own to one member (the observer, i.e. the server's view)")
 	fs.BoolVar(&o.ObserverProcess, "observer-process", o.ObserverProcess, "measure stop, resume and leader-loss from an observer process of its own (this binary re-executed with -serve-observer: watches the agent prefix, polls the applied revision, reports each arrival's time); false: a watch inside this process, which also runs every host loop. Other scenarios, and -observer-watches above 1, always watch in-process")
+	fs.DurationVar(&o.Settle, "settle", o.Settle, "pause before each scenario after registration, so that each starts on a fleet at rest (the machine's busy rate over its last seconds is in the scenario's note); 0: back to back")
 	fs.IntVar(&o.Offline, "offline", o.Offline, "hosts killed in the offline scenario")
 	fs.Uint64Var(&o.Seed, "seed", o.Seed, "seed choosing the pushed hosts")
 	jsonPath := fs.String("json", "", "also write the report as JSON to this file ('-' for stdout only)")
@@ -133,6 +135,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	shrink := fs.Bool("shrink-stacks", false, "let the garbage collector shrink the simulator's goroutine stacks (Go's default); without it the simulator restarts itself with GODEBUG=gcshrinkstackoff=1, so the loops' stacks stay grown between changes instead of being copied up again on every acknowledgement (13% of the simulator's CPU in a stop)")
 	gogc := fs.Int("gogc", 400, "garbage collector target percentage of the simulator process (memory is cheaper than CPU here)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this loopback address (e.g. 127.0.0.1:6060), to profile the simulator at a moment of one's choosing (the members serve it on their client URL)")
 	fs.StringVar(&o.ProfileDir, "profile-dir", "", "write CPU profiles of the simulator and of every member (embedded etcd) over -profile-window from each stop, resume and leader-loss write into this directory")
 	fs.DurationVar(&o.ProfileWindow, "profile-window", o.ProfileWindow, "length of the -profile-dir profiles")
 	if err := fs.Parse(args); err != nil {
@@ -170,6 +173,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *pprofAddr != "" {
+		if err := servePprof(*pprofAddr); err != nil {
+			fmt.Fprintln(stderr, "vigil-sim:", err)
+			return 2
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

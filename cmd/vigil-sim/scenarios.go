@@ -250,6 +250,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 		evs = s.watchAgents(wctx, s.ks.Agents(), true, rev+1)
 	}
 	fleet := s.ks.ScopeKey(api.Scope{Kind: api.ScopeFleet})
+	before := s.mark()
 	t0 := time.Now()
 	var wroteAt atomic.Int64
 	tl := s.startTimeline(wctx, t0, wroteAt.Load, obs == nil)
@@ -273,6 +274,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 		return !e.deleted && e.reg.Applied.Revision >= wrote && e.reg.Stopped == stop
 	}, tl)
 	total := time.Since(t0)
+	cpuNote := s.mark().since(before)
 	if obs != nil && len(lat) > 0 {
 		// The observer's delivery time of the last acknowledgement, not
 		// the time this loaded process got to read it.
@@ -285,7 +287,7 @@ func (s *Sim) fleetStop(ctx context.Context, stop bool) (Result, error) {
 	if poll != nil {
 		obsNote += poll.finish(10 * time.Second)
 	}
-	timeline := tl.stop() + obsNote + prof.wait()
+	timeline := tl.stop() + obsNote + cpuNote + prof.wait()
 	if len(lat) < len(want) {
 		total = 0
 	}
@@ -606,11 +608,13 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 		s.report.EtcdAfterRegister = append(s.report.EtcdAfterRegister, s.proxies.stats()...)
 	}
 	for _, sc := range s.opts.Scenarios {
+		if sc == "register" {
+			continue
+		}
+		rest := s.settle(ctx)
 		var res []Result
 		load := load1()
 		switch sc {
-		case "register":
-			continue
 		case "stop", "resume":
 			r, err := s.fleetStop(ctx, sc == "stop")
 			if err != nil {
@@ -651,6 +655,7 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 		}
 		for i := range res {
 			res[i].Load1 = load
+			res[i].Note = rest + res[i].Note
 		}
 		s.report.Results = append(s.report.Results, res...)
 	}
@@ -662,6 +667,34 @@ func (s *Sim) run(ctx context.Context) (Report, error) {
 		s.report.CPUSeconds = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 	}
 	return s.report, nil
+}
+
+// settle pauses for opts.Settle before a scenario and describes how busy
+// the machine was at rest, over the pause's last half (the cell's lease
+// renewals, mostly).
+func (s *Sim) settle(ctx context.Context) string {
+	if s.opts.Settle <= 0 {
+		return ""
+	}
+	half := s.opts.Settle / 2
+	select {
+	case <-ctx.Done():
+		return ""
+	case <-time.After(s.opts.Settle - half):
+	}
+	a := s.mark()
+	select {
+	case <-ctx.Done():
+		return ""
+	case <-time.After(half):
+	}
+	b := s.mark()
+	if !a.ok || !b.ok {
+		return fmt.Sprintf("after a %s pause; ", s.opts.Settle)
+	}
+	secs := b.at.Sub(a.at).Seconds()
+	return fmt.Sprintf("after a %s pause (over its last %.1f s the machine was busy %.2f cores: members %.2f, simulator %.2f); ",
+		s.opts.Settle, secs, (b.busy-a.busy)/secs, (b.members-a.members)/secs, (b.sim-a.sim)/secs)
 }
 
 // countLoops sums the hosts' resends, resyncs and failed acknowledgements

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"regexp"
 	"runtime"
 	"sort"
 	"strings"
@@ -43,8 +44,12 @@ type Options struct {
 	// Heartbeat and Election are the members' raft timings (0: etcd's
 	// defaults, 100ms and 1s).
 	Heartbeat, Election time.Duration
-	// MemberGOGC is the GOGC of the member processes (0: Go's default).
+	// MemberGOGC is the GOGC of the member processes (0: Go's default;
+	// -1: off, collecting only near MemberMemLimit).
 	MemberGOGC int
+	// MemberMemLimit is the GOMEMLIMIT of the member processes ("": none),
+	// e.g. "4GiB".
+	MemberMemLimit string
 	// MemberLog is the members' log level ("": they log nothing); with
 	// KeepCell the logs (and data) stay in the cell's directory.
 	MemberLog string
@@ -59,6 +64,11 @@ type Options struct {
 	ServerBin string
 	// Idle is how long the idle scenario lets the fleet sit.
 	Idle time.Duration
+	// Settle is the pause before each scenario after registration, so
+	// that each starts on a fleet at rest: the previous scenario's
+	// trailing work (the cell's batch commits, the simulator's garbage,
+	// stragglers) is not billed to the next. Zero: back to back.
+	Settle time.Duration
 	// RolloutMB and RolloutWindow shape the rollout scenario.
 	RolloutMB     int
 	RolloutWindow time.Duration
@@ -109,6 +119,7 @@ func DefaultOptions() Options {
 		MemberGOGC:       400,
 		MemberGOMAXPROCS: 0,
 		Idle:             30 * time.Second,
+		Settle:           10 * time.Second,
 		RolloutMB:        20,
 		RolloutWindow:    60 * time.Second,
 		ObserverProcess:  true,
@@ -144,6 +155,18 @@ func (o Options) Validate() error {
 	}
 	if o.GRPCProxies < 0 || (o.GRPCProxies > 0 && o.Cluster == 0) {
 		errs = append(errs, fmt.Errorf("-grpc-proxy must be 0, or more with -cluster (got %d)", o.GRPCProxies))
+	}
+	if o.Settle < 0 {
+		errs = append(errs, fmt.Errorf("-settle must be at least 0 (got %s)", o.Settle))
+	}
+	if o.MemberGOGC < -1 {
+		errs = append(errs, fmt.Errorf("-member-gogc must be -1 (off), 0 (Go's default) or a percentage (got %d)", o.MemberGOGC))
+	}
+	if o.MemberGOGC == -1 && o.MemberMemLimit == "" {
+		errs = append(errs, errors.New("-member-gogc -1 needs -member-memlimit (without a limit the members' heap would grow without bound)"))
+	}
+	if o.MemberMemLimit != "" && !memLimitRE.MatchString(o.MemberMemLimit) {
+		errs = append(errs, fmt.Errorf("-member-memlimit %q is not a size GOMEMLIMIT takes (e.g. 4GiB, 512MiB)", o.MemberMemLimit))
 	}
 	if o.ServerBin != "" && o.Cluster == 0 {
 		errs = append(errs, errors.New("-server-bin needs -cluster (the server runs against the simulator's cell)"))
@@ -223,8 +246,12 @@ type Report struct {
 	// AckErrors is the most frequent last errors among the hosts.
 	AckFailures int `json:"ack_failures"`
 	// MemberGOMAXPROCS is the members' GOMAXPROCS (0: Go's default).
-	MemberGOMAXPROCS int      `json:"member_gomaxprocs,omitempty"`
-	AckErrors        []string `json:"ack_errors,omitempty"`
+	MemberGOMAXPROCS int `json:"member_gomaxprocs,omitempty"`
+	// MemberGOGC and MemberMemLimit are the members' GOGC (-1: off) and
+	// GOMEMLIMIT, as run.
+	MemberGOGC     int      `json:"member_gogc,omitempty"`
+	MemberMemLimit string   `json:"member_memlimit,omitempty"`
+	AckErrors      []string `json:"ack_errors,omitempty"`
 	// TermAfterRegister and TermEnd are the cell's raft term (as polled):
 	// every election raises it, also one that keeps the same leader.
 	TermAfterRegister uint64 `json:"term_after_register"`
@@ -341,8 +368,10 @@ func NewSim(ctx context.Context, o Options) (*Sim, error) {
 			procs = max(1, runtime.NumCPU()/o.Cluster)
 		}
 		s.report.MemberGOMAXPROCS = procs
+		s.report.MemberGOGC, s.report.MemberMemLimit = o.MemberGOGC, o.MemberMemLimit
 		c, err := startCell(cellConfig{n: o.Cluster, bin: o.EtcdBin, base: o.DataDir, noFsync: o.NoFsync, vethIP: vethIP,
-			heartbeat: o.Heartbeat, election: o.Election, gogc: o.MemberGOGC, gomaxprocs: procs, logLevel: o.MemberLog, keep: o.KeepCell})
+			heartbeat: o.Heartbeat, election: o.Election, gogc: o.MemberGOGC, memlimit: o.MemberMemLimit, gomaxprocs: procs,
+			logLevel: o.MemberLog, keep: o.KeepCell})
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -530,6 +559,10 @@ func (s *Sim) startHosts(ctx context.Context) error {
 }
 
 // docValue encodes a desired-state document as the server writes it.
+// memLimitRE is what GOMEMLIMIT accepts: a number of bytes with an
+// optional B, KiB, MiB, GiB or TiB suffix.
+var memLimitRE = regexp.MustCompile(`^[0-9]+(B|KiB|MiB|GiB|TiB)?$`)
+
 func docValue(scope string, ds api.DesiredState, comment string) string {
 	b, _ := json.Marshal(api.Document{Scope: scope, Author: "vigil-sim", Time: time.Now().UTC(), Comment: comment, State: ds})
 	return string(b)

@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestSimSmallFleet runs every scenario with a small fleet against an
@@ -16,7 +19,7 @@ import (
 func TestSimSmallFleet(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "report.json")
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"-hosts", "40", "-clients", "4", "-ttl", "3s", "-pushes", "10", "-offline", "5",
+	code := run([]string{"-settle", "0", "-hosts", "40", "-clients", "4", "-ttl", "3s", "-pushes", "10", "-offline", "5",
 		"-data-dir", t.TempDir(), "-json", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("vigil-sim exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
@@ -56,6 +59,11 @@ func TestOptionsValidate(t *testing.T) {
 		{name: "unknown scenario", mod: func(o *Options) { o.Scenarios = []string{"stop", "reboot"} }, want: `unknown scenario "reboot"`},
 		{name: "too many offline", mod: func(o *Options) { o.Offline = o.Hosts + 1 }, want: "-offline must be between 0 and -hosts"},
 		{name: "server without cell", mod: func(o *Options) { o.ServerBin = "/usr/bin/vigil-server" }, want: "-server-bin needs -cluster"},
+		{name: "negative settle", mod: func(o *Options) { o.Settle = -time.Second }, want: "-settle must be at least 0 (got -1s)"},
+		{name: "member GC off without a limit", mod: func(o *Options) { o.MemberGOGC = -1 }, want: "-member-gogc -1 needs -member-memlimit"},
+		{name: "member GC off with a limit", mod: func(o *Options) { o.MemberGOGC, o.MemberMemLimit = -1, "4GiB" }},
+		{name: "member GOGC below -1", mod: func(o *Options) { o.MemberGOGC = -2 }, want: "-member-gogc must be -1 (off)"},
+		{name: "member limit not a size", mod: func(o *Options) { o.MemberMemLimit = "4GB" }, want: `-member-memlimit "4GB" is not a size`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +98,9 @@ func runReport(t *testing.T, args ...string) Report {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "report.json")
 	var stdout, stderr bytes.Buffer
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "-settle") }) {
+		args = append([]string{"-settle", "0"}, args...) // tests measure nothing: no pause
+	}
 	code := run(append(args, "-json", out), &stdout, &stderr)
 	if code != 0 && code != 1 {
 		t.Fatalf("vigil-sim exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
@@ -124,8 +135,18 @@ func checkDone(t *testing.T, rep Report, want map[string]int) {
 // the members that survive), and the members are gone afterwards.
 func TestSimClusterLeaderLoss(t *testing.T) {
 	rep := runReport(t, "-hosts", "30", "-clients", "3", "-cluster", "3", "-ttl", "3s", "-request-timeout", "2s",
-		"-offline", "3", "-data-dir", t.TempDir(), "-scenarios", "register,stop,leader-loss,resume")
+		"-offline", "3", "-data-dir", t.TempDir(), "-scenarios", "register,stop,leader-loss,resume", "-settle", "1s")
 	checkDone(t, rep, map[string]int{"register": 30, "stop": 30, "leader-loss": 30, "resume": 30})
+	for _, r := range rep.Results {
+		// Each scenario after registration starts after the pause, and
+		// a fleet-wide change tells where the machine's CPU went.
+		if r.Scenario != "register" && !strings.HasPrefix(r.Note, "after a 1s pause (over its last ") {
+			t.Errorf("%s: note does not start with the pause: %s", r.Scenario, r.Note)
+		}
+		if (r.Scenario == "stop" || r.Scenario == "resume") && !strings.Contains(r.Note, "; machine over ") {
+			t.Errorf("%s: note without the machine's CPU over the change: %s", r.Scenario, r.Note)
+		}
+	}
 	if len(rep.EtcdAtEnd) != 3 {
 		t.Errorf("report has %d etcd members, want 3", len(rep.EtcdAtEnd))
 	}
@@ -181,5 +202,44 @@ func TestSimObserverProcess(t *testing.T) {
 		if strings.Contains(r.Note, "observer error") {
 			t.Errorf("%s: %s", r.Scenario, r.Note)
 		}
+	}
+}
+
+// TestMachineCPU reads this machine's CPU time twice: every kind is
+// counted and none goes backwards, and the busy time grows while this
+// process burns CPU (a measurement the notes rely on; no timing asserted).
+func TestMachineCPU(t *testing.T) {
+	busy1, idle1, steal1, ok := machineCPU()
+	if !ok {
+		t.Fatal("machineCPU: /proc/stat not read")
+	}
+	if busy1 <= 0 || idle1 < 0 || steal1 < 0 {
+		t.Fatalf("machineCPU = busy %v, idle %v, steal %v: want busy > 0, none negative", busy1, idle1, steal1)
+	}
+	_, self1 := procStats(os.Getpid())
+	for {
+		_, self := procStats(os.Getpid())
+		if self-self1 >= 0.05 { // 5 ticks of this process alone
+			break
+		}
+		for i := 0; i < 1e6; i++ {
+			_ = fmt.Sprint(i)
+		}
+	}
+	busy2, idle2, steal2, ok := machineCPU()
+	if !ok || busy2 < busy1+0.05 || idle2 < idle1 || steal2 < steal1 {
+		t.Errorf("after burning 0.05 CPU-s: busy %v → %v, idle %v → %v, steal %v → %v", busy1, busy2, idle1, idle2, steal1, steal2)
+	}
+}
+
+// TestServePprofLoopbackOnly refuses an address others could reach.
+func TestServePprofLoopbackOnly(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", ":0", "192.0.2.1:6060", "no-port"} {
+		if err := servePprof(addr); err == nil {
+			t.Errorf("servePprof(%q) = nil, want an error", addr)
+		}
+	}
+	if err := servePprof("127.0.0.1:0"); err != nil {
+		t.Errorf("servePprof(127.0.0.1:0) = %v", err)
 	}
 }

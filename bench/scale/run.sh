@@ -16,7 +16,8 @@
 #   4. $OUT/scale.html: p50/p99/max against fleet size per scenario
 #      (bench/scale/chart), and $OUT/*.json.
 # Environment: SIZES ("1000 5000 10000 20000"), CLUSTER (3), CLIENTS (32),
-# TTL (60s, see docs/scale.md "Tuning"), REQUEST_TIMEOUT (10s, the host's default), PART_HOSTS
+# TTL (60s, see docs/scale.md "Tuning"), REQUEST_TIMEOUT (10s, the host's default),
+# SETTLE (10s: the pause before each scenario after registration), PART_HOSTS
 # (500), PART_TTL (15s), OUT (default a temporary directory), ETCD_BIN (run
 # that etcd binary, e.g. /usr/bin/etcd, instead of the embedded version),
 # RUN_TIMEOUT (600: seconds one vigil-sim run may take).
@@ -28,6 +29,7 @@ CLUSTER=${CLUSTER:-3}
 CLIENTS=${CLIENTS:-32}
 TTL=${TTL:-60s}
 REQUEST_TIMEOUT=${REQUEST_TIMEOUT:-10s}
+SETTLE=${SETTLE:-10s}
 PART_HOSTS=${PART_HOSTS:-500}
 PART_TTL=${PART_TTL:-15s}
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}
@@ -55,17 +57,17 @@ for n in $SIZES; do
 	scen=register,stop,resume,leader-loss
 	extra=""
 	if [ "$n" = "$largest" ] && [ "${EXTRA:-0}" = 1 ]; then scen=$scen,idle,offline; extra="-offline 1000"; fi
-	echo "== vigil-sim -hosts $n -cluster $CLUSTER -clients $CLIENTS -ttl $TTL -spread $spread -request-timeout $REQUEST_TIMEOUT -scenarios $scen $extra $etcd_flags"
+	echo "== vigil-sim -hosts $n -cluster $CLUSTER -clients $CLIENTS -ttl $TTL -spread $spread -request-timeout $REQUEST_TIMEOUT -settle $SETTLE -scenarios $scen $extra $etcd_flags"
 	# shellcheck disable=SC2086
 	timeout -k 20 "$RUN_TIMEOUT" "$bin" -hosts "$n" -cluster "$CLUSTER" -clients "$CLIENTS" -ttl "$TTL" -spread "$spread" \
-		-request-timeout "$REQUEST_TIMEOUT" -scenarios "$scen" $extra $etcd_flags -json "$OUT/sim-$n.json" || status=1
+		-request-timeout "$REQUEST_TIMEOUT" -settle "$SETTLE" -scenarios "$scen" $extra $etcd_flags -json "$OUT/sim-$n.json" || status=1
 done
 
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
 	echo "== partition: vigil-sim -hosts 1000 -partition $PART_HOSTS -cluster $CLUSTER -ttl $PART_TTL -scenarios register,stop,partition"
 	# shellcheck disable=SC2086
 	timeout -k 20 "$RUN_TIMEOUT" "$bin" -hosts 1000 -partition "$PART_HOSTS" -cluster "$CLUSTER" -clients "$CLIENTS" -ttl "$PART_TTL" \
-		-spread 3s -request-timeout "$REQUEST_TIMEOUT" -offline 0 -scenarios register,stop,partition $etcd_flags \
+		-spread 3s -request-timeout "$REQUEST_TIMEOUT" -settle "$SETTLE" -offline 0 -scenarios register,stop,partition $etcd_flags \
 		-json "$OUT/partition.json" || status=1
 else
 	echo "== partition: skipped (needs root and ip)"

@@ -31,6 +31,10 @@ type Config struct {
 	Version string `yaml:"-"`
 	// LeaseTTL is the registration lease's time to live: a host that stops
 	// renewing it is seen offline within LeaseTTL (plus etcd's expiry scan).
+	// The keepalive renews it every LeaseTTL/3, so a cell of N hosts serves
+	// 3N/LeaseTTL renewals a second, each forwarded by a follower to the
+	// leader: size it to the cell (docs/scale.md "Tuning": 15 s up to ~5,000
+	// hosts, 60–120 s for 20,000).
 	LeaseTTL time.Duration `yaml:"lease_ttl"`
 	// StateDir keeps the agent identity, the last good desired state and
 	// the done tasks. Empty keeps nothing (vigil-sim only): a real host

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/host/agent"
 	"github.com/vigil-hids/vigil/host/config"
@@ -48,6 +50,23 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	removeTestCgroupParent()
 	os.RemoveAll(dir)
+	// An agent that stops leaves nothing running behind it: no goroutine
+	// of its supervisor, breakers, pipeline, control loop or sinks.
+	if code == 0 {
+		if err := goleak.Find(
+			// Process-wide singletons started by etcd's and grpc's packages.
+			goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+			goleak.IgnoreAnyFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+			// lumberjack v2.2.1 starts one idle goroutine per Logger that its
+			// Close does not stop (natefinch/lumberjack#56, #205, unfixed):
+			// vigil-host makes two per process (log file, file sink), the
+			// tests one per agent they run.
+			goleak.IgnoreTopFunction("gopkg.in/natefinch/lumberjack%2ev2.(*Logger).millRun"),
+		); err != nil {
+			fmt.Fprintf(os.Stderr, "goroutines left running after the tests: %v\n", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 

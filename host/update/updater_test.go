@@ -20,6 +20,7 @@ import (
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/host/spawn"
 	"github.com/vigil-hids/vigil/host/supervisor"
+	"github.com/vigil-hids/vigil/internal/syncbuf"
 	"github.com/vigil-hids/vigil/sdk/pluginpb"
 	"github.com/vigil-hids/vigil/signing"
 )
@@ -124,14 +125,13 @@ type world struct {
 	plugins   *supPlugins
 	stateDir  string
 	dir       string
-	log       *bytes.Buffer
-	logMu     sync.Mutex
+	log       syncbuf.Buffer // the updater's log, written from its goroutines
 }
 
 const tp = "tp-up"
 
 func newWorld(t testing.TB) *world {
-	w := &world{t: t, k1: newTestKey(t), k2: newTestKey(t), manifests: map[string][]byte{}, artifacts: map[string][]byte{}, log: &bytes.Buffer{}}
+	w := &world{t: t, k1: newTestKey(t), k2: newTestKey(t), manifests: map[string][]byte{}, artifacts: map[string][]byte{}}
 	w.trust = testTrust(t, 2, w.k1, w.k2)
 	w.srv = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		w.mu.Lock()
@@ -163,17 +163,9 @@ func newWorld(t testing.TB) *world {
 	return w
 }
 
-func (w *world) Write(p []byte) (int, error) {
-	w.logMu.Lock()
-	defer w.logMu.Unlock()
-	return w.log.Write(p)
-}
+func (w *world) Write(p []byte) (int, error) { return w.log.Write(p) }
 
-func (w *world) logText() string {
-	w.logMu.Lock()
-	defer w.logMu.Unlock()
-	return w.log.String()
-}
+func (w *world) logText() string { return w.log.String() }
 
 func (w *world) updater(t testing.TB) *Updater {
 	u, err := New(Config{

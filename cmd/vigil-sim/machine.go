@@ -2,9 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
-	"net/http"
-	httppprof "net/http/pprof"
 	"os"
 	"runtime"
 	"strconv"
@@ -71,27 +68,4 @@ func (m cpuMark) since(a cpuMark) string {
 	sim, members := m.sim-a.sim, m.members-a.members
 	return fmt.Sprintf("; machine over %.2f s (%d cores): busy %.2f CPU-s (members %.2f, simulator %.2f, the rest %.2f), idle %.2f, stolen by the hypervisor %.2f",
 		m.at.Sub(a.at).Seconds(), runtime.NumCPU(), busy, members, sim, max(0, busy-members-sim), idle, steal)
-}
-
-// servePprof serves net/http/pprof's handlers on addr, which must be a
-// loopback address: the profiles show the simulator's internals to
-// whoever can connect.
-func servePprof(addr string) error {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("-pprof %q: %w", addr, err)
-	}
-	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-		return fmt.Errorf("-pprof %q: not a loopback address", addr)
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("-pprof: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", httppprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
-	go func() { _ = http.Serve(ln, mux) }()
-	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/sdk"
 )
 
 // agentEvent is one change of a registration as the "server" sees it.
@@ -677,16 +678,13 @@ func (s *Sim) settle(ctx context.Context) string {
 		return ""
 	}
 	half := s.opts.Settle / 2
-	select {
-	case <-ctx.Done():
+	clock := sdk.SystemClock()
+	if clock.Sleep(ctx, s.opts.Settle-half) != nil {
 		return ""
-	case <-time.After(s.opts.Settle - half):
 	}
 	a := s.mark()
-	select {
-	case <-ctx.Done():
+	if clock.Sleep(ctx, half) != nil {
 		return ""
-	case <-time.After(half):
 	}
 	b := s.mark()
 	if !a.ok || !b.ok {

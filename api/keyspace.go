@@ -55,6 +55,21 @@ func (k Keyspace) Release(plugin, version string) string {
 	return k.Releases() + plugin + "/" + version
 }
 
+// Keyring is the key of the published root-signed release keyring
+// (keyring.json byte for byte). Hosts with pinned root keys take a newer
+// one from it; etcd is only its mirror, the root signatures are the trust.
+func (k Keyspace) Keyring() string { return k.Prefix + "/keyring/current" }
+
+// KeyringHistory is the prefix of the published keyrings' records
+// (KeyringRecord), one per serial, kept after a newer one is published.
+func (k Keyspace) KeyringHistory() string { return k.Prefix + "/keyring/history/" }
+
+// KeyringRecordKey is the key of the record of one published serial,
+// zero-padded so keys sort by serial.
+func (k Keyspace) KeyringRecordKey(serial uint64) string {
+	return fmt.Sprintf("%s%020d", k.KeyringHistory(), serial)
+}
+
 // History is the prefix of a scope's change history.
 func (k Keyspace) History(s Scope) string { return k.Prefix + "/history/" + s.String() + "/" }
 

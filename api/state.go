@@ -87,6 +87,9 @@ type Registration struct {
 	Tasks []TaskResult `json:"tasks,omitempty"`
 	// HostUpdate is the state of the latest vigil-host self-update.
 	HostUpdate *UpdateStatus `json:"host_update,omitempty"`
+	// Keyring is the release keyring the host verifies releases with;
+	// nil with pinned release keys or no update section.
+	Keyring *KeyringStatus `json:"keyring,omitempty"`
 }
 
 // Applied acknowledges a desired-state revision.

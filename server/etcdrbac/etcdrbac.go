@@ -41,8 +41,10 @@ type Role struct {
 }
 
 // Roles returns Vigil's roles for keyspace ks: the server reads and writes
-// everything under the prefix; hosts read desired state and releases and
-// write only under agent/; auditors read everything.
+// everything under the prefix; hosts read desired state, releases and the
+// published release keyring (read only: its root signatures are the trust,
+// and a host must not be able to replace it for the fleet) and write only
+// under agent/; auditors read everything.
 func Roles(ks api.Keyspace) []Role {
 	agentRoot := ks.Prefix + "/agent/"
 	return []Role{
@@ -50,6 +52,7 @@ func Roles(ks api.Keyspace) []Role {
 		{Name: "vigil-host", User: "vigil-host", Grants: []Grant{
 			{ks.Configs(), clientv3.PermissionType(clientv3.PermRead)},
 			{ks.Releases(), clientv3.PermissionType(clientv3.PermRead)},
+			{ks.Keyring(), clientv3.PermissionType(clientv3.PermRead)},
 			{agentRoot, clientv3.PermissionType(clientv3.PermReadWrite)},
 		}},
 		{Name: "vigil-auditor", User: "auditor", Grants: []Grant{{ks.Prefix + "/", clientv3.PermissionType(clientv3.PermRead)}}},

@@ -3,6 +3,7 @@ package etcdrbac
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -71,6 +72,15 @@ func TestBootstrapEnforcesPrefixes(t *testing.T) {
 		{name: "host may not write desired state", cli: host, op: put(fleet)},
 		{name: "host may not write history", cli: host, op: put(ks.HistoryEntry(api.Scope{Kind: api.ScopeFleet}, 9))},
 		{name: "host may not read history", cli: host, op: get(ks.HistoryEntry(api.Scope{Kind: api.ScopeFleet}, 1))},
+		{name: "server publishes the keyring", cli: srv, op: put(ks.Keyring()), allowed: true},
+		{name: "host reads the keyring", cli: host, op: get(ks.Keyring()), allowed: true},
+		{name: "host watches the keyring", cli: host, op: watch(ks.Keyring()), allowed: true},
+		{name: "host may not write the keyring", cli: host, op: put(ks.Keyring())},
+		{name: "host may not delete the keyring", cli: host, op: del(ks.Keyring())},
+		{name: "host may not write keyring history", cli: host, op: put(ks.KeyringRecordKey(7))},
+		{name: "host may not read keyring history", cli: host, op: get(ks.KeyringRecordKey(1))},
+		{name: "host may not watch keyring history", cli: host, op: watch(ks.KeyringHistory())},
+		{name: "auditor reads the keyring", cli: auditor, op: get(ks.Keyring()), allowed: true},
 		{name: "auditor reads", cli: auditor, op: get(fleet), allowed: true},
 		{name: "auditor may not write", cli: auditor, op: put(fleet)},
 		{name: "unknown identity refused", cli: admin, op: get(fleet)},
@@ -108,5 +118,40 @@ func get(key string) func(*clientv3.Client) error {
 		defer cancel()
 		_, err := c.Get(ctx, key)
 		return err
+	}
+}
+
+func del(key string) func(*clientv3.Client) error {
+	return func(c *clientv3.Client) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := c.Delete(ctx, key)
+		return err
+	}
+}
+
+// watch opens a watch on key and waits for etcd's answer to it: a
+// permission refusal cancels the watch with an error, an accepted watch
+// is confirmed by its created notification.
+func watch(key string) func(*clientv3.Client) error {
+	return func(c *clientv3.Client) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		wc := c.Watch(clientv3.WithRequireLeader(ctx), key, clientv3.WithCreatedNotify())
+		for resp := range wc {
+			if err := resp.Err(); err != nil {
+				if err.Error() == rpctypes.ErrGRPCPermissionDenied.Error() {
+					// A canceled watch carries the refusal as its text
+					// (the cancel reason), not as the typed error Get and
+					// Put return.
+					return fmt.Errorf("%w: %v", rpctypes.ErrPermissionDenied, err)
+				}
+				return err
+			}
+			if resp.Created {
+				return nil
+			}
+		}
+		return ctx.Err()
 	}
 }

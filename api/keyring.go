@@ -25,6 +25,11 @@ type KeyringRecord struct {
 	Serial      uint64    `json:"serial"`
 	PublishedBy string    `json:"published_by"`
 	PublishedAt time.Time `json:"published_at"`
+	// UpdatedBy and UpdatedAt name the last write of the same serial with
+	// root signatures added (PublishedBy stays the first publisher); empty
+	// if there was none.
+	UpdatedBy string    `json:"updated_by,omitempty"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
 	// Signed is the keyring.json as published, byte for byte.
 	Signed json.RawMessage `json:"signed"`
 }
@@ -43,6 +48,9 @@ type KeyringInfo struct {
 	Revision    int64     `json:"revision"`
 	PublishedBy string    `json:"published_by,omitempty"`
 	PublishedAt time.Time `json:"published_at,omitzero"`
+	// UpdatedBy and UpdatedAt: the record's last addition of signatures.
+	UpdatedBy string    `json:"updated_by,omitempty"`
+	UpdatedAt time.Time `json:"updated_at,omitzero"`
 	// Result of a PUT: "created", "updated" or "unchanged".
 	Result string `json:"result,omitempty"`
 	// Signed is the keyring.json as published, byte for byte.

@@ -23,7 +23,7 @@ import (
 func TestInitThenServeUnderRBAC(t *testing.T) {
 	d := runInit(t)
 	pd, data, curl, purl := d.pki, d.data, d.clientURL, d.peerURL
-	for _, want := range []string{"wrote " + filepath.Join(pd, "admin.crt"), "etcd user vigil-host, role vigil-host: read /hids/server/config/, read /hids/releases/, readwrite /hids/agent/", "etcd authentication enabled"} {
+	for _, want := range []string{"wrote " + filepath.Join(pd, "admin.crt"), "etcd user vigil-host, role vigil-host: read /hids/server/config/, read /hids/releases/, read /hids/keyring/current, readwrite /hids/agent/", "etcd authentication enabled"} {
 		if !strings.Contains(d.out, want) {
 			t.Errorf("init output lacks %q:\n%s", want, d.out)
 		}

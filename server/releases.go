@@ -24,6 +24,10 @@ type ReleaseConfig struct {
 	// TrustFile, if set, is a signing trust file (vigil-sign trust) the
 	// server checks uploads against as a courtesy; hosts never rely on it.
 	TrustFile string
+	// RootsFile, if set, is a trust file of the root keys (vigil-sign
+	// trust) that published release keyrings are checked against as a
+	// courtesy (keyring.go); hosts verify against their own pinned roots.
+	RootsFile string
 }
 
 // artifactDir is where the artifacts live, "" if nowhere.

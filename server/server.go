@@ -332,6 +332,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err := s.setupVuln(ctx, &opts); err != nil {
 		return s, err
 	}
+	if err := s.setupKeyring(&opts); err != nil {
+		return s, err
+	}
 	s.http = &http.Server{Handler: httpapi.New(opts), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn)}
 	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {

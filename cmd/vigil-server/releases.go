@@ -11,4 +11,5 @@ func addReleaseFlags(c *cobra.Command, f *flags) {
 	fs.StringVar(&f.cfg.Releases.ArtifactDir, "artifact-dir", "", "release binaries by sha256 (default DATA_DIR/artifacts)")
 	fs.Int64Var(&f.cfg.Releases.MaxArtifactBytes, "artifact-max-bytes", artifacts.DefaultMaxBytes, "largest release binary accepted by publish")
 	fs.StringVar(&f.cfg.Releases.TrustFile, "release-trust", "", "trust file (vigil-sign) to check uploaded releases against; a courtesy, hosts verify on their own")
+	fs.StringVar(&f.cfg.Releases.RootsFile, "release-roots", "", "trust file of the root keys to check published release keyrings against; a courtesy, hosts verify on their own")
 }

@@ -47,6 +47,9 @@ type Options struct {
 	Releases *ReleaseOptions
 	// Vuln serves the vulnerability routes (vuln.go); nil leaves them out.
 	Vuln *VulnOptions
+	// Keyring serves the release keyring routes (keyring.go); nil leaves
+	// them out.
+	Keyring *KeyringOptions
 }
 
 // Error is the body of every failed request.
@@ -83,6 +86,7 @@ func New(opts Options) http.Handler {
 	h.mux.HandleFunc("GET /v1/status", h.status)
 	h.releaseRoutes()
 	h.vulnRoutes()
+	h.keyringRoutes()
 	if opts.Gatherer != nil {
 		h.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}

@@ -107,6 +107,7 @@ func New(s Streams, env func(string) string) *cobra.Command {
 	pf.DurationVar(&g.timeout, "request-timeout", 30*time.Second, "timeout of each API request")
 	root.AddCommand(g.agentsCmd(), g.configCmd(), g.fleetCmd(), g.serverCmd())
 	root.AddCommand(g.releaseCmds()...)
+	root.AddCommand(g.keyringCmd())
 	root.AddCommand(g.vulnCmds()...)
 	return root
 }

@@ -95,19 +95,20 @@ func (f *selfUpdateFlags) agentSelfUpdate(cfg config.Config, boot *bootState, lo
 	if boot == nil {
 		return nil, nil
 	}
-	var tr update.Trust
+	tr := update.NewTrustStore(update.Trust{}, "", log)
 	var spread time.Duration
 	us := cfg.UpdateSettings()
 	if us != nil {
-		var err error
-		if tr, err = update.LoadTrust(us.TrustFile, us.RootsFile, us.KeyringFile); err != nil {
+		t, err := update.LoadTrust(us.TrustFile, us.RootsFile, us.KeyringFile)
+		if err != nil {
 			return nil, err
 		}
+		tr = update.NewTrustStore(t, cfg.StateDir, log)
 		spread = us.SpreadWindow
 	} else if boot.trial == nil {
 		return nil, nil
 	}
-	keys := func(now time.Time) (signing.Trust, error) { return tr.Release(now, tr.KeyringSerial()) }
+	keys := func(now time.Time) (signing.Trust, error) { return tr.Release(now, 0) }
 	u, err := f.updater(log, keys)
 	if err != nil {
 		return nil, err

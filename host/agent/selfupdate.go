@@ -23,8 +23,9 @@ import (
 type SelfUpdate struct {
 	Updater *selfupdate.Updater
 	// Trust verifies the release manifest read from etcd (the update
-	// section's trust file, or roots and keyring).
-	Trust update.Trust
+	// section's trust file, or roots and keyring); the agent's plugin
+	// updates share it.
+	Trust *update.TrustStore
 	// Trial is set when this run is the trial of a newly installed binary:
 	// the agent runs the health gate.
 	Trial *selfupdate.Trial
@@ -337,10 +338,14 @@ func (a *Agent) fetchHostRelease(version string) (selfupdate.Release, error) {
 		return selfupdate.Release{}, err
 	}
 	u := a.hu.su.Updater
+	now := time.Now()
+	a.hu.su.Trust.Refresh(ctx, func(ctx context.Context) ([]byte, error) {
+		return readKeyring(ctx, a.ctl.Client(), a.ctl.Keyspace())
+	}, now, 0)
 	path, _, err := update.Fetch(ctx, update.Request{
-		Manifest: raw, Trust: a.hu.su.Trust,
+		Manifest: raw, Trust: a.hu.su.Trust.Trust(),
 		Expect: signing.Expect{Plugin: api.HostReleaseName, OS: runtime.GOOS, Arch: runtime.GOARCH,
-			Running: u.Running(), HostVersion: u.Running(), Now: time.Now()},
+			Running: u.Running(), HostVersion: u.Running(), Now: now},
 		Source: update.Source{Client: cli, BaseURL: link.URL},
 		Dir:    u.Dir(),
 	})

@@ -19,9 +19,12 @@ import (
 // (package update): manifests from etcd through the control loop's client,
 // binaries from the server section's artifact store.
 type pluginUpdates struct {
-	u   *update.Updater
-	cli atomic.Pointer[clientv3.Client]
-	ks  api.Keyspace
+	u *update.Updater
+	// trust is the release trust, shared with self-update when the
+	// host has it (SelfUpdate.Trust).
+	trust *update.TrustStore
+	cli   atomic.Pointer[clientv3.Client]
+	ks    api.Keyspace
 	// setMu makes computing the specs and handing them to the supervisor
 	// one step, so an Apply cannot hand over specs computed before a
 	// binary switch after the switch.
@@ -45,16 +48,22 @@ func (a *Agent) startUpdates() error {
 	if us == nil {
 		return nil
 	}
-	trust, err := update.LoadTrust(us.TrustFile, us.RootsFile, us.KeyringFile)
-	if err != nil {
-		return err
+	var trust *update.TrustStore
+	if su := a.opts.SelfUpdate; su != nil && su.Trust != nil {
+		trust = su.Trust
+	} else {
+		t, err := update.LoadTrust(us.TrustFile, us.RootsFile, us.KeyringFile)
+		if err != nil {
+			return err
+		}
+		trust = update.NewTrustStore(t, a.cfg.StateDir, a.opts.Log)
 	}
 	link := a.cfg.ServerLink()
 	client, err := link.HTTPClient(0)
 	if err != nil {
 		return err
 	}
-	pu := &pluginUpdates{ks: api.NewKeyspace(a.cfg.ControlConfig(a.opts.Version).Prefix)}
+	pu := &pluginUpdates{ks: api.NewKeyspace(a.cfg.ControlConfig(a.opts.Version).Prefix), trust: trust}
 	pu.u, err = update.New(update.Config{
 		Host: a.cfg.HostName, HostVersion: a.opts.Version, OS: runtime.GOOS, Arch: runtime.GOARCH,
 		Trust: trust,
@@ -63,8 +72,9 @@ func (a *Agent) startUpdates() error {
 		Dir: us.Dir, StateDir: a.cfg.StateDir,
 		SpreadWindow: us.SpreadWindow, HealthWindow: us.HealthWindow, StartTimeout: us.StartTimeout, Keep: us.Keep,
 		Manifests: pu.manifest,
-		Plugins:   agentPlugins{a},
-		Log:       a.opts.Log,
+		Keyring:   pu.keyring, KeyringRefresh: us.KeyringRefresh,
+		Plugins: agentPlugins{a},
+		Log:     a.opts.Log,
 	})
 	if err != nil {
 		return err
@@ -101,6 +111,38 @@ func (pu *pluginUpdates) manifest(ctx context.Context, plugin, version string) (
 		return nil, fmt.Errorf("no release at %s (not published?)", key)
 	}
 	return resp.Kvs[0].Value, nil
+}
+
+// keyring reads the keyring published for the fleet (/hids/keyring/current);
+// nil, nil when none is.
+func (pu *pluginUpdates) keyring(ctx context.Context) ([]byte, error) {
+	cli := pu.cli.Load()
+	if cli == nil {
+		return nil, errors.New("not connected to etcd yet")
+	}
+	return readKeyring(ctx, cli, pu.ks)
+}
+
+// readKeyring reads the published keyring; nil, nil when none is.
+func readKeyring(ctx context.Context, cli *clientv3.Client, ks api.Keyspace) ([]byte, error) {
+	resp, err := cli.Get(ctx, ks.Keyring())
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", ks.Keyring(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+// Keyring is the release keyring's state for the registration
+// (control.KeyringReporter); nil without an update section or with pinned
+// release keys.
+func (a *Agent) Keyring() *api.KeyringStatus {
+	if a.upd == nil {
+		return nil
+	}
+	return a.upd.trust.Status()
 }
 
 // wantVersions passes each plugin's effective desired version (after its

@@ -40,6 +40,11 @@ type Update struct {
 	// Keep is how many previous versions stay on disk per plugin besides
 	// the running one (an instant rollback needs one).
 	Keep int `yaml:"keep"`
+	// KeyringRefresh: with roots_file and keyring_file, the host reads the
+	// keyring published for the fleet before every install and also this
+	// often (each host at its own moment), so a rotated or revoked release
+	// key reaches hosts that install nothing meanwhile.
+	KeyringRefresh time.Duration `yaml:"keyring_refresh"`
 }
 
 // Update defaults.
@@ -50,6 +55,7 @@ const (
 	DefaultUpdateStallTimeout   = 30 * time.Second
 	DefaultUpdateAttempts       = 5
 	DefaultUpdateKeep           = 1
+	DefaultKeyringRefresh       = 10 * time.Minute
 )
 
 // UpdateSettings returns the update section with its defaults filled in;
@@ -79,6 +85,9 @@ func (c Config) UpdateSettings() *Update {
 	}
 	if u.Keep == 0 {
 		u.Keep = DefaultUpdateKeep
+	}
+	if u.KeyringRefresh == 0 {
+		u.KeyringRefresh = DefaultKeyringRefresh
 	}
 	return &u
 }
@@ -125,6 +134,9 @@ func (c Config) validateUpdate() []error {
 	}
 	if u.Keep < 1 || u.Keep > 20 {
 		bad("update.keep must be between 1 and 20 (got %d)", u.Keep)
+	}
+	if u.KeyringRefresh < time.Second || u.KeyringRefresh > 24*time.Hour {
+		bad("update.keyring_refresh must be between 1s and 24h (got %s)", u.KeyringRefresh)
 	}
 	return errs
 }

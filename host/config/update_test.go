@@ -20,7 +20,7 @@ func TestUpdateSection(t *testing.T) {
 	}
 	u := c.UpdateSettings()
 	if u.Dir != filepath.Join("/var/lib/vigil", "plugins") || u.HealthWindow != 30*time.Second || u.Keep != 1 ||
-		u.Attempts != DefaultUpdateAttempts || u.SpreadWindow != 0 {
+		u.Attempts != DefaultUpdateAttempts || u.SpreadWindow != 0 || u.KeyringRefresh != DefaultKeyringRefresh {
 		t.Errorf("defaults: %+v", u)
 	}
 	if (Config{}).UpdateSettings() != nil {
@@ -35,6 +35,7 @@ func TestUpdateSection(t *testing.T) {
 		{updateBase + "update: {trust_file: t, keep: 50}\n", "update.keep must be between 1 and 20 (got 50)"},
 		{updateBase + "update: {trust_file: t, dir: rel}\n", `update.dir must be an absolute path (got "rel")`},
 		{updateBase + "update: {trust_file: t, spread_window: -1s}\n", "update.spread_window"},
+		{updateBase + "update: {trust_file: t, keyring_refresh: 48h}\n", "update.keyring_refresh must be between 1s and 24h (got 48h0m0s)"},
 		{updateBase + "update: {trust_file: t, colour: red}\n", "colour"},
 		{"server: {url: \"https://v\"}\nupdate: {trust_file: t}\n", "update needs the control section"},
 	} {

@@ -287,6 +287,10 @@ func (l *Loop) registrationValue() *api.Registration {
 	if h, ok := l.applier.(HostUpdateReporter); ok {
 		hostUpdate = h.HostUpdate()
 	}
+	var keyring *api.KeyringStatus
+	if k, ok := l.applier.(KeyringReporter); ok {
+		keyring = k.Keyring()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	applied, stopped := l.applied, l.hasMerged && isStopped(l.merged)
@@ -305,6 +309,7 @@ func (l *Loop) registrationValue() *api.Registration {
 		Instance:   l.instance,
 		Tasks:      append([]api.TaskResult(nil), l.results...),
 		HostUpdate: hostUpdate,
+		Keyring:    keyring,
 	}
 }
 
@@ -312,6 +317,13 @@ func (l *Loop) registrationValue() *api.Registration {
 // itself; its status goes into the registration value (HostUpdate).
 type HostUpdateReporter interface {
 	HostUpdate() *api.UpdateStatus
+}
+
+// KeyringReporter is implemented by an Applier whose host verifies
+// releases with a root-signed keyring; its state goes into the
+// registration value (Keyring).
+type KeyringReporter interface {
+	Keyring() *api.KeyringStatus
 }
 
 // sameReport reports whether two registrations say the same thing (all
@@ -322,7 +334,8 @@ func sameReport(a, b *api.Registration) bool {
 	}
 	return a.Applied == b.Applied && a.Stopped == b.Stopped &&
 		slices.Equal(a.Tasks, b.Tasks) && maps.Equal(a.Plugins, b.Plugins) &&
-		(a.HostUpdate == nil) == (b.HostUpdate == nil) && (a.HostUpdate == nil || *a.HostUpdate == *b.HostUpdate)
+		(a.HostUpdate == nil) == (b.HostUpdate == nil) && (a.HostUpdate == nil || *a.HostUpdate == *b.HostUpdate) &&
+		(a.Keyring == nil) == (b.Keyring == nil) && (a.Keyring == nil || *a.Keyring == *b.Keyring)
 }
 
 // ack writes the registration if it changed since the last write, only if

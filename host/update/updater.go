@@ -37,8 +37,11 @@ type Config struct {
 	HostVersion string
 	// OS and Arch default to the running binary's.
 	OS, Arch string
-	Trust    Trust
-	Source   Source
+	// Trust is what release signatures are checked against; with root
+	// keys it takes a newer published keyring (Keyring) before each
+	// install.
+	Trust  *TrustStore
+	Source Source
 	// Dir holds the installed releases; StateDir the installed.json record.
 	Dir      string
 	StateDir string
@@ -52,8 +55,13 @@ type Config struct {
 	RetryDelay time.Duration
 	// Manifests reads the signed manifest of a release (from etcd).
 	Manifests func(ctx context.Context, plugin, version string) ([]byte, error)
-	Plugins   Plugins
-	Log       *slog.Logger
+	// Keyring reads the keyring published for the fleet (from etcd; nil,
+	// nil when none is). Optional; read before each install and every
+	// KeyringRefresh (default 10m), each host at its own moment.
+	Keyring        func(ctx context.Context) ([]byte, error)
+	KeyringRefresh time.Duration
+	Plugins        Plugins
+	Log            *slog.Logger
 	// Now is the clock for expiry; default time.Now.
 	Now func() time.Time
 }
@@ -85,8 +93,8 @@ type Updater struct {
 // New loads the installed releases and returns an Updater with no worker
 // running yet (Want starts them).
 func New(cfg Config) (*Updater, error) {
-	if cfg.Manifests == nil || cfg.Plugins == nil {
-		return nil, errors.New("update: Manifests and Plugins are required")
+	if cfg.Manifests == nil || cfg.Plugins == nil || cfg.Trust == nil {
+		return nil, errors.New("update: Manifests, Plugins and Trust are required")
 	}
 	if cfg.Dir == "" || cfg.StateDir == "" {
 		return nil, errors.New("update: Dir and StateDir are required")
@@ -114,6 +122,9 @@ func New(cfg Config) (*Updater, error) {
 	}
 	if cfg.RetryDelay <= 0 {
 		cfg.RetryDelay = time.Minute
+	}
+	if cfg.KeyringRefresh <= 0 {
+		cfg.KeyringRefresh = 10 * time.Minute
 	}
 	if err := mkdir0755(cfg.Dir); err != nil {
 		return nil, fmt.Errorf("update.dir: %w", err)
@@ -144,7 +155,62 @@ func New(cfg Config) (*Updater, error) {
 		}
 	}
 	u.ctx, u.cancel = context.WithCancel(context.Background())
+	if cfg.Keyring != nil && cfg.Trust.Trust().Roots != nil {
+		u.wg.Add(1)
+		go u.keyringLoop()
+	}
 	return u, nil
+}
+
+// keyringLoop reads the published keyring every KeyringRefresh, starting
+// at this host's moment of the first interval.
+func (u *Updater) keyringLoop() {
+	defer u.wg.Done()
+	d := Spread(u.cfg.Host, "keyring", "", u.cfg.KeyringRefresh)
+	for {
+		t := time.NewTimer(d)
+		select {
+		case <-u.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(u.ctx, time.Minute)
+		u.refreshKeyring(ctx)
+		cancel()
+		d = u.cfg.KeyringRefresh
+	}
+}
+
+// refreshKeyring offers the published keyring to the trust store. When the
+// keyring in use changes, the releases refused before are tried again: a
+// rotation lists the keys that may have signed them.
+func (u *Updater) refreshKeyring(ctx context.Context) {
+	u.mu.Lock()
+	minSerial := u.st.KeyringSerial
+	u.mu.Unlock()
+	if !u.cfg.Trust.Refresh(ctx, u.cfg.Keyring, u.cfg.Now(), minSerial) {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.st.KeyringSerial = max(u.st.KeyringSerial, u.cfg.Trust.Trust().KeyringSerial())
+	for name, r := range u.st.Plugins {
+		if r.Failed == nil || r.Failed.State != api.UpdateRefused {
+			continue
+		}
+		u.log.Info("release refused before is tried again with the new keyring", "plugin", name, "version", r.Failed.Version)
+		r.Failed = nil
+		if kick := u.kicks[name]; kick != nil {
+			select {
+			case kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+	if err := saveState(u.cfg.StateDir, u.st); err != nil {
+		u.log.Error("saving installed releases", "err", err)
+	}
 }
 
 // Binary is what plugin should run: the installed release, the candidate
@@ -359,8 +425,9 @@ func (u *Updater) install(ctx context.Context, plugin, target string, kick chan 
 		u.report(plugin, target, api.UpdateFailed, fmt.Errorf("reading manifest of %s %s: %w", plugin, target, err))
 		return true
 	}
+	u.refreshKeyring(ctx)
 	want := u.expect(plugin)
-	v, err := VerifyManifest(raw, u.cfg.Trust, want)
+	v, err := VerifyManifest(raw, u.cfg.Trust.Trust(), want)
 	if err != nil {
 		u.fail(plugin, target, api.UpdateRefused, err)
 		return false
@@ -373,7 +440,7 @@ func (u *Updater) install(ctx context.Context, plugin, target string, kick chan 
 	u.mu.Lock()
 	r := u.record(plugin)
 	highest := r.Highest
-	if s := u.cfg.Trust.KeyringSerial(); s > u.st.KeyringSerial {
+	if s := u.cfg.Trust.Trust().KeyringSerial(); s > u.st.KeyringSerial {
 		u.st.KeyringSerial = s
 	}
 	u.mu.Unlock()

@@ -126,6 +126,11 @@ type world struct {
 	stateDir  string
 	dir       string
 	log       syncbuf.Buffer // the updater's log, written from its goroutines
+	// store, keyring and keyringRefresh, if set, replace the pinned
+	// release keys with a keyring trust (keyring_test.go).
+	store          *TrustStore
+	keyring        func(context.Context) ([]byte, error)
+	keyringRefresh time.Duration
 }
 
 const tp = "tp-up"
@@ -168,9 +173,14 @@ func (w *world) Write(p []byte) (int, error) { return w.log.Write(p) }
 func (w *world) logText() string { return w.log.String() }
 
 func (w *world) updater(t testing.TB) *Updater {
+	store := w.store
+	if store == nil {
+		store = NewTrustStore(w.trust, "", nil)
+	}
 	u, err := New(Config{
+		Keyring: w.keyring, KeyringRefresh: w.keyringRefresh,
 		Host: "update-test", HostVersion: "1.2.0", OS: "linux", Arch: "amd64",
-		Trust: w.trust, Source: slowSource(w.srv.URL), Dir: w.dir, StateDir: w.stateDir,
+		Trust: store, Source: slowSource(w.srv.URL), Dir: w.dir, StateDir: w.stateDir,
 		HealthWindow: time.Second, StartTimeout: 30 * time.Second, Keep: 1, RetryDelay: time.Hour,
 		Manifests: func(_ context.Context, plugin, version string) ([]byte, error) {
 			w.mu.Lock()

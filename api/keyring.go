@@ -30,7 +30,8 @@ type KeyringRecord struct {
 	// if there was none.
 	UpdatedBy string    `json:"updated_by,omitempty"`
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
-	// Signed is the keyring.json as published, byte for byte.
+	// Signed is the keyring.json as published (the same JSON value,
+	// compacted; the Keyring key holds it byte for byte).
 	Signed json.RawMessage `json:"signed"`
 }
 
@@ -53,6 +54,7 @@ type KeyringInfo struct {
 	UpdatedAt time.Time `json:"updated_at,omitzero"`
 	// Result of a PUT: "created", "updated" or "unchanged".
 	Result string `json:"result,omitempty"`
-	// Signed is the keyring.json as published, byte for byte.
+	// Signed is the keyring.json as published (the same JSON value,
+	// compacted; the Keyring key holds it byte for byte).
 	Signed json.RawMessage `json:"signed"`
 }

@@ -2,10 +2,12 @@ package collect
 
 import (
 	"bytes"
+	"database/sql"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 )
 
@@ -37,8 +39,10 @@ func (e *CorruptError) Is(target error) bool { return target == ErrCorruptRPM }
 // problem) when any of them is out of bounds, of the wrong type or visited
 // twice, so every file it accepts is read by go-rpmdb in time and memory
 // bounded by the file's size. Each page is read at most twice and each
-// slot once; memory is one page plus a bit per page. SQLite databases are
-// left to the SQLite library, which checks its own format.
+// slot once; memory is one page plus a bit per page. In a SQLite database
+// (whose own format the SQLite library checks) it reads each package row's
+// length and first 8 bytes, opened read-only: every row must be a header
+// blob that fits its claimed lengths, as go-rpmdb decodes it.
 func CheckRPM(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -58,7 +62,7 @@ func CheckRPM(path string) error {
 	var problem string
 	switch {
 	case n >= 16 && bytes.Equal(head[:16], []byte("SQLite format 3\x00")):
-		return nil
+		problem, err = checkSQLite(path)
 	case n >= 32 && isNDB(head[:32]):
 		problem, err = checkNDB(f, st.Size(), head[:32])
 	default:
@@ -231,6 +235,46 @@ func checkHeaderBlob(first []byte, n int64) string {
 		return fmt.Sprintf("rpm header of %d index entries and %d data bytes does not fit in its %d bytes", il, dl, n)
 	}
 	return ""
+}
+
+// checkSQLite follows go-rpmdb's sqlite3.SQLite3.Read ("SELECT blob FROM
+// Packages", each blob decoded as an rpm header) without reading a whole
+// blob: a missing table or a NULL blob would leave go-rpmdb's reader
+// goroutine blocked on a second error, and a header claiming more index
+// entries than its blob holds makes it allocate 16 bytes per claimed entry
+// (up to 32 GiB) before it checks. The database is opened read-only
+// (go-rpmdb opens it read-write).
+func checkSQLite(path string) (problem string, err error) {
+	db, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro")
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	rows, err := db.Query("SELECT rowid, length(CAST(blob AS BLOB)), substr(CAST(blob AS BLOB), 1, 8) FROM Packages")
+	if err != nil {
+		return fmt.Sprintf("SQLite database without a readable Packages table: %v", err), nil
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			row    int64
+			length sql.NullInt64
+			first  []byte
+		)
+		if err := rows.Scan(&row, &length, &first); err != nil {
+			return fmt.Sprintf("SQLite Packages row: %v", err), nil
+		}
+		if !length.Valid {
+			return fmt.Sprintf("SQLite Packages row %d has no blob (NULL)", row), nil
+		}
+		if p := checkHeaderBlob(first, length.Int64); p != "" {
+			return fmt.Sprintf("SQLite Packages row %d: %s", row, p), nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Sprintf("SQLite Packages table: %v", err), nil
+	}
+	return "", nil
 }
 
 // NDB layout (rpm lib/backend/ndb/rpmpkg.c, as go-rpmdb reads it).

@@ -3,6 +3,7 @@ package collect_test
 import (
 	"bytes"
 	"compress/gzip"
+	"database/sql"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -146,6 +147,45 @@ func TestCheckRPMRefusesCorruptNDB(t *testing.T) {
 	}
 }
 
+// TestCheckRPMRefusesCorruptSQLite changes the SQLite fixture (Fedora)
+// through SQL: a header claiming 2^31-1 index entries (go-rpmdb would
+// allocate 32 GiB for them before checking), an empty blob, and a database
+// without the Packages table (go-rpmdb's reader goroutine would block on
+// its second error) are refused, naming the row.
+func TestCheckRPMRefusesCorruptSQLite(t *testing.T) {
+	b := readFixture(t, "rpmdb.sqlite.gz")
+	first := "(SELECT min(rowid) FROM Packages)"
+	tests := []struct {
+		name, sql, want string
+	}{
+		{name: "header index count of 2^31-1", sql: "UPDATE Packages SET blob = CAST(X'7fffffff00000000' || substr(blob, 9) AS BLOB) WHERE rowid = " + first,
+			want: "rpm header of 2147483647 index entries"},
+		{name: "empty blob", sql: "UPDATE Packages SET blob = X'' WHERE rowid = " + first, want: "0 bytes is too short for an rpm header"},
+		{name: "no Packages table", sql: "DROP TABLE Packages", want: "SQLite database without a readable Packages table"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "rpmdb.sqlite")
+			if err := os.WriteFile(path, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			db, err := sql.Open("sqlite", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = db.Exec(tt.sql)
+			db.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = collect.ReadRPM(path)
+			if !errors.Is(err, collect.ErrCorruptRPM) || !strings.HasPrefix(err.Error(), "rpm database "+path+": ") || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ReadRPM = %v, want ErrCorruptRPM naming %s and saying %q", err, path, tt.want)
+			}
+		})
+	}
+}
+
 // TestCheckRPMAcceptsRealDatabases runs CheckRPM over the fixtures and over
 // go-rpmdb's own test databases (CentOS 5–8, UBI 8 on s390x, big-endian;
 // SUSE 15 NDB; SQLite) when the module's source is in the module cache:
@@ -269,4 +309,27 @@ func shrinkNDB(tb testing.TB, b []byte) []byte {
 		tb.Fatal("the NDB fixture has fewer than two packages")
 	}
 	return out
+}
+
+// BenchmarkCheckRPMSQLite is the pre-check's cost on the SQLite fixture
+// (Fedora), against the whole read it guards.
+func BenchmarkCheckRPMSQLite(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "rpmdb.sqlite")
+	if err := os.WriteFile(path, readFixture(b, "rpmdb.sqlite.gz"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("check", func(b *testing.B) {
+		for b.Loop() {
+			if err := collect.CheckRPM(path); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("read", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := collect.ReadRPM(path); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -221,6 +221,12 @@ func TestKernelEvents(t *testing.T) {
 			if errors.Is(err, ErrClosed) {
 				return
 			}
+			if errors.Is(err, unix.ENOBUFS) {
+				// A storm beside this test outran the reader; a missing
+				// event of ours is named below.
+				t.Logf("Read: %v", err)
+				continue
+			}
 			if err != nil {
 				t.Errorf("Read: %v", err)
 				return
@@ -299,8 +305,9 @@ func TestKernelEvents(t *testing.T) {
 		}
 		return false
 	}
-	// Events arrive asynchronously; give the reader a bounded while.
-	deadline := time.Now().Add(5 * time.Second)
+	// Events arrive asynchronously; the reader gets a generous bound (a
+	// loaded box), which only a missing event reaches.
+	deadline := time.Now().Add(30 * time.Second)
 	for _, tc := range cases {
 		for !find(tc) && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
@@ -406,9 +413,11 @@ func TestOtherSubscribersAreNoLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 	var (
+		mu         sync.Mutex
 		tr         SeqTracker
 		lost, acks uint64
-		execs      int
+		overruns   int
+		execed     = map[int32]bool{}
 	)
 	done := make(chan struct{})
 	go func() {
@@ -416,9 +425,16 @@ func TestOtherSubscribersAreNoLoss(t *testing.T) {
 		var ev Event
 		for {
 			b, err := c.Read()
+			if errors.Is(err, unix.ENOBUFS) {
+				mu.Lock()
+				overruns++
+				mu.Unlock()
+				continue
+			}
 			if err != nil {
 				return
 			}
+			mu.Lock()
 			for len(b) > 0 {
 				n, err := Decode(b, &ev)
 				b = b[n:]
@@ -430,30 +446,57 @@ func TestOtherSubscribersAreNoLoss(t *testing.T) {
 				case None:
 					acks++
 				case Exec:
-					execs++
+					execed[ev.TGID] = true
 				}
 			}
+			mu.Unlock()
 		}
 	}()
+	var pids []int32
+	run := func() {
+		cmd := exec.Command("/bin/true")
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, int32(cmd.Process.Pid))
+	}
 	for range 5 {
 		o, err := Dial(0, 4096)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_ = exec.Command("/bin/true").Run()
+		run()
 		o.Close()
-		_ = exec.Command("/bin/true").Run()
+		run()
 	}
-	time.Sleep(200 * time.Millisecond) // let the last messages arrive
+	// Once the exec of the last process is read, everything before it
+	// (the other sockets' acknowledgements, the earlier execs) is read: a
+	// socket's queue is read in order. No sleep decides when it is done.
+	last := pids[len(pids)-1]
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		mu.Lock()
+		seen := execed[last]
+		mu.Unlock()
+		if seen {
+			break
+		}
+	}
 	c.Close()
 	<-done
 	if acks == 0 {
 		t.Fatal("saw no acknowledgements of the other sockets' subscriptions; the test proves nothing on this kernel")
 	}
-	if execs < 10 {
-		t.Errorf("saw %d execs, want at least 10", execs)
+	for _, pid := range pids {
+		if !execed[pid] {
+			t.Errorf("no exec of %d read (overruns %d)", pid, overruns)
+		}
 	}
-	if lost != 0 {
+	switch {
+	case overruns > 0:
+		// The kernel dropped messages (a storm beside this test outran the
+		// reader): the sequence gaps are real loss, not acknowledgements.
+		t.Logf("socket overran %d times; %d events lost, not asserted", overruns, lost)
+	case lost != 0:
 		t.Errorf("counted %d lost events (with %d acknowledgements seen)", lost, acks)
 	}
 }
@@ -626,6 +669,10 @@ func TestDetachedRead(t *testing.T) {
 	var ev Event
 	for deadline := time.Now().Add(10 * time.Second); !found && time.Now().Before(deadline); {
 		b, err := c.Read()
+		if errors.Is(err, unix.ENOBUFS) {
+			t.Logf("Read: %v", err) // a storm beside this test; our exec may still be queued
+			continue
+		}
 		if err != nil {
 			t.Fatalf("Read: %v", err)
 		}

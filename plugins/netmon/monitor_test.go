@@ -301,8 +301,10 @@ func TestShellHoldingSocket(t *testing.T) {
 		_ = sh.Process.Kill()
 		_ = sh.Wait()
 	})
+	// Until sh has exec'd (a loaded box may take a while); the deadline
+	// only bounds a failure.
 	var al []recorded
-	for i := 0; i < 50 && len(al) == 0; i++ {
+	for deadline := time.Now().Add(30 * time.Second); len(al) == 0 && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 		al = find(f.snap(), RuleShellSocket, nil)
 	}

@@ -50,10 +50,40 @@ func (k Keyspace) ScopeKey(s Scope) string {
 // Releases is the prefix of the signed release manifests.
 func (k Keyspace) Releases() string { return k.Prefix + "/releases/" }
 
-// Release is the key of one signed release manifest.
-func (k Keyspace) Release(plugin, version string) string {
-	return k.Releases() + plugin + "/" + version
+// ReleaseVersion is the prefix of one version's signed release manifests,
+// one key per platform under it (Release).
+func (k Keyspace) ReleaseVersion(plugin, version string) string {
+	return k.Releases() + plugin + "/" + version + "/"
 }
+
+// Release is the key of the signed release manifest of one platform of a
+// version: /hids/releases/{plugin}/{version}/{os}/{arch}, the manifest
+// byte for byte as signed (its os and arch are the key's).
+func (k Keyspace) Release(plugin, version, os, arch string) string {
+	return k.ReleaseVersion(plugin, version) + os + "/" + arch
+}
+
+// ParseRelease splits a key under Releases() into its parts; ok is false
+// for any key that is not exactly {plugin}/{version}/{os}/{arch} below it.
+func (k Keyspace) ParseRelease(key string) (plugin, version, os, arch string, ok bool) {
+	rest, found := strings.CutPrefix(key, k.Releases())
+	if !found {
+		return "", "", "", "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 4 {
+		return "", "", "", "", false
+	}
+	for _, p := range parts {
+		if p == "" {
+			return "", "", "", "", false
+		}
+	}
+	return parts[0], parts[1], parts[2], parts[3], true
+}
+
+// Platform is how a release platform is written: "{os}/{arch}".
+func Platform(os, arch string) string { return os + "/" + arch }
 
 // Keyring is the key of the published root-signed release keyring
 // (keyring.json byte for byte). Hosts with pinned root keys take a newer

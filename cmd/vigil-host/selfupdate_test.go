@@ -68,7 +68,7 @@ func release(t *testing.T, cli *clientv3.Client, arts *artifacts, sec minisign.P
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.Put(context.Background(), api.NewKeyspace("").Release(api.HostReleaseName, version), string(raw)); err != nil {
+	if _, err := cli.Put(context.Background(), api.NewKeyspace("").Release(api.HostReleaseName, version, s.Manifest.OS, s.Manifest.Arch), string(raw)); err != nil {
 		t.Fatal(err)
 	}
 }

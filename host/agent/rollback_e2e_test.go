@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -125,7 +126,7 @@ func TestRolloutUndoWithSignedRollback(t *testing.T) {
 	// Undo without a rollback release: refused, with the commands to run.
 	code, _, errs := vigilctl("rollout", "undo", name)
 	for _, want := range []string{"no rollback release of 1.0.0 is published",
-		"vigil-sign sign -s RELEASE.key --binary BINARY --plugin " + name + " --version 1.0.0+rollback.1 --os linux --arch amd64 --min-host-version 0.1.0 --rollback",
+		"vigil-sign sign -s RELEASE.key --binary BINARY --plugin " + name + " --version 1.0.0+rollback.1 --os " + runtime.GOOS + " --arch " + runtime.GOARCH + " --min-host-version 0.1.0 --rollback",
 		"vigilctl release publish rollback-bundle/"} {
 		if code != 1 || !strings.Contains(errs, want) {
 			t.Fatalf("undo without a rollback release: exit %d, stderr %q lacks %q", code, errs, want)
@@ -171,7 +172,7 @@ func signedBundle(t *testing.T, sec minisign.PrivateKey, plugin, version string,
 		t.Fatal(err)
 	}
 	b := filepath.Join(dir, "bundle")
-	if _, err := signing.CreateBundle(b, src, signing.Manifest{Plugin: plugin, Version: version, OS: "linux", Arch: "amd64",
+	if _, err := signing.CreateBundle(b, src, signing.Manifest{Plugin: plugin, Version: version, OS: runtime.GOOS, Arch: runtime.GOARCH,
 		Expires: time.Now().Add(24 * time.Hour), MinHostVersion: "0.1.0", Rollback: rollback}); err != nil {
 		t.Fatal(err)
 	}

@@ -310,8 +310,9 @@ func (a *Agent) retryHostLater(target string) {
 	}()
 }
 
-// fetchHostRelease reads the release manifest from etcd and downloads the
-// verified binary next to the target (same file system as the swap).
+// fetchHostRelease reads the release manifest of this host's platform from
+// etcd (readRelease) and downloads the verified binary next to the target
+// (same file system as the swap).
 func (a *Agent) fetchHostRelease(version string) (selfupdate.Release, error) {
 	if a.ctl == nil || a.cfg.ServerLink() == nil {
 		return selfupdate.Release{}, errors.New("selfupdate: needs the control and server sections")
@@ -319,15 +320,11 @@ func (a *Agent) fetchHostRelease(version string) (selfupdate.Release, error) {
 	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Minute)
 	defer cancel()
 	rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
-	resp, err := a.ctl.Client().Get(rctx, a.ctl.Keyspace().Release(api.HostReleaseName, version))
+	raw, err := readRelease(rctx, a.ctl.Client(), a.ctl.Keyspace(), api.HostReleaseName, version, runtime.GOOS, runtime.GOARCH)
 	rcancel()
 	if err != nil {
-		return selfupdate.Release{}, fmt.Errorf("reading release manifest: %w: %w", errNoManifest, err)
+		return selfupdate.Release{}, fmt.Errorf("%w: %w", errNoManifest, err)
 	}
-	if len(resp.Kvs) == 0 {
-		return selfupdate.Release{}, fmt.Errorf("%w: %s", errNoManifest, a.ctl.Keyspace().Release(api.HostReleaseName, version))
-	}
-	raw := resp.Kvs[0].Value
 	sm, err := signing.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return selfupdate.Release{}, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -96,21 +97,45 @@ func (a *Agent) closeUpdates() {
 	}
 }
 
-// manifest reads /hids/releases/{plugin}/{version} from etcd.
+// manifest reads /hids/releases/{plugin}/{version}/{os}/{arch} from etcd,
+// the manifest of this host's platform (the updater's Config.OS/Arch).
 func (pu *pluginUpdates) manifest(ctx context.Context, plugin, version string) ([]byte, error) {
 	cli := pu.cli.Load()
 	if cli == nil {
 		return nil, errors.New("not connected to etcd yet")
 	}
-	key := pu.ks.Release(plugin, version)
+	return readRelease(ctx, cli, pu.ks, plugin, version, runtime.GOOS, runtime.GOARCH)
+}
+
+// readRelease reads the signed manifest of one platform of a release. When
+// none is published the error names the key and the platforms that are
+// (one more keys-only read), so an operator sees which one is missing.
+func readRelease(ctx context.Context, cli *clientv3.Client, ks api.Keyspace, plugin, version, goos, arch string) ([]byte, error) {
+	key := ks.Release(plugin, version, goos, arch)
 	resp, err := cli.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", key, err)
 	}
-	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("no release at %s (not published?)", key)
+	if len(resp.Kvs) > 0 {
+		return resp.Kvs[0].Value, nil
 	}
-	return resp.Kvs[0].Value, nil
+	published := "not published for any platform"
+	prefix := ks.ReleaseVersion(plugin, version)
+	others, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		published = fmt.Sprintf("reading %s for the published platforms: %v", prefix, err)
+	} else {
+		var ps []string
+		for _, kv := range others.Kvs {
+			if p, v, o, a, ok := ks.ParseRelease(string(kv.Key)); ok && p == plugin && v == version {
+				ps = append(ps, api.Platform(o, a))
+			}
+		}
+		if len(ps) > 0 {
+			published = "published for: " + strings.Join(ps, ", ")
+		}
+	}
+	return nil, fmt.Errorf("no release of %s %s for %s at %s (%s)", plugin, version, api.Platform(goos, arch), key, published)
 }
 
 // keyring reads the keyring published for the fleet (/hids/keyring/current);

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -100,11 +101,27 @@ func releaseBody(t *testing.T, path, version string) []byte {
 	return append(b, []byte("\nvigil-test-release "+version+"\n")...)
 }
 
-// publish signs body with secs and writes the manifest to etcd.
+// publish signs body with secs as the release of this host's platform and
+// writes the manifest to etcd.
 func (r *releases) publish(plugin, version string, body []byte, tamper bool, secs ...signingKey) {
 	r.t.Helper()
+	r.publishFor(plugin, version, runtime.GOOS, runtime.GOARCH, body, tamper, secs...)
+}
+
+// otherArch is a platform's arch that is not this host's.
+func otherArch() string {
+	if runtime.GOARCH == "arm64" {
+		return "amd64"
+	}
+	return "arm64"
+}
+
+// publishFor is publish for the platform goos/arch, at its key
+// /hids/releases/{plugin}/{version}/{os}/{arch}.
+func (r *releases) publishFor(plugin, version, goos, arch string, body []byte, tamper bool, secs ...signingKey) {
+	r.t.Helper()
 	sum := sha256.Sum256(body)
-	m := signing.Manifest{Plugin: plugin, Version: version, OS: "linux", Arch: "amd64", Length: int64(len(body)),
+	m := signing.Manifest{Plugin: plugin, Version: version, OS: goos, Arch: arch, Length: int64(len(body)),
 		SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour), MinHostVersion: "1.0.0"}
 	s := signing.SignedManifest{Manifest: m}
 	for _, k := range secs {
@@ -120,7 +137,7 @@ func (r *releases) publish(plugin, version string, body []byte, tamper bool, sec
 	r.artifacts[m.SHA256] = body
 	r.tampered[m.SHA256] = tamper
 	r.mu.Unlock()
-	if _, err := r.cli.Put(context.Background(), api.NewKeyspace("").Release(plugin, version), string(raw)); err != nil {
+	if _, err := r.cli.Put(context.Background(), api.NewKeyspace("").Release(plugin, version, goos, arch), string(raw)); err != nil {
 		r.t.Fatal(err)
 	}
 }
@@ -177,7 +194,19 @@ func TestFleetInstallsSignedRelease(t *testing.T) {
 		return u
 	}
 
-	// Install.
+	// A version published for another platform only: failed (retried),
+	// and the registration names the key and the platforms there are.
+	rel.publishFor(name, "1.0.5", runtime.GOOS, otherArch(), releaseBody(t, filepath.Join(binDir, "vigil-testplugin"), "1.0.5"), false, k1, k2)
+	want("1.0.5")
+	u := waitUpdate("1.0.5", api.UpdateFailed)
+	own, other := runtime.GOOS+"/"+runtime.GOARCH, runtime.GOOS+"/"+otherArch()
+	if wantErr := "no release of " + name + " 1.0.5 for " + own + " at /hids/releases/" + name + "/1.0.5/" + own + " (published for: " + other + ")"; !strings.Contains(u.Error, wantErr) {
+		t.Errorf("missing platform reported as %+v, want %q", u, wantErr)
+	}
+
+	// Install: of a version published for two platforms, the host takes
+	// its own platform's manifest (the other's binary differs).
+	rel.publishFor(name, "1.1.0", runtime.GOOS, otherArch(), []byte("not this host's binary"), false, k1, k2)
 	rel.publish(name, "1.1.0", releaseBody(t, filepath.Join(binDir, "vigil-testplugin"), "1.1.0"), false, k1, k2)
 	want("1.1.0")
 	waitUpdate("1.1.0", api.UpdateInstalled)
@@ -191,7 +220,7 @@ func TestFleetInstallsSignedRelease(t *testing.T) {
 	// Refusals: the installed version keeps running.
 	rel.publish(name, "1.2.0", releaseBody(t, filepath.Join(binDir, "vigil-testplugin"), "1.2.0"), false, k1)
 	want("1.2.0")
-	u := waitUpdate("1.2.0", api.UpdateRefused)
+	u = waitUpdate("1.2.0", api.UpdateRefused)
 	if !strings.Contains(u.Error, "too few distinct trusted keys") || u.Running != "1.1.0" {
 		t.Errorf("threshold refusal reported as %+v", u)
 	}

@@ -123,10 +123,11 @@ func (c *Client) Releases(ctx context.Context, plugin string) ([]rollout.Release
 	return out.Releases, c.do(ctx, "GET", "/v1/releases", q, nil, &out)
 }
 
-// Manifest returns a release's signed manifest as published.
-func (c *Client) Manifest(ctx context.Context, plugin, version string) ([]byte, error) {
+// Manifest returns one platform's signed manifest of a release as
+// published, byte for byte.
+func (c *Client) Manifest(ctx context.Context, plugin, version, os, arch string) ([]byte, error) {
 	path := "/v1/releases/" + url.PathEscape(plugin) + "/" + url.PathEscape(version)
-	req, err := http.NewRequestWithContext(ctx, "GET", c.url(path, nil), nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", c.url(path, url.Values{"os": {os}, "arch": {arch}}), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -136,6 +137,12 @@ func (c *Client) Manifest(ctx context.Context, plugin, version string) ([]byte, 
 	}
 	var raw json.RawMessage
 	return raw, decode(resp, "GET", path, &raw)
+}
+
+// Manifests returns every platform's signed manifest of a release.
+func (c *Client) Manifests(ctx context.Context, plugin, version string) (httpapi.VersionManifests, error) {
+	var out httpapi.VersionManifests
+	return out, c.do(ctx, "GET", "/v1/releases/"+url.PathEscape(plugin)+"/"+url.PathEscape(version), nil, nil, &out)
 }
 
 // RolloutSet moves plugin's desired version at scope.

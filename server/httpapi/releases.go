@@ -153,7 +153,7 @@ func (h *handler) publish(w http.ResponseWriter, r *http.Request) {
 	}
 	info, err := ro.Artifacts.Put(part, m.SHA256, m.Length)
 	if err != nil {
-		h.failRelease(w, r, fmt.Errorf("binary of %s %s refused: %w", m.Plugin, m.Version, err))
+		h.failRelease(w, r, fmt.Errorf("binary of %s %s for %s refused: %w", m.Plugin, m.Version, api.Platform(m.OS, m.Arch), err))
 		return
 	}
 	rel, err := ro.Rollout.Publish(r.Context(), raw, sm)
@@ -162,7 +162,7 @@ func (h *handler) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.opts.Logger.Info("release published", "component", "httpapi", "plugin", m.Plugin, "version", m.Version,
-		"sha256", m.SHA256, "length", m.Length, "result", rel.Result, "artifact_created", info.Created, "author", id.Name)
+		"os", m.OS, "arch", m.Arch, "sha256", m.SHA256, "length", m.Length, "result", rel.Result, "artifact_created", info.Created, "author", id.Name)
 	writeJSON(w, http.StatusOK, PublishResult{Release: rel, Artifact: info})
 }
 
@@ -189,14 +189,45 @@ func (h *handler) releases(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"releases": rs})
 }
 
-// manifest serves the signed manifest as published, byte for byte.
+// VersionManifests is the body of GET /v1/releases/{plugin}/{version}
+// without os and arch: every platform's signed manifest of the version.
+type VersionManifests struct {
+	Plugin    string                     `json:"plugin"`
+	Version   string                     `json:"version"`
+	Manifests []rollout.PlatformManifest `json:"manifests"`
+}
+
+// manifest serves GET /v1/releases/{plugin}/{version}: with ?os=&arch=
+// that platform's signed manifest as published, byte for byte; without,
+// every platform's (VersionManifests).
 func (h *handler) manifest(w http.ResponseWriter, r *http.Request) {
 	plugin, version := r.PathValue("plugin"), r.PathValue("version")
-	if _, err := h.allowRelease(r, auth.ReadRelease, h.opts.Store.Keyspace().Release(plugin, version)); err != nil {
+	q := r.URL.Query()
+	goos, arch := q.Get("os"), q.Get("arch")
+	if (goos == "") != (arch == "") {
+		h.failRelease(w, r, badRequest("os and arch go together: ?os=linux&arch=arm64 for one platform's manifest, neither for every platform's (got os=%q arch=%q)",
+			goos, arch))
+		return
+	}
+	ks := h.opts.Store.Keyspace()
+	key := ks.ReleaseVersion(plugin, version)
+	if goos != "" {
+		key = ks.Release(plugin, version, goos, arch)
+	}
+	if _, err := h.allowRelease(r, auth.ReadRelease, key); err != nil {
 		h.failRelease(w, r, err)
 		return
 	}
-	raw, err := h.opts.Releases.Rollout.Manifest(r.Context(), plugin, version)
+	if goos == "" {
+		ms, err := h.opts.Releases.Rollout.Manifests(r.Context(), plugin, version)
+		if err != nil {
+			h.failRelease(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, VersionManifests{Plugin: plugin, Version: version, Manifests: ms})
+		return
+	}
+	raw, err := h.opts.Releases.Rollout.Manifest(r.Context(), plugin, version, goos, arch)
 	if err != nil {
 		h.failRelease(w, r, err)
 		return

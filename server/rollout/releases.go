@@ -1,5 +1,6 @@
 // Package rollout is the server side of releases: it writes signed release
-// manifests to /hids/releases/{plugin}/{version} exactly as they were signed,
+// manifests to /hids/releases/{plugin}/{version}/{os}/{arch} exactly as they
+// were signed (one version, one manifest per platform),
 // lists them, moves a plugin's (or vigil-host's) desired version at a scope,
 // optionally for a stable percentage of hosts, through the store's
 // versioned, history-keeping writes, undoes such a move from history, and
@@ -10,9 +11,11 @@ package rollout
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-semver/semver"
@@ -26,9 +29,11 @@ import (
 // Refusals, compared with errors.Is.
 var (
 	// ErrReleaseExists: another manifest is published under the same
-	// plugin and version; a version names one binary forever.
+	// plugin, version and platform; a version names one binary per
+	// platform forever.
 	ErrReleaseExists = errors.New("rollout: release already published with other content")
-	// ErrNoRelease: no manifest is published for that plugin and version.
+	// ErrNoRelease: no manifest is published for that plugin and version
+	// (on any platform, or on the platform asked for).
 	ErrNoRelease = errors.New("rollout: no such release")
 	// ErrInvalid: the request itself is wrong (name, version, percent).
 	ErrInvalid = errors.New("rollout: invalid request")
@@ -88,13 +93,15 @@ func releaseOf(s signing.SignedManifest, rev int64) Release {
 }
 
 // Publish writes raw, the signed manifest s as uploaded, to
-// /hids/releases/{plugin}/{version}, byte for byte. Publishing the same
-// bytes again changes nothing; the same manifest with more signatures (a
-// second key signed after the first publish) replaces it; anything else
-// under an existing version is ErrReleaseExists. The artifact must be
-// stored before: a host that sees the key may download at once.
+// /hids/releases/{plugin}/{version}/{os}/{arch} (the manifest's platform),
+// byte for byte. Publishing the same bytes again changes nothing; the same
+// manifest with more signatures (a second key signed after the first
+// publish) replaces it; anything else under an existing version and
+// platform is ErrReleaseExists. Another platform of a published version is
+// a publish like any other. The artifact must be stored before: a host
+// that sees the key may download at once.
 func (s *Service) Publish(ctx context.Context, raw []byte, sm signing.SignedManifest) (Release, error) {
-	key := s.ks.Release(sm.Manifest.Plugin, sm.Manifest.Version)
+	key := s.keyOf(sm.Manifest)
 	for attempt := 0; attempt < 5; attempt++ {
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
@@ -140,9 +147,9 @@ func (s *Service) Publish(ctx context.Context, raw []byte, sm signing.SignedMani
 }
 
 // CanPublish checks, before any binary is received, that Publish would
-// not refuse sm because another manifest holds its version.
+// not refuse sm because another manifest holds its version and platform.
 func (s *Service) CanPublish(ctx context.Context, raw []byte, sm signing.SignedManifest) error {
-	key := s.ks.Release(sm.Manifest.Plugin, sm.Manifest.Version)
+	key := s.keyOf(sm.Manifest)
 	resp, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", key, err)
@@ -154,12 +161,17 @@ func (s *Service) CanPublish(ctx context.Context, raw []byte, sm signing.SignedM
 	return err
 }
 
+// keyOf is the release key of m's plugin, version and platform.
+func (s *Service) keyOf(m signing.Manifest) string {
+	return s.ks.Release(m.Plugin, m.Version, m.OS, m.Arch)
+}
+
 // compare decides whether raw (parsed as sm) may stand where old is
 // published: the same bytes (same is true), or the same manifest with
 // every old signature and more (same is false); anything else is
 // ErrReleaseExists.
 func compare(old, raw []byte, sm signing.SignedManifest) (same bool, err error) {
-	name := sm.Manifest.Plugin + " " + sm.Manifest.Version
+	name := sm.Manifest.Plugin + " " + sm.Manifest.Version + " for " + api.Platform(sm.Manifest.OS, sm.Manifest.Arch)
 	if bytes.Equal(old, raw) {
 		return true, nil
 	}
@@ -168,7 +180,7 @@ func compare(old, raw []byte, sm signing.SignedManifest) (same bool, err error) 
 		return false, fmt.Errorf("%w: %s is published but does not parse (%v); refusing to replace it", ErrReleaseExists, name, err)
 	}
 	if !sameBody(prev.Manifest, sm.Manifest) {
-		return false, fmt.Errorf("%w: %s is published with sha256:%s, length %d; a version names one binary forever, publish a new version",
+		return false, fmt.Errorf("%w: %s is published with sha256:%s, length %d; a version names one binary per platform forever, publish a new version",
 			ErrReleaseExists, name, prev.Manifest.SHA256, prev.Manifest.Length)
 	}
 	if missing := missingSigners(prev, sm); len(missing) > 0 {
@@ -198,21 +210,67 @@ func missingSigners(old, new signing.SignedManifest) []string {
 	return out
 }
 
-// Manifest returns the signed manifest of a release as published.
-func (s *Service) Manifest(ctx context.Context, plugin, version string) ([]byte, error) {
-	key := s.ks.Release(plugin, version)
+// Manifest returns the signed manifest of one platform of a release as
+// published.
+func (s *Service) Manifest(ctx context.Context, plugin, version, os, arch string) ([]byte, error) {
+	if err := checkKey(plugin, version, os, arch); err != nil {
+		return nil, err
+	}
+	key := s.ks.Release(plugin, version, os, arch)
 	resp, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("%w: %s %s is not published (%s)", ErrNoRelease, plugin, version, key)
+		platforms, err := s.published(ctx, plugin, version)
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %s %s is not published for %s (%s); published for: %s", ErrNoRelease, plugin, version,
+			api.Platform(os, arch), key, strings.Join(platforms, ", "))
 	}
 	return resp.Kvs[0].Value, nil
 }
 
+// PlatformManifest is one platform's signed manifest of a version.
+type PlatformManifest struct {
+	OS   string `json:"os"`
+	Arch string `json:"arch"`
+	// Manifest is the manifest as published (compacted when sent as JSON;
+	// GET /v1/releases/{plugin}/{version}?os=&arch= serves it byte for
+	// byte).
+	Manifest json.RawMessage `json:"manifest"`
+	// Revision is the etcd mod revision of its key.
+	Revision int64 `json:"revision"`
+}
+
+// Manifests returns the signed manifests of every platform of a version,
+// sorted by platform; ErrNoRelease when none is published.
+func (s *Service) Manifests(ctx context.Context, plugin, version string) ([]PlatformManifest, error) {
+	if err := checkKey(plugin, version, "os", "arch"); err != nil {
+		return nil, err
+	}
+	prefix := s.ks.ReleaseVersion(plugin, version)
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", prefix, err)
+	}
+	out := []PlatformManifest{}
+	for _, kv := range resp.Kvs {
+		p, v, os, arch, ok := s.ks.ParseRelease(string(kv.Key))
+		if !ok || p != plugin || v != version {
+			continue
+		}
+		out = append(out, PlatformManifest{OS: os, Arch: arch, Manifest: kv.Value, Revision: kv.ModRevision})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: %s %s is not published on any platform (%s)", ErrNoRelease, plugin, version, prefix)
+	}
+	return out, nil
+}
+
 // Releases lists the published releases of plugin ("" for every plugin),
-// sorted by plugin, then by semver.
+// one row per platform, sorted by plugin, then by semver, then platform.
 func (s *Service) Releases(ctx context.Context, plugin string) ([]Release, error) {
 	prefix := s.ks.Releases()
 	if plugin != "" {
@@ -227,27 +285,58 @@ func (s *Service) Releases(ctx context.Context, plugin string) ([]Release, error
 	}
 	out := make([]Release, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		sm, err := signing.ParseManifest(bytes.NewReader(kv.Value))
-		if err != nil {
-			// Someone wrote etcd directly; show it rather than hide it.
-			out = append(out, Release{Plugin: string(kv.Key[len(s.ks.Releases()):]), Version: "(unreadable: " + err.Error() + ")",
+		// Someone wrote etcd directly, or a manifest sits at the key of
+		// a single-platform release (/hids/releases/{plugin}/{version},
+		// before multi-platform releases) that hosts no longer read:
+		// show it rather than hide it.
+		p, v, os, arch, ok := s.ks.ParseRelease(string(kv.Key))
+		if !ok {
+			out = append(out, Release{Plugin: string(kv.Key[len(s.ks.Releases()):]),
+				Version:  "(not a release key {plugin}/{version}/{os}/{arch}: hosts do not read it; publish the bundle again)",
 				Revision: kv.ModRevision, Signers: []string{}})
 			continue
 		}
-		out = append(out, releaseOf(sm, kv.ModRevision))
+		sm, err := signing.ParseManifest(bytes.NewReader(kv.Value))
+		if err != nil {
+			out = append(out, Release{Plugin: p, Version: v + " (unreadable: " + err.Error() + ")", OS: os, Arch: arch,
+				Revision: kv.ModRevision, Signers: []string{}})
+			continue
+		}
+		r := releaseOf(sm, kv.ModRevision)
+		if r.Plugin != p || r.Version != v || r.OS != os || r.Arch != arch {
+			r.Version += fmt.Sprintf(" (at the key of %s %s %s: hosts refuse it)", p, v, api.Platform(os, arch))
+		}
+		out = append(out, r)
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		if out[i].Plugin != out[j].Plugin {
 			return out[i].Plugin < out[j].Plugin
 		}
-		a, errA := semver.NewVersion(out[i].Version)
-		b, errB := semver.NewVersion(out[j].Version)
-		if errA != nil || errB != nil {
-			return out[i].Version < out[j].Version
+		if out[i].Version != out[j].Version {
+			a, errA := semver.NewVersion(out[i].Version)
+			b, errB := semver.NewVersion(out[j].Version)
+			if errA != nil || errB != nil {
+				return out[i].Version < out[j].Version
+			}
+			return a.LessThan(*b)
 		}
-		return a.LessThan(*b)
+		return api.Platform(out[i].OS, out[i].Arch) < api.Platform(out[j].OS, out[j].Arch)
 	})
 	return out, nil
+}
+
+// checkKey checks the parts of a release key asked for by name: a release
+// name, and a version, os and arch that are one key segment each.
+func checkKey(plugin, version, os, arch string) error {
+	if err := checkRelease(plugin); err != nil {
+		return err
+	}
+	for _, p := range [][2]string{{"version", version}, {"os", os}, {"arch", arch}} {
+		if p[1] == "" || strings.ContainsAny(p[1], "/\x00") {
+			return fmt.Errorf("%w: %s %q is not one key segment", ErrInvalid, p[0], p[1])
+		}
+	}
+	return nil
 }
 
 // checkRelease checks a release name: a plugin name or vigil-host.
@@ -258,15 +347,34 @@ func checkRelease(name string) error {
 	return fmt.Errorf("%w: %q is not a plugin name", ErrInvalid, name)
 }
 
-func (s *Service) published(ctx context.Context, plugin, version string) error {
-	key := s.ks.Release(plugin, version)
-	resp, err := s.cli.Get(ctx, key, clientv3.WithCountOnly())
+// published returns the platforms ("os/arch", sorted) a version is
+// published for, reading only keys; ErrNoRelease when it is published for
+// none.
+func (s *Service) published(ctx context.Context, plugin, version string) ([]string, error) {
+	platforms, err := releasePlatforms(ctx, s.cli, s.ks, plugin, version)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", key, err)
+		return nil, err
 	}
-	if resp.Count == 0 {
-		return fmt.Errorf("%w: %s %s is not published (vigilctl release publish, then vigilctl release ls %s)",
+	if len(platforms) == 0 {
+		return nil, fmt.Errorf("%w: %s %s is not published on any platform (vigilctl release publish, then vigilctl release ls %s)",
 			ErrNoRelease, plugin, version, plugin)
 	}
-	return nil
+	return platforms, nil
+}
+
+// releasePlatforms lists the platforms ("os/arch", sorted) a version is
+// published for: one keys-only read of its prefix.
+func releasePlatforms(ctx context.Context, cli *clientv3.Client, ks api.Keyspace, plugin, version string) ([]string, error) {
+	prefix := ks.ReleaseVersion(plugin, version)
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", prefix, err)
+	}
+	out := []string{}
+	for _, kv := range resp.Kvs {
+		if p, v, os, arch, ok := ks.ParseRelease(string(kv.Key)); ok && p == plugin && v == version {
+			out = append(out, api.Platform(os, arch))
+		}
+	}
+	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/coreos/go-semver/semver"
+	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/signing"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -58,40 +59,61 @@ func downgrades(cur, next pair) []downgrade {
 	return out
 }
 
-// release reads and parses one published manifest.
-func (s *Service) release(ctx context.Context, plugin, version string) (signing.SignedManifest, error) {
-	raw, err := s.Manifest(ctx, plugin, version)
-	if err != nil {
-		return signing.SignedManifest{}, err
-	}
-	sm, err := signing.ParseManifest(bytes.NewReader(raw))
-	if err != nil {
-		return signing.SignedManifest{}, fmt.Errorf("%w: %s %s is published but does not parse: %v", ErrInvalid, plugin, version, err)
-	}
-	return sm, nil
+// platformRelease is one platform's parsed manifest of a version.
+type platformRelease struct {
+	platform string
+	sm       signing.SignedManifest
 }
 
-// rollbackRelease returns version itself when its published manifest is
-// a signed rollback, else the newest published rollback release of the
-// same precedence (1.2.0+rollback.N: same version, build metadata aside),
-// else "" with the guidance to make one.
+// releases reads and parses every platform's published manifest of a
+// version (ErrNoRelease when none is published).
+func (s *Service) releases(ctx context.Context, plugin, version string) ([]platformRelease, error) {
+	ms, err := s.Manifests(ctx, plugin, version)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]platformRelease, 0, len(ms))
+	for _, m := range ms {
+		sm, err := signing.ParseManifest(bytes.NewReader(m.Manifest))
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s %s for %s is published but does not parse: %v", ErrInvalid, plugin, version,
+				api.Platform(m.OS, m.Arch), err)
+		}
+		out = append(out, platformRelease{platform: api.Platform(m.OS, m.Arch), sm: sm})
+	}
+	return out, nil
+}
+
+// rollbackRelease returns version itself when every platform's published
+// manifest of it is a signed rollback, else the newest published rollback
+// release of the same precedence (1.2.0+rollback.N: same version, build
+// metadata aside; it counts when any platform has a signed rollback
+// manifest of it, each platform needs its own), else "" with the guidance
+// to make one.
 func (s *Service) rollbackRelease(ctx context.Context, plugin string, d downgrade) (string, error) {
-	sm, err := s.release(ctx, plugin, d.version)
+	rels, err := s.releases(ctx, plugin, d.version)
 	if err != nil {
 		return "", err
 	}
-	if sm.Manifest.Rollback {
+	all := true
+	for _, r := range rels {
+		all = all && r.sm.Manifest.Rollback
+	}
+	if all {
 		return d.version, nil
 	}
 	want := semver.New(d.version)
-	key := s.ks.Release(plugin, "")
-	resp, err := s.cli.Get(ctx, key, clientv3.WithPrefix())
+	prefix := s.ks.Releases() + plugin + "/"
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
-		return "", fmt.Errorf("reading %s: %w", key, err)
+		return "", fmt.Errorf("reading %s: %w", prefix, err)
 	}
 	best, bestRev, next := "", int64(0), 1
 	for _, kv := range resp.Kvs {
-		v := string(kv.Key[len(key):])
+		p, v, _, _, ok := s.ks.ParseRelease(string(kv.Key))
+		if !ok || p != plugin {
+			continue
+		}
 		pv, err := semver.NewVersion(v)
 		if err != nil || pv.Compare(*want) != 0 {
 			continue
@@ -112,21 +134,37 @@ func (s *Service) rollbackRelease(ctx context.Context, plugin string, d downgrad
 	if best != "" {
 		return best, nil
 	}
-	return "", rollbackGuidance(plugin, d, sm.Manifest, next)
+	return "", rollbackGuidance(plugin, d, rels, next)
 }
 
-// rollbackGuidance says exactly how to make the missing rollback release.
-func rollbackGuidance(plugin string, d downgrade, m signing.Manifest, n int) error {
+// rollbackGuidance says exactly how to make the missing rollback release:
+// one signed rollback manifest per platform d.version is published for.
+func rollbackGuidance(plugin string, d downgrade, rels []platformRelease, n int) error {
 	base := *semver.New(d.version)
 	base.Metadata = ""
 	rb := fmt.Sprintf("%s+rollback.%d", base.String(), n)
-	return fmt.Errorf("%w: %s %s would replace %s on some hosts, and hosts refuse a downgrade unless its manifest is a signed rollback; "+
-		"no rollback release of %s is published. Publish %s's binary (sha256:%s, GET /v1/artifacts/%s) again as a signed rollback, then run this again:\n"+
-		"  vigil-sign sign -s RELEASE.key --binary BINARY --plugin %s --version %s --os %s --arch %s --min-host-version %s --rollback --expires 720h rollback-bundle/\n"+
-		"  vigil-sign sign -s RELEASE2.key rollback-bundle/     # each further key of the hosts' threshold\n"+
-		"  vigilctl release publish rollback-bundle/",
-		ErrNeedsRollback, plugin, d.version, d.above, d.version, d.version, m.SHA256, m.SHA256,
-		plugin, rb, m.OS, m.Arch, m.MinHostVersion)
+	cmds := func(m signing.Manifest, dir string) string {
+		return fmt.Sprintf("  vigil-sign sign -s RELEASE.key --binary BINARY --plugin %s --version %s --os %s --arch %s --min-host-version %s --rollback --expires 720h %s\n"+
+			"  vigil-sign sign -s RELEASE2.key %s     # each further key of the hosts' threshold\n"+
+			"  vigilctl release publish %s",
+			plugin, rb, m.OS, m.Arch, m.MinHostVersion, dir, dir, dir)
+	}
+	head := fmt.Sprintf("%s %s would replace %s on some hosts, and hosts refuse a downgrade unless its manifest is a signed rollback; "+
+		"no rollback release of %s is published.", plugin, d.version, d.above, d.version)
+	if len(rels) == 1 {
+		m := rels[0].sm.Manifest
+		return fmt.Errorf("%w: %s Publish %s's binary (sha256:%s, GET /v1/artifacts/%s) again as a signed rollback, then run this again:\n%s",
+			ErrNeedsRollback, head, d.version, m.SHA256, m.SHA256, cmds(m, "rollback-bundle/"))
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s Publish the binary of every platform of %s again as a signed rollback (each platform needs its own rollback manifest), then run this again:",
+		head, d.version)
+	for _, r := range rels {
+		m := r.sm.Manifest
+		fmt.Fprintf(&b, "\n  # %s: BINARY is sha256:%s (GET /v1/artifacts/%s)\n%s", r.platform, m.SHA256, m.SHA256,
+			cmds(m, "rollback-bundle-"+m.OS+"-"+m.Arch+"/"))
+	}
+	return fmt.Errorf("%w: %s", ErrNeedsRollback, b.String())
 }
 
 // withRollbacks replaces in next every version that would move hosts down

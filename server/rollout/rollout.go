@@ -37,6 +37,9 @@ type SetResult struct {
 	Previous        string       `json:"previous,omitempty"`
 	PreviousRollout *api.Rollout `json:"previous_rollout,omitempty"`
 	Comment         string       `json:"comment"`
+	// Platforms are the platforms ("os/arch") Version is published for
+	// when it was written: hosts of any other platform report it failed.
+	Platforms []string `json:"platforms,omitempty"`
 }
 
 // pair is one release's desired version and rollout in a state.
@@ -132,7 +135,8 @@ func checkVersion(v string) error {
 // record. With a percent below 100 the rollout's From is the version the
 // scope's hosts are asked to run now (or, when that is itself a partial
 // rollout, its From), so the hosts outside the percentage stay where they
-// are. A version that is not published is refused.
+// are. A version that is not published (on any platform) is refused; the
+// result names the platforms it is published for.
 func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 	if err := checkRelease(r.Plugin); err != nil {
 		return SetResult{}, err
@@ -143,10 +147,10 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 	if r.Percent < 0 || r.Percent > 100 {
 		return SetResult{}, fmt.Errorf("%w: percent must be between 1 and 100 (got %d)", ErrInvalid, r.Percent)
 	}
-	if err := s.published(ctx, r.Plugin, r.Version); err != nil {
+	platforms, err := s.published(ctx, r.Plugin, r.Version)
+	if err != nil {
 		return SetResult{}, err
 	}
-	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		var cur store.Current
 		if cur, err = s.st.Get(ctx, r.Scope); err != nil {
@@ -203,7 +207,7 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 		res, err = s.st.Set(ctx, store.Write{Scope: r.Scope, State: st, Author: r.Author, Comment: comment, IfRevision: &cur.Revision})
 		if err == nil {
 			return SetResult{Result: res, Plugin: r.Plugin, Version: next.Version, Rollout: next.Rollout,
-				Previous: prev.Version, PreviousRollout: prev.Rollout, Comment: comment}, nil
+				Previous: prev.Version, PreviousRollout: prev.Rollout, Comment: comment, Platforms: platforms}, nil
 		}
 		if !errors.Is(err, store.ErrConflict) {
 			return SetResult{}, err
@@ -250,11 +254,12 @@ func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, com
 		if prev == nil {
 			return SetResult{}, fmt.Errorf("%w: the history of %s has no earlier %s version than %s", ErrNothingToUndo, scope, plugin, now)
 		}
-		var subst []string
+		var subst, platforms []string
 		if prev.Version != "" {
-			if err := s.published(ctx, plugin, prev.Version); err != nil {
+			if platforms, err = s.published(ctx, plugin, prev.Version); err != nil {
 				return SetResult{}, err
 			}
+			asked := prev.Version
 			// Hosts refuse going back to a lower version unless it is a
 			// signed rollback: use the rollback release of that version.
 			eff, eerr := s.effectiveAt(ctx, scope, plugin)
@@ -266,6 +271,11 @@ func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, com
 				return SetResult{}, fmt.Errorf("rollout undo %s: %s -> %s (as of seq %d) refused: %w", plugin, now, *prev, seq, err)
 			}
 			prev = &p
+			if prev.Version != asked {
+				if platforms, err = s.published(ctx, plugin, prev.Version); err != nil {
+					return SetResult{}, err
+				}
+			}
 		}
 		msg := fmt.Sprintf("rollout undo %s: %s -> %s (as of seq %d)", plugin, now, *prev, seq)
 		if len(subst) > 0 {
@@ -280,7 +290,7 @@ func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, com
 		res, err = s.st.Set(ctx, store.Write{Scope: scope, State: st, Author: author, Comment: msg, IfRevision: &cur.Revision})
 		if err == nil {
 			return SetResult{Result: res, Plugin: plugin, Version: prev.Version, Rollout: prev.Rollout,
-				Previous: now.Version, PreviousRollout: now.Rollout, Comment: msg}, nil
+				Previous: now.Version, PreviousRollout: now.Rollout, Comment: msg, Platforms: platforms}, nil
 		}
 		if !errors.Is(err, store.ErrConflict) {
 			return SetResult{}, err

@@ -52,11 +52,18 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-// manifest signs a manifest of bin for plugin and version with each key.
+// manifest signs a linux/amd64 manifest of bin for plugin and version
+// with each key.
 func manifest(t *testing.T, plugin, version string, bin []byte, keys ...string) (signing.SignedManifest, []byte) {
 	t.Helper()
+	return manifestFor(t, plugin, version, "linux", "amd64", bin, keys...)
+}
+
+// manifestFor is manifest for another platform.
+func manifestFor(t *testing.T, plugin, version, goos, arch string, bin []byte, keys ...string) (signing.SignedManifest, []byte) {
+	t.Helper()
 	sum := sha256.Sum256(bin)
-	sm := signing.SignedManifest{Manifest: signing.Manifest{Plugin: plugin, Version: version, OS: "linux", Arch: "amd64",
+	sm := signing.SignedManifest{Manifest: signing.Manifest{Plugin: plugin, Version: version, OS: goos, Arch: arch,
 		Length: int64(len(bin)), SHA256: hex.EncodeToString(sum[:]), Expires: time.Now().Add(time.Hour), MinHostVersion: "0.1.0"},
 		Signatures: []signing.Signature{}}
 	for range keys {
@@ -91,7 +98,7 @@ func TestPublishWritesTheSignedBytesOnce(t *testing.T) {
 	if err != nil || r.Result != "created" || len(r.Signers) != 1 {
 		t.Fatalf("publish: %+v %v", r, err)
 	}
-	got, err := e.svc.Manifest(c, "procmon", "1.2.0")
+	got, err := e.svc.Manifest(c, "procmon", "1.2.0", "linux", "amd64")
 	if err != nil || !bytes.Equal(got, raw) {
 		t.Fatalf("stored manifest differs from the signed bytes: %v\n%s", err, got)
 	}
@@ -122,10 +129,10 @@ func TestPublishWritesTheSignedBytesOnce(t *testing.T) {
 	if _, err := e.svc.Publish(c, otherRaw, other); !errors.Is(err, ErrReleaseExists) {
 		t.Fatalf("Publish of another binary: %v", err)
 	}
-	if got, _ := e.svc.Manifest(c, "procmon", "1.2.0"); !bytes.Equal(got, moreRaw) {
+	if got, _ := e.svc.Manifest(c, "procmon", "1.2.0", "linux", "amd64"); !bytes.Equal(got, moreRaw) {
 		t.Fatal("a refused publish changed the stored manifest")
 	}
-	if _, err := e.svc.Manifest(c, "procmon", "9.9.9"); !errors.Is(err, ErrNoRelease) {
+	if _, err := e.svc.Manifest(c, "procmon", "9.9.9", "linux", "amd64"); !errors.Is(err, ErrNoRelease) {
 		t.Fatalf("missing manifest: %v", err)
 	}
 }

@@ -30,10 +30,13 @@ func (g *globals) releaseCmd() *cobra.Command {
 		Long: `publish streams BUNDLE_DIR/manifest.json and BUNDLE_DIR/binary to the server.
 The server checks the binary's length and sha256 against the manifest as it
 arrives, stores it by sha256, and writes the signed manifest unchanged to
-/hids/releases/{plugin}/{version}. A version names one binary forever:
-another manifest under a published version is refused (the same manifest
-with more signatures is accepted). Hosts verify the signatures themselves;
-the server is only a mirror.`,
+/hids/releases/{plugin}/{version}/{os}/{arch}, the manifest's platform. A
+version carries one manifest per platform: publish one bundle per
+platform (linux/amd64, linux/arm64, ...), each with its own binary. A
+version names one binary per platform forever: another manifest for a
+published version and platform is refused (the same manifest with more
+signatures is accepted). Hosts read the manifest of their own platform and
+verify the signatures themselves; the server is only a mirror.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			cl, err := g.client()
@@ -61,7 +64,7 @@ the server is only a mirror.`,
 	publish.Flags().DurationVar(&timeout, "upload-timeout", 10*time.Minute, "bound on the whole upload")
 
 	ls := &cobra.Command{
-		Use: "ls [PLUGIN]", Short: "List published releases", Args: cobra.MaximumNArgs(1),
+		Use: "ls [PLUGIN]", Short: "List published releases, one row per platform", Args: cobra.MaximumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			plugin := ""
 			if len(args) == 1 {
@@ -111,7 +114,9 @@ scope's document, as one versioned write recorded in history. With
 --percent P below 100 only the hosts whose stable bucket (a hash of host
 and plugin name) is below P take it; the others keep the version the scope
 asks for now. Raising P later only adds hosts. PLUGIN vigil-host sets the
-host agent's own version. The version must be published (release ls).
+host agent's own version. The version must be published (release ls) for
+at least one platform; the answer names the platforms it is published for,
+and hosts of any other platform report the update failed until it is.
 A version lower than the one the hosts are asked to run now must be a
 signed rollback release (1.2.0+rollback.N, vigil-sign sign --rollback);
 lowering --percent moves hosts back to the rollback release of the other
@@ -231,6 +236,10 @@ it refuses and prints the commands that make one.`,
 
 func printSet(w io.Writer, res rollout.SetResult) {
 	fmt.Fprintf(w, "%s: wrote seq %d at revision %d: %s\n", res.Scope, res.Seq, res.Revision, res.Comment)
+	if res.Version != "" && len(res.Platforms) > 0 {
+		fmt.Fprintf(w, "%s %s is published for: %s (hosts of other platforms report it failed until it is published for theirs)\n",
+			res.Plugin, res.Version, strings.Join(res.Platforms, ", "))
+	}
 }
 
 func printStatus(w io.Writer, st rollout.Status) {

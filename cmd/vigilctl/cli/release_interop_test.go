@@ -36,7 +36,7 @@ func TestHostFetchesWhatVigilctlPublished(t *testing.T) {
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	raw, err := cl.Manifest(ctx, "example", "2.0.0")
+	raw, err := cl.Manifest(ctx, "example", "2.0.0", "linux", "amd64")
 	if err != nil {
 		t.Fatal(err)
 	}

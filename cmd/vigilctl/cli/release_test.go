@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -20,9 +21,15 @@ import (
 	"github.com/vigil-hids/vigil/signing"
 )
 
-// bundle makes a signed bundle of plugin and version whose binary is bin,
-// with vigil-sign's own code.
+// bundle makes a signed linux/amd64 bundle of plugin and version whose
+// binary is bin, with vigil-sign's own code.
 func bundle(t *testing.T, sec minisign.PrivateKey, plugin, version string, bin []byte) string {
+	t.Helper()
+	return bundleFor(t, sec, plugin, version, "linux", "amd64", bin)
+}
+
+// bundleFor is bundle for another platform.
+func bundleFor(t *testing.T, sec minisign.PrivateKey, plugin, version, goos, arch string, bin []byte) string {
 	t.Helper()
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
@@ -30,7 +37,7 @@ func bundle(t *testing.T, sec minisign.PrivateKey, plugin, version string, bin [
 		t.Fatal(err)
 	}
 	b := filepath.Join(dir, "bundle")
-	if _, err := signing.CreateBundle(b, src, signing.Manifest{Plugin: plugin, Version: version, OS: "linux", Arch: "amd64",
+	if _, err := signing.CreateBundle(b, src, signing.Manifest{Plugin: plugin, Version: version, OS: goos, Arch: arch,
 		Expires: time.Now().Add(24 * time.Hour), MinHostVersion: "0.1.0"}); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +118,7 @@ func TestReleasePublishAndDownload(t *testing.T) {
 		t.Fatalf("resume: %d %q, %d bytes", resp.StatusCode, resp.Header.Get("Content-Range"), len(b))
 	}
 	raw, _ := os.ReadFile(filepath.Join(dir, signing.BundleManifest))
-	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0", ""); resp.StatusCode != 200 || !bytes.Equal(b, raw) {
+	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0?os=linux&arch=amd64", ""); resp.StatusCode != 200 || !bytes.Equal(b, raw) {
 		t.Fatalf("manifest as published: %d\n%s", resp.StatusCode, b)
 	}
 	if resp, _ = get(t, host, base+"/v1/config", ""); resp.StatusCode != http.StatusForbidden {
@@ -145,8 +152,42 @@ func TestReleasePublishAndDownload(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.err, "release already published with other content") || !strings.Contains(r.err, "publish a new version") {
 		t.Fatalf("duplicate version: %+v", r)
 	}
-	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0", ""); !bytes.Equal(b, raw) {
+	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0?os=linux&arch=amd64", ""); !bytes.Equal(b, raw) {
 		t.Fatal("a refused publish replaced the manifest")
+	}
+
+	// The arm64 build of the same version is a publish of its own; both
+	// platforms are listed and served.
+	armBin := bytes.Repeat([]byte("\x7fELF vigil example plugin, arm64 "), 30000)
+	arm := bundleFor(t, sec, "example", "1.2.0", "linux", "arm64", armBin)
+	armRaw, _ := os.ReadFile(filepath.Join(arm, signing.BundleManifest))
+	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0?os=linux&arch=arm64", ""); resp.StatusCode != http.StatusNotFound ||
+		!strings.Contains(string(b), "published for: linux/amd64") {
+		t.Fatalf("arm64 manifest before its publish: %d %s", resp.StatusCode, b)
+	}
+	if out := f.mustRun(t, "admin", "", "release", "publish", arm); !strings.Contains(out, "example 1.2.0 linux/arm64: created") {
+		t.Fatalf("publish arm64: %q", out)
+	}
+	out = f.mustRun(t, "host", "", "release", "ls", "example")
+	if !regexp.MustCompile(`(?m)^example +1\.2\.0 +linux/amd64 `).MatchString(out) || !regexp.MustCompile(`(?m)^example +1\.2\.0 +linux/arm64 `).MatchString(out) {
+		t.Fatalf("ls with two platforms: %q", out)
+	}
+	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0?os=linux&arch=arm64", ""); resp.StatusCode != 200 || !bytes.Equal(b, armRaw) {
+		t.Fatalf("arm64 manifest as published: %d\n%s", resp.StatusCode, b)
+	}
+	var vm struct {
+		Manifests []struct {
+			OS, Arch string
+			Manifest signing.SignedManifest
+		}
+	}
+	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0", ""); resp.StatusCode != 200 || json.Unmarshal(b, &vm) != nil ||
+		len(vm.Manifests) != 2 || vm.Manifests[0].Arch != "amd64" || vm.Manifests[1].Manifest.Manifest.Arch != "arm64" {
+		t.Fatalf("every platform's manifest: %d\n%s", resp.StatusCode, b)
+	}
+	if resp, b = get(t, host, base+"/v1/releases/example/1.2.0?os=linux", ""); resp.StatusCode != http.StatusBadRequest ||
+		!strings.Contains(string(b), "os and arch go together") {
+		t.Fatalf("os without arch: %d %s", resp.StatusCode, b)
 	}
 	// A bundle whose binary is not the manifest's length is refused
 	// before anything is sent.
@@ -176,7 +217,10 @@ func TestRolloutSetUndoStatus(t *testing.T) {
 	if r := f.run(t, "operator", "", "rollout", "set", "example", "1.1.0"); r.code != 1 || !strings.Contains(r.err, "fleet-wide documents are written by admins") {
 		t.Fatalf("operator on fleet: %+v", r)
 	}
-	f.mustRun(t, "admin", "", "rollout", "set", "example", "1.0.0", "--comment", "baseline")
+	if out := f.mustRun(t, "admin", "", "rollout", "set", "example", "1.0.0", "--comment", "baseline"); !strings.Contains(out,
+		"example 1.0.0 is published for: linux/amd64 (hosts of other platforms report it failed") {
+		t.Fatalf("set names the platforms: %q", out)
+	}
 	out := f.mustRun(t, "admin", "", "rollout", "set", "example", "1.1.0", "--percent", "10", "--comment", "canary")
 	if !strings.Contains(out, "fleet: wrote seq 2") || !strings.Contains(out, "rollout example: 1.0.0 -> 1.1.0 on 10% (others 1.0.0): canary") {
 		t.Fatalf("set: %q", out)

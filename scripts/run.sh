@@ -86,7 +86,9 @@ for _ in $(seq 100); do ./bin/vigilctl agents count 2>/dev/null | grep -qv '^0' 
 example_release() {
   local v=1.1.0 b="$rel/example-1.1.0"
   [ -n "$update_section" ] || return 1
-  if ! ./bin/vigilctl release ls example 2>/dev/null | grep -q "^example  *$v "; then
+  # One manifest per platform (docs/releases.md): look for this machine's.
+  if ! ./bin/vigilctl release ls example 2>/dev/null |
+      grep -q "^example  *$v  *$("${GO:-go}" env GOOS)/$("${GO:-go}" env GOARCH) "; then
     rm -rf "$b" "$rel/vigil-example-$v"
     try "building the example plugin $v" env CGO_ENABLED=0 "${GO:-go}" build -trimpath \
         -ldflags "-s -w -X github.com/vigil-hids/vigil/plugins/example.Version=$v" \

@@ -7,7 +7,7 @@ import (
 )
 
 // HostReleaseName is the release name under which vigil-host's own binary
-// is published (/hids/releases/vigil-host/{version}); the host's desired
+// is published (/hids/releases/vigil-host/{version}/{os}/{arch}); the host's desired
 // version is DesiredState.HostVersion.
 const HostReleaseName = "vigil-host"
 

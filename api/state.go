@@ -19,7 +19,7 @@ type DesiredState struct {
 	// Tasks are one-shot tasks, run once per host.
 	Tasks []Task `json:"tasks,omitempty"`
 	// HostVersion is the signed vigil-host release to run
-	// (/hids/releases/vigil-host/{version}); HostRollout limits it to a
+	// (/hids/releases/vigil-host/{version}/{os}/{arch}); HostRollout limits it to a
 	// share of the hosts.
 	HostVersion string   `json:"host_version,omitempty"`
 	HostRollout *Rollout `json:"host_rollout,omitempty"`
@@ -30,7 +30,7 @@ type PluginState struct {
 	// Enabled runs (true) or stops (false) the plugin.
 	Enabled *bool `json:"enabled,omitempty"`
 	// Version is the signed release version to run
-	// (/hids/releases/{plugin}/{version}); empty keeps the installed one.
+	// (/hids/releases/{plugin}/{version}/{os}/{arch}); empty keeps the installed one.
 	Version string `json:"version,omitempty"`
 	// Rollout limits Version to a share of the hosts; it is replaced
 	// together with Version by a narrower scope.

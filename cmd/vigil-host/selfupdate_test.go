@@ -49,8 +49,14 @@ func build(t *testing.T, dir, name, pkg, ldflags string) string {
 // the artifact map and the manifest in etcd at the release key.
 func release(t *testing.T, cli *clientv3.Client, arts *artifacts, sec minisign.PrivateKey, bin, version string) {
 	t.Helper()
+	releaseFor(t, cli, arts, sec, bin, version, runtime.GOOS, runtime.GOARCH)
+}
+
+// releaseFor is release for the platform goos/arch (its own key).
+func releaseFor(t *testing.T, cli *clientv3.Client, arts *artifacts, sec minisign.PrivateKey, bin, version, goos, arch string) {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "bundle")
-	m := signing.Manifest{Plugin: api.HostReleaseName, Version: version, OS: runtime.GOOS, Arch: runtime.GOARCH,
+	m := signing.Manifest{Plugin: api.HostReleaseName, Version: version, OS: goos, Arch: arch,
 		Expires: time.Now().Add(24 * time.Hour), MinHostVersion: "1.0.0"}
 	s, err := signing.CreateBundle(dir, bin, m)
 	if err != nil {
@@ -246,6 +252,11 @@ func TestSelfUpdateFromFleet(t *testing.T) {
 	release(t, cli, arts, sec, v120, "1.2.0")
 	release(t, cli, arts, stranger, v110, "1.3.0")
 	release(t, cli, arts, sec, v140, "1.4.0")
+	other := "arm64"
+	if runtime.GOARCH == "arm64" {
+		other = "amd64"
+	}
+	releaseFor(t, cli, arts, sec, v110, "1.5.0", runtime.GOOS, other)
 
 	// The health window bounds every trial; 1.1.0 passes well within it.
 	const window = 15 * time.Second
@@ -347,6 +358,17 @@ plugins:
 	})
 	if !strings.Contains(r.HostUpdate.Error, "too few distinct trusted keys") || r.Version != "1.1.0" || binaryVersion(t, bin) != "1.1.0" {
 		t.Fatalf("refusal: %+v, version %s", r.HostUpdate, r.Version)
+	}
+
+	// A version published for another platform only: failed (retried),
+	// naming the key read and the platform there is; 1.1.0 keeps running.
+	putHostVersion(t, cli, host, "1.5.0")
+	r = waitReg(t, cli, host, "1.5.0 failed", out, func(r api.Registration) bool {
+		return r.HostUpdate != nil && r.HostUpdate.Target == "1.5.0" && r.HostUpdate.State == api.UpdateFailed
+	})
+	own := runtime.GOOS + "/" + runtime.GOARCH
+	if want := "no release of vigil-host 1.5.0 for " + own + " at /hids/releases/vigil-host/1.5.0/" + own + " (published for: " + runtime.GOOS + "/" + other + ")"; !strings.Contains(r.HostUpdate.Error, want) || r.Version != "1.1.0" {
+		t.Fatalf("missing platform: %+v, version %s; want %q", r.HostUpdate, r.Version, want)
 	}
 
 	// A build that crashes at start: the service manager starts it again,

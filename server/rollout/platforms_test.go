@@ -53,6 +53,15 @@ func TestOneVersionManyPlatforms(t *testing.T) {
 			t.Fatalf("key of linux/%s: %v %v", p.arch, resp, err)
 		}
 	}
+	// One build signed for another platform of the same version is
+	// refused (a courtesy: it would fail to start on those hosts).
+	same, sameRaw := manifestFor(t, "procmon", "1.2.0", "linux", "riscv64", []byte("arm64 binary"), "k1")
+	if err := e.svc.CanPublish(c, sameRaw, same); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "which its linux/arm64 manifest names too") {
+		t.Fatalf("CanPublish of another platform's binary: %v", err)
+	}
+	if _, err := e.svc.Publish(c, sameRaw, same); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Publish of another platform's binary: %v", err)
+	}
 	// Same bytes again: unchanged, per platform.
 	if r, err := e.svc.Publish(c, armRaw, arm); err != nil || r.Result != "unchanged" {
 		t.Fatalf("arm64 again: %+v %v", r, err)

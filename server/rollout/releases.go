@@ -102,6 +102,9 @@ func releaseOf(s signing.SignedManifest, rev int64) Release {
 // that sees the key may download at once.
 func (s *Service) Publish(ctx context.Context, raw []byte, sm signing.SignedManifest) (Release, error) {
 	key := s.keyOf(sm.Manifest)
+	if err := s.ownArtifact(ctx, sm.Manifest); err != nil {
+		return Release{}, err
+	}
 	for attempt := 0; attempt < 5; attempt++ {
 		resp, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
@@ -150,6 +153,9 @@ func (s *Service) Publish(ctx context.Context, raw []byte, sm signing.SignedMani
 // not refuse sm because another manifest holds its version and platform.
 func (s *Service) CanPublish(ctx context.Context, raw []byte, sm signing.SignedManifest) error {
 	key := s.keyOf(sm.Manifest)
+	if err := s.ownArtifact(ctx, sm.Manifest); err != nil {
+		return err
+	}
 	resp, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", key, err)
@@ -164,6 +170,30 @@ func (s *Service) CanPublish(ctx context.Context, raw []byte, sm signing.SignedM
 // keyOf is the release key of m's plugin, version and platform.
 func (s *Service) keyOf(m signing.Manifest) string {
 	return s.ks.Release(m.Plugin, m.Version, m.OS, m.Arch)
+}
+
+// ownArtifact refuses (ErrInvalid) a manifest whose binary another platform
+// of the same version names: one build signed for two platforms is a
+// mistake hosts would only find when the binary fails to start. A courtesy
+// check, like the rest: hosts verify on their own.
+func (s *Service) ownArtifact(ctx context.Context, m signing.Manifest) error {
+	prefix := s.ks.ReleaseVersion(m.Plugin, m.Version)
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", prefix, err)
+	}
+	for _, kv := range resp.Kvs {
+		p, v, os, arch, ok := s.ks.ParseRelease(string(kv.Key))
+		if !ok || p != m.Plugin || v != m.Version || (os == m.OS && arch == m.Arch) {
+			continue
+		}
+		other, err := signing.ParseManifest(bytes.NewReader(kv.Value))
+		if err == nil && other.Manifest.SHA256 == m.SHA256 {
+			return fmt.Errorf("%w: %s %s for %s names the binary sha256:%s, which its %s manifest names too; each platform needs its own build",
+				ErrInvalid, m.Plugin, m.Version, api.Platform(m.OS, m.Arch), m.SHA256, api.Platform(os, arch))
+		}
+	}
+	return nil
 }
 
 // compare decides whether raw (parsed as sm) may stand where old is

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 
+	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/host/agent"
 	"github.com/vigil-hids/vigil/host/config"
 	"github.com/vigil-hids/vigil/host/logging"
@@ -211,7 +213,33 @@ func printStatus(s status.Snapshot) {
 			}
 			fmt.Printf("%s counters: %s\n", p.Name, strings.Join(parts, " "))
 		}
+		if p.Update != nil {
+			fmt.Printf("%s update: %s\n", p.Name, updateLine(p.Update))
+		}
 	}
+	if s.HostUpdate != nil {
+		fmt.Printf("\nvigil-host update: %s\n", updateLine(s.HostUpdate))
+	}
+	if k := s.Keyring; k != nil {
+		fmt.Printf("\nrelease keyring: serial %d, expires %s", k.Serial, k.Expires.UTC().Format(time.RFC3339))
+		if k.Error != "" {
+			fmt.Printf("; published serial %d refused: %s", k.Refused, k.Error)
+		}
+		fmt.Println()
+	}
+}
+
+// updateLine is one release install's state: target, state, what runs,
+// and the reason of a refusal or failure.
+func updateLine(u *api.UpdateStatus) string {
+	line := fmt.Sprintf("target %s %s, running %s", u.Target, u.State, cmp.Or(u.Running, "the config file's binary"))
+	if !u.At.IsZero() {
+		line += ", at " + u.At.UTC().Format(time.RFC3339)
+	}
+	if u.Error != "" {
+		line += ": " + u.Error
+	}
+	return line
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%.1fMiB", float64(b)/(1<<20)) }

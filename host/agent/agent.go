@@ -455,6 +455,7 @@ func (a *Agent) Snapshot() status.Snapshot {
 	snap := status.Snapshot{
 		Host: a.cfg.HostName, Version: a.opts.Version, PID: os.Getpid(), StartedAt: a.started,
 		Labels: a.cfg.Labels, CPUPercent: self.pct, RSSBytes: self.rss, Stopped: stopped, Sinks: a.sinks,
+		HostUpdate: a.HostUpdate(), Keyring: a.Keyring(),
 	}
 	if a.ctl != nil {
 		cs := a.ctl.Status()
@@ -476,6 +477,7 @@ func (a *Agent) Snapshot() status.Snapshot {
 			CPUPercent: u.pct, RSSBytes: u.rss,
 			Emitted: st.Emitted, Delivered: st.Delivered, Queued: st.Queued,
 			Dropped: st.Dropped, Counters: st.Counters, Breaker: a.gov.summary(s.Name),
+			Update: a.updateStatus(s.Name),
 		})
 	}
 	return snap

@@ -108,6 +108,16 @@ func TestFleetRotatesReleaseKeys(t *testing.T) {
 		return st.Path == update.BinaryPath(cfg.UpdateSettings().Dir, name, "1.1.0") && st.State == supervisor.StateRunning
 	})
 	pid := pluginStatus(a, name).PID
+	// `vigil-host status` shows the same.
+	snap := a.Snapshot()
+	if snap.Keyring == nil || snap.Keyring.Serial != 2 {
+		t.Errorf("status keyring %+v", snap.Keyring)
+	}
+	for _, p := range snap.Plugins {
+		if p.Name == name && (p.Update == nil || p.Update.State != api.UpdateInstalled || p.Update.Running != "1.1.0") {
+			t.Errorf("status update of %s: %+v", name, p.Update)
+		}
+	}
 
 	// A keyring signed by a release key, not a root: refused, reported.
 	if _, err := cli.Put(context.Background(), ks.Keyring(), string(keyringJSON(t, 3, []signingKey{k1, k2}, k2))); err != nil {

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/vigil-hids/vigil/api"
 )
 
 // Snapshot is the host's state at one moment.
@@ -33,6 +35,10 @@ type Snapshot struct {
 	Plugins []Plugin `json:"plugins"`
 	// Control is the fleet connection, when the host has one.
 	Control map[string]any `json:"control,omitempty"`
+	// HostUpdate is the latest vigil-host self-update, Keyring the release
+	// keyring in use (both as in the registration).
+	HostUpdate *api.UpdateStatus  `json:"host_update,omitempty"`
+	Keyring    *api.KeyringStatus `json:"keyring,omitempty"`
 }
 
 // Plugin is one plugin's state, counters and resource use.
@@ -52,6 +58,8 @@ type Plugin struct {
 	Dropped     map[string]uint64 `json:"dropped,omitempty"`
 	Counters    map[string]uint64 `json:"counters,omitempty"`
 	Breaker     string            `json:"breaker,omitempty"`
+	// Update is the latest release install for the plugin.
+	Update *api.UpdateStatus `json:"update,omitempty"`
 }
 
 // Server answers GET /status on a unix socket.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,8 +31,11 @@ func TestMain(m *testing.M) {
 		for {
 		}
 	case "hog":
-		// Grow by 1 MiB at a time, touching every page, until the group's
+		// Wait until the test closes stdin (it has checked which group we
+		// are in: on v1 a dying process shows in the root groups), then
+		// grow by 1 MiB at a time, touching every page, until the group's
 		// memory limit OOM-kills us.
+		_, _ = io.Copy(io.Discard, os.Stdin)
 		var keep [][]byte
 		for range 4096 {
 			b := make([]byte, 1<<20)
@@ -98,10 +102,13 @@ func (c *child) Wait() error {
 	return c.err
 }
 
-func start(t *testing.T, s spawner, g *Group, mode string) *child {
+func start(t *testing.T, s spawner, g *Group, mode string, opts ...func(*exec.Cmd)) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+mode)
+	for _, o := range opts {
+		o(cmd)
+	}
 	var err error
 	s.do(func() {
 		tid := unix.Gettid()
@@ -215,7 +222,15 @@ func TestV1MemoryOOM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := start(t, newSpawner(t), g, "hog")
+	// The hog grows once start has verified its group (closing w): on v1
+	// a process already OOM-killed shows in the root groups.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := start(t, newSpawner(t), g, "hog", func(c *exec.Cmd) { c.Stdin = r })
+	r.Close()
+	w.Close()
 	err = cmd.Wait()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) {

@@ -1,6 +1,9 @@
 package api
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestReleaseKeys(t *testing.T) {
 	ks := NewKeyspace("/hids/")
@@ -29,4 +32,24 @@ func TestReleaseKeys(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseRelease: any key parses without panicking, and the key of any
+// four one-segment parts parses back into them.
+func FuzzParseRelease(f *testing.F) {
+	f.Add("procmon", "1.2.0", "linux", "arm64", "/hids/releases/procmon/1.2.0")
+	f.Add("vigil-host", "1.2.0+rollback.1", "linux", "amd64", "/hids/releases//x///")
+	ks := NewKeyspace("")
+	f.Fuzz(func(t *testing.T, plugin, version, os, arch, key string) {
+		ks.ParseRelease(key)
+		for _, s := range []string{plugin, version, os, arch} {
+			if s == "" || strings.Contains(s, "/") {
+				return
+			}
+		}
+		p, v, o, a, ok := ks.ParseRelease(ks.Release(plugin, version, os, arch))
+		if !ok || p != plugin || v != version || o != os || a != arch {
+			t.Fatalf("%q %q %q %q parsed back as %q %q %q %q %v", plugin, version, os, arch, p, v, o, a, ok)
+		}
+	})
 }

@@ -260,7 +260,8 @@ func TestSelfUpdateFromFleet(t *testing.T) {
 
 	// The health window bounds every trial; 1.1.0 passes well within it.
 	const window = 15 * time.Second
-	newHost := func(t *testing.T, host, restart string) (bin, out string, svc *service) {
+	trustSection := "{trust_file: " + trust + "}"
+	newHost := func(t *testing.T, host, restart, updateSection string) (bin, out string, svc *service) {
 		dir := t.TempDir()
 		bin = filepath.Join(dir, "bin", "vigil-host")
 		if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
@@ -283,10 +284,10 @@ control:
   lease_ttl: 5s
   status_interval: 200ms
 server: {url: %s}
-update: {trust_file: %s}
+update: %s
 plugins:
   - {name: example, path: %s, config: {interval: 1s}}
-`, host, dir, dir, dir, dir, etcd.Endpoints()[0], srv.URL, trust, example)
+`, host, dir, dir, dir, dir, etcd.Endpoints()[0], srv.URL, updateSection, example)
 		cfgPath := filepath.Join(dir, "host.yaml")
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -302,7 +303,7 @@ plugins:
 	// new binary (RestartForceExitStatus=75 in the unit).
 	t.Run("exit 75", func(t *testing.T) {
 		const host = "su-exit"
-		bin, out, svc := newHost(t, host, "exit")
+		bin, out, svc := newHost(t, host, "exit", trustSection)
 		r := waitReg(t, cli, host, "1.0.0 registered with its plugin running", out, func(r api.Registration) bool {
 			return r.Version == "1.0.0" && running(r)
 		})
@@ -322,9 +323,67 @@ plugins:
 		}
 	})
 
+	// A host that pins a root key, whose keyring file lists only the
+	// stranger's key: 1.1.0 (signed by the release key) is refused, until
+	// the keyring published in etcd lists the release key; the host takes
+	// it on its periodic read and installs 1.1.0 without a new desired
+	// version.
+	t.Run("keyring rotation", func(t *testing.T) {
+		const host = "su-keys"
+		rootPub, rootSec, err := signing.GenerateKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		strangerPub := stranger.Public().(minisign.PublicKey)
+		keyring := func(serial uint64, keys ...minisign.PublicKey) []byte {
+			kr := signing.SignedKeyring{Keyring: signing.Keyring{Serial: serial, Expires: time.Now().Add(time.Hour), Threshold: 1}}
+			for _, k := range keys {
+				kr.Keyring.Keys = append(kr.Keyring.Keys, k.String())
+			}
+			if err := kr.Sign(rootSec); err != nil {
+				t.Fatal(err)
+			}
+			b, err := kr.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+		dir := t.TempDir()
+		roots, krFile := filepath.Join(dir, "roots.json"), filepath.Join(dir, "keyring.json")
+		rb, _ := json.Marshal(signing.TrustFile{Threshold: 1, Keys: []string{rootPub.String()}})
+		if err := os.WriteFile(roots, rb, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(krFile, keyring(1, strangerPub), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		bin, out, _ := newHost(t, host, "exec", fmt.Sprintf("{roots_file: %s, keyring_file: %s, keyring_refresh: 1s}", roots, krFile))
+		waitReg(t, cli, host, "1.0.0 registered with keyring serial 1", out, func(r api.Registration) bool {
+			return r.Version == "1.0.0" && running(r) && r.Keyring != nil && r.Keyring.Serial == 1
+		})
+		putHostVersion(t, cli, host, "1.1.0")
+		r := waitReg(t, cli, host, "1.1.0 refused", out, func(r api.Registration) bool {
+			return r.HostUpdate != nil && r.HostUpdate.Target == "1.1.0" && r.HostUpdate.State == api.UpdateRefused
+		})
+		if !strings.Contains(r.HostUpdate.Error, "too few distinct trusted keys") {
+			t.Fatalf("refusal: %+v", r.HostUpdate)
+		}
+		if _, err := cli.Put(context.Background(), api.NewKeyspace("").Keyring(), string(keyring(2, pub))); err != nil {
+			t.Fatal(err)
+		}
+		waitReg(t, cli, host, "1.1.0 installed after the new keyring", out, func(r api.Registration) bool {
+			return r.Version == "1.1.0" && r.HostUpdate != nil && r.HostUpdate.State == api.UpdateInstalled && running(r) &&
+				r.Keyring != nil && r.Keyring.Serial == 2
+		})
+		if v := binaryVersion(t, bin); v != "1.1.0" {
+			t.Fatalf("binary at the target path is %s", v)
+		}
+	})
+
 	// Without a service manager's help for the upgrade: exec in place.
 	const host = "su-exec"
-	bin, out, svc := newHost(t, host, "exec")
+	bin, out, svc := newHost(t, host, "exec", trustSection)
 
 	r := waitReg(t, cli, host, "1.0.0 registered with its plugin running", out, func(r api.Registration) bool {
 		return r.Version == "1.0.0" && running(r)

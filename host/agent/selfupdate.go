@@ -48,7 +48,7 @@ type hostUpdate struct {
 	want    string          // latest target version asked for
 	busy    string          // version being installed
 	inTrial bool            // the health gate runs
-	refused map[string]bool // refused in this run: not tried again until a restart
+	refused map[string]bool // refused in this run: not tried again until a restart or a new keyring
 	retries int
 }
 
@@ -229,6 +229,22 @@ func (a *Agent) considerHostVersion(target string) {
 		defer a.wg.Done()
 		a.installHost(target)
 	}()
+}
+
+// hostKeyringChanged forgets the vigil-host versions refused in this run
+// and considers the desired one again: a new release keyring may list the
+// key that signed it. A version that failed its health gate is refused
+// again by the self-update state.
+func (a *Agent) hostKeyringChanged() {
+	h := a.hu
+	h.mu.Lock()
+	clear(h.refused)
+	want := h.want
+	h.mu.Unlock()
+	if want != "" {
+		a.log.Info("new release keyring: considering the desired vigil-host version again", "version", want)
+		a.considerHostVersion(want)
+	}
 }
 
 // installHost downloads, verifies and installs target, then asks for the

@@ -65,6 +65,9 @@ func (a *Agent) startUpdates() error {
 		return err
 	}
 	pu := &pluginUpdates{ks: api.NewKeyspace(a.cfg.ControlConfig(a.opts.Version).Prefix), trust: trust}
+	if a.hu != nil {
+		trust.OnChange(a.hostKeyringChanged)
+	}
 	pu.u, err = update.New(update.Config{
 		Host: a.cfg.HostName, HostVersion: a.opts.Version, OS: runtime.GOOS, Arch: runtime.GOARCH,
 		Trust: trust,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,6 +39,8 @@ type TrustStore struct {
 	// is not verified and logged again at every install.
 	offered []byte
 	err     error
+	// onChange are called, outside mu, after a keyring is taken.
+	onChange []func()
 }
 
 // NewTrustStore starts from t; with root keys it takes the keyring saved
@@ -112,13 +115,32 @@ func (s *TrustStore) Status() *api.KeyringStatus {
 // keyring in use stays. The same bytes offered again give the same answer
 // without a second check.
 func (s *TrustStore) Offer(raw []byte, now time.Time, minSerial uint64) (bool, error) {
+	changed, hooks, err := s.offer(raw, now, minSerial)
+	if changed {
+		for _, f := range hooks {
+			f()
+		}
+	}
+	return changed, err
+}
+
+// OnChange registers f to be called after each keyring taken (from the
+// goroutine that offered it).
+func (s *TrustStore) OnChange(f func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.onChange = append(s.onChange, f)
+}
+
+func (s *TrustStore) offer(raw []byte, now time.Time, minSerial uint64) (bool, []func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	hooks := slices.Clone(s.onChange)
 	if s.t.Roots == nil || s.t.Keyring == nil || raw == nil {
-		return false, nil
+		return false, nil, nil
 	}
 	if bytes.Equal(raw, s.offered) {
-		return false, s.err
+		return false, nil, s.err
 	}
 	s.offered = bytes.Clone(raw)
 	changed, err := s.take(raw, now, minSerial)
@@ -131,7 +153,7 @@ func (s *TrustStore) Offer(raw []byte, now time.Time, minSerial uint64) (bool, e
 		s.status = &api.KeyringStatus{Serial: s.status.Serial, Expires: s.status.Expires, Refused: serial, Error: err.Error()}
 		s.log.Error("published release keyring refused; keeping the one in use", "in_use", s.status.Serial, "err", err)
 	}
-	return changed, err
+	return changed, hooks, err
 }
 
 // take checks raw and, if it is newer and valid, makes it the keyring in

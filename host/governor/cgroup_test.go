@@ -32,10 +32,13 @@ func newSpawner(t testing.TB) spawner {
 }
 
 // start starts the test binary in a child mode inside group.
-func (s spawner) start(t testing.TB, group *cgroup.Group, mode string) *exec.Cmd {
+func (s spawner) start(t testing.TB, group *cgroup.Group, mode string, opts ...func(*exec.Cmd)) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+mode)
+	for _, o := range opts {
+		o(cmd)
+	}
 	errc := make(chan error)
 	s <- func() {
 		restore, err := group.PrepareSpawn(cmd)
@@ -148,9 +151,18 @@ func TestCgroupMemoryHog(t *testing.T) {
 	g, clock, rec := newGov(t, Config{})
 	p := g.Add("memhog", l)
 	sp := newSpawner(t)
-	cmd := sp.start(t, group, "hog")
+	// The hog grows once its group is verified and the baseline taken
+	// (closing w): an OOM kill before the baseline sample would be in the
+	// baseline, and on v1 a dead process shows in the root groups.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := sp.start(t, group, "hog", func(c *exec.Cmd) { c.Stdin = r })
+	r.Close()
 	p.Attach(cmd.Process.Pid, group)
 	g.Sample() // baseline
+	w.Close()
 	err = cmd.Wait()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != -1 {

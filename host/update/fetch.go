@@ -24,7 +24,7 @@ var (
 	// ErrReplay: the manifest is older than a version this host already
 	// installed and carries no signed rollback.
 	ErrReplay = errors.New("update: manifest older than a version already installed, a manifest replayed from an old etcd revision must not install")
-	// ErrKeyMismatch: the manifest read at /hids/releases/{plugin}/{version}
+	// ErrKeyMismatch: the manifest read at /hids/releases/{plugin}/{version}/{os}/{arch}
 	// names another plugin or version than its key.
 	ErrKeyMismatch = errors.New("update: manifest does not match the release key it was read from")
 	// ErrHealth: the new version did not pass the health gate.
@@ -90,7 +90,7 @@ func (s Source) ArtifactURL(sha256 string) string {
 // Request is one release to fetch.
 type Request struct {
 	// Manifest is the signed manifest as read (the etcd value of
-	// /hids/releases/{name}/{version}).
+	// /hids/releases/{name}/{version}/{os}/{arch}).
 	Manifest []byte
 	// Trust decides whose signatures count.
 	Trust Trust

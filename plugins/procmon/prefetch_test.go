@@ -140,12 +140,7 @@ func TestPrefetchOutlivesProcess(t *testing.T) {
 	rec := &recorder{}
 	m := prefetchMonitor(rec)
 	ev := cnproc.Event{What: cnproc.Exec, PID: pid, TGID: pid, Timestamp: 12345}
-	for { // until the child has exec'd sleep
-		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.HasPrefix(string(b), "/bin/sleep") {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitExeced(t, pid, "/bin/sleep")
 	m.pre.fill(procinfo.NewReader("/proc", 4096), m.det, &ev)
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
@@ -171,6 +166,21 @@ func TestPrefetchOutlivesProcess(t *testing.T) {
 	}
 }
 
+// waitExeced waits until the child pid has exec'd prog (its command line
+// starts with it): a loaded box may take a while between fork and exec,
+// and /proc shows the test binary until then.
+func waitExeced(t *testing.T, pid int32, prog string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.HasPrefix(string(b), prog) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d has not exec'd %s after 30 s", pid, prog)
+		}
+	}
+}
+
 // TestPrefetchOtherExecIgnored: a slot filled for another exec of the
 // same pid (an overwritten or stale slot) is not taken; the worker reads
 // /proc itself, as without the exec path.
@@ -180,8 +190,8 @@ func TestPrefetchOtherExecIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	time.Sleep(50 * time.Millisecond)
 	pid := int32(cmd.Process.Pid)
+	waitExeced(t, pid, "/bin/sleep")
 	rec := &recorder{}
 	m := prefetchMonitor(rec)
 	old := cnproc.Event{What: cnproc.Exec, PID: pid, TGID: pid, Timestamp: 1}

@@ -42,10 +42,17 @@ try() { # try WHAT CMD...: run CMD, log its output, say what failed
     return 1
   fi
 }
+# The host pins only the root key; the release key reaches it in a keyring the
+# root signs, published to the fleet (a rotation is a new keyring: docs/update.md).
+# The serial is the time, so each run's keyring is newer than the last.
 update_section=""
-if { [ -f "$rel/release.key" ] || try "vigil-sign keygen" ./bin/vigil-sign keygen -W -p "$rel/release.pub" -s "$rel/release.key"; } &&
-   try "vigil-sign trust" ./bin/vigil-sign trust -k 1 --out "$rel/trust.json" "$rel/release.pub"; then
-  update_section="update: {trust_file: $rel/trust.json}"
+if { [ -f "$rel/root.key" ] || try "vigil-sign keygen (root)" ./bin/vigil-sign keygen -W -p "$rel/root.pub" -s "$rel/root.key"; } &&
+   { [ -f "$rel/release.key" ] || try "vigil-sign keygen" ./bin/vigil-sign keygen -W -p "$rel/release.pub" -s "$rel/release.key"; } &&
+   try "vigil-sign trust (roots)" ./bin/vigil-sign trust -k 1 --out "$rel/roots.json" "$rel/root.pub" &&
+   try "vigil-sign keyring create" ./bin/vigil-sign keyring create --serial "$(date +%s)" --expires 720h "$rel/keyring.json" "$rel/release.pub" &&
+   try "vigil-sign keyring sign" ./bin/vigil-sign keyring sign -s "$rel/root.key" "$rel/keyring.json" &&
+   try "vigilctl keyring publish" ./bin/vigilctl keyring publish "$rel/keyring.json"; then
+  update_section="update: {roots_file: $rel/roots.json, keyring_file: $rel/keyring.json}"
 fi
 
 plugins="  - {name: example, path: $top/bin/vigil-example, config: {interval: 10s}}"
@@ -124,6 +131,7 @@ Vigil is running: vigil-server (embedded etcd, API on https://127.0.0.1:8443) an
             ./bin/vigilctl config history --scope fleet
   vulns:    ./bin/vigilctl vuln top; ./bin/vigilctl vuln host $(hostname -s 2>/dev/null || echo dev)
   release:  ./bin/vigilctl release ls; ./bin/vigilctl rollout status example --watch   (docs/update.md)
+  keys:     ./bin/vigilctl keyring show; ./bin/vigilctl keyring history   (release keyring, docs/releases.md)
   logs:     run/host.log  run/server.log  run/release/release.log
 Ctrl-C stops it.
 MSG

@@ -69,8 +69,14 @@ type Document struct {
 
 // Registration is the value of a host's registration key.
 type Registration struct {
-	Host      string            `json:"host"`
-	Version   string            `json:"version"`
+	Host    string `json:"host"`
+	Version string `json:"version"`
+	// OS and Arch are the host's platform (runtime.GOOS and GOARCH of
+	// vigil-host): rollout set counts the hosts it targets by platform and
+	// warns about those a version is not published for. Empty from agents
+	// older than the field (an unknown platform).
+	OS        string            `json:"os,omitempty"`
+	Arch      string            `json:"arch,omitempty"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	StartedAt time.Time         `json:"started_at"`
 	UpdatedAt time.Time         `json:"updated_at"`

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"time"
 
@@ -300,6 +301,8 @@ func (l *Loop) registrationValue() *api.Registration {
 	return &api.Registration{
 		Host:       l.cfg.Host,
 		Version:    l.cfg.Version,
+		OS:         runtime.GOOS,
+		Arch:       runtime.GOARCH,
 		Labels:     l.cfg.Labels,
 		StartedAt:  l.startedAt.UTC(),
 		UpdatedAt:  l.clock.Now().UTC(),
@@ -332,7 +335,7 @@ func sameReport(a, b *api.Registration) bool {
 	if a == nil || b == nil {
 		return false
 	}
-	return a.Applied == b.Applied && a.Stopped == b.Stopped &&
+	return a.Applied == b.Applied && a.Stopped == b.Stopped && a.OS == b.OS && a.Arch == b.Arch &&
 		slices.Equal(a.Tasks, b.Tasks) && maps.Equal(a.Plugins, b.Plugins) &&
 		(a.HostUpdate == nil) == (b.HostUpdate == nil) && (a.HostUpdate == nil || *a.HostUpdate == *b.HostUpdate) &&
 		(a.Keyring == nil) == (b.Keyring == nil) && (a.Keyring == nil || *a.Keyring == *b.Keyring)

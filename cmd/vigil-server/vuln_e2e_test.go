@@ -19,6 +19,7 @@ import (
 	"github.com/vigil-hids/vigil/host/config"
 	"github.com/vigil-hids/vigil/host/control"
 	"github.com/vigil-hids/vigil/host/logging"
+	"github.com/vigil-hids/vigil/host/vulnreport"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/plugins/catalog"
 	"github.com/vigil-hids/vigil/server"
@@ -161,13 +162,24 @@ func TestVulnEndToEnd(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "vuln-e2e-1") || !strings.Contains(out, "3.0.11-1~deb12u2") || !strings.Contains(out, "3.0.13-1~deb12u1") {
 		t.Fatalf("vuln hosts (text): exit %d\n%s", code, out)
 	}
-	if st, ok := h1.VulnReport(); !ok || st.Uploads != 1 {
+	// The server indexes a report before the host's reporter has its
+	// answer and counts it: wait for the reporter to finish its report.
+	reported := func(a *agent.Agent) vulnreport.Stats {
+		t.Helper()
+		var st vulnreport.Stats
+		waitUntil("the reporter's report done", func() bool {
+			st, _ = a.VulnReport()
+			return !st.LastReported.IsZero()
+		})
+		return st
+	}
+	if st := reported(h1); st.Uploads != 1 {
 		t.Fatalf("first host's reporter: %+v", st)
 	}
 
 	h2 := startHost("vuln-e2e-2")
 	waitUntil("vuln-e2e-2 in `vuln hosts CVE-2024-0727`", func() bool { return exposed("vuln-e2e-2") })
-	if st, _ := h2.VulnReport(); st.Uploads != 0 || st.DigestsSent == 0 {
+	if st := reported(h2); st.Uploads != 0 || st.DigestsSent == 0 {
 		t.Fatalf("second host uploaded its inventory: %+v", st)
 	}
 	vs := s.Vuln().Stats()

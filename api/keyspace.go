@@ -114,3 +114,14 @@ func (k Keyspace) Servers() string { return k.Prefix + "/servers/" }
 
 // Election is the prefix of the server leader election.
 func (k Keyspace) Election() string { return k.Prefix + "/election/" }
+
+// RemovedReleases is the prefix of the records of removed releases
+// (vigilctl release rm): who removed which manifest, when and why. It is
+// not under Releases(), which hosts read.
+func (k Keyspace) RemovedReleases() string { return k.Prefix + "/releases-removed/" }
+
+// RemovedRelease is the key of the removal record of one platform of a
+// version: /hids/releases-removed/{plugin}/{version}/{os}/{arch}.
+func (k Keyspace) RemovedRelease(plugin, version, os, arch string) string {
+	return k.RemovedReleases() + plugin + "/" + version + "/" + os + "/" + arch
+}

@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"time"
 )
 
 // DefaultMaxBytes is the default cap on one artifact (Config.MaxBytes).
@@ -71,6 +73,11 @@ type Store struct {
 	dir string
 	max int64
 	log *slog.Logger
+	// mu orders Put's reuse of a stored artifact (which renews its mtime)
+	// against Collect's age check and removal of the same file (gc.go).
+	mu sync.Mutex
+	// gcMu runs one Collect at a time.
+	gcMu sync.Mutex
 }
 
 // Open creates the directories if needed and removes temporary files a
@@ -156,7 +163,7 @@ func (s *Store) Put(r io.Reader, sha string, length int64) (Info, error) {
 	if length > s.max {
 		return Info{}, fmt.Errorf("%w: %d bytes, over the cap of %d (artifact-max-bytes)", ErrTooLarge, length, s.max)
 	}
-	if in, err := s.Stat(sha); err == nil {
+	if in, err := s.reuse(sha); err == nil {
 		if in.Length != length {
 			// Two lengths for one sha256 cannot both be right; the stored
 			// one was checked when written.
@@ -197,6 +204,23 @@ func (s *Store) Put(r io.Reader, sha string, length int64) (Info, error) {
 	}
 	s.log.Info("artifact stored", "sha256", sha, "length", length)
 	return Info{SHA256: sha, Length: length, Created: true}, nil
+}
+
+// reuse stats a stored artifact and renews its modification time, so that
+// Collect, which removes only unnamed artifacts older than its grace
+// period, does not remove it while the manifest naming it is written.
+func (s *Store) reuse(sha string) (Info, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in, err := s.Stat(sha)
+	if err != nil {
+		return in, err
+	}
+	now := time.Now()
+	if err := os.Chtimes(s.Path(sha), now, now); err != nil {
+		return Info{}, fmt.Errorf("artifacts: renewing sha256:%s: %w", sha, err)
+	}
+	return in, nil
 }
 
 // check copies exactly length bytes of r to w and checks their sha256.

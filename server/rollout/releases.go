@@ -1,11 +1,13 @@
 // Package rollout is the server side of releases: it writes signed release
 // manifests to /hids/releases/{plugin}/{version}/{os}/{arch} exactly as they
-// were signed (one version, one manifest per platform),
-// lists them, moves a plugin's (or vigil-host's) desired version at a scope,
-// optionally for a stable percentage of hosts, through the store's
-// versioned, history-keeping writes, undoes such a move from history, and
-// aggregates what hosts report of an update. The server is a mirror: it
-// never signs, and hosts verify every manifest and binary themselves.
+// were signed (one version, one manifest per platform), lists them,
+// removes them (keeping a record of who, when, why and what; remove.go)
+// and collects the artifacts no manifest names, moves a plugin's (or
+// vigil-host's) desired version at a scope, optionally for a stable
+// percentage of hosts, through the store's versioned, history-keeping
+// writes, undoes such a move from history, and aggregates what hosts
+// report of an update. The server is a mirror: it never signs, and hosts
+// verify every manifest and binary themselves.
 package rollout
 
 import (
@@ -77,8 +79,9 @@ type Release struct {
 	Signers []string `json:"signers"`
 	// Revision is the etcd mod revision of the release key.
 	Revision int64 `json:"revision"`
-	// Result says what Publish did: "created", "unchanged", or "updated"
-	// (the same manifest with signatures added).
+	// Result says what Publish did: "created", "unchanged", "updated"
+	// (the same manifest with signatures added), or "restored" (a removed
+	// release published again with the manifest that was removed).
 	Result string `json:"result,omitempty"`
 }
 
@@ -98,25 +101,41 @@ func releaseOf(s signing.SignedManifest, rev int64) Release {
 // manifest with more signatures (a second key signed after the first
 // publish) replaces it; anything else under an existing version and
 // platform is ErrReleaseExists. Another platform of a published version is
-// a publish like any other. The artifact must be stored before: a host
+// a publish like any other. A removed release (Remove) is published again
+// ("restored") only with the manifest that was removed: a version names one
+// binary per platform forever. The artifact must be stored before: a host
 // that sees the key may download at once.
 func (s *Service) Publish(ctx context.Context, raw []byte, sm signing.SignedManifest) (Release, error) {
 	key := s.keyOf(sm.Manifest)
 	if err := s.ownArtifact(ctx, sm.Manifest); err != nil {
 		return Release{}, err
 	}
+	recKey := s.ks.RemovedRelease(sm.Manifest.Plugin, sm.Manifest.Version, sm.Manifest.OS, sm.Manifest.Arch)
 	for attempt := 0; attempt < 5; attempt++ {
-		resp, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, string(raw))).
-			Else(clientv3.OpGet(key)).
-			Commit()
+		// A removed release (remove.go) is published again only with the
+		// manifest that was removed, which deletes the removal record.
+		rm, recRev, err := s.removal(ctx, sm.Manifest)
+		if err != nil {
+			return Release{}, err
+		}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+			clientv3.Compare(clientv3.ModRevision(recKey), "=", recRev)}
+		ops := []clientv3.Op{clientv3.OpPut(key, string(raw))}
+		result := "created"
+		if rm != nil {
+			if err := restorable(rm, sm); err != nil {
+				return Release{}, err
+			}
+			ops = append(ops, clientv3.OpDelete(recKey))
+			result = "restored"
+		}
+		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(key)).Commit()
 		if err != nil {
 			return Release{}, fmt.Errorf("writing %s: %w", key, err)
 		}
 		if resp.Succeeded {
 			r := releaseOf(sm, resp.Header.Revision)
-			r.Result = "created"
+			r.Result = result
 			return r, nil
 		}
 		kvs := resp.Responses[0].GetResponseRange().GetKvs()
@@ -161,7 +180,11 @@ func (s *Service) CanPublish(ctx context.Context, raw []byte, sm signing.SignedM
 		return fmt.Errorf("reading %s: %w", key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil
+		rm, _, err := s.removal(ctx, sm.Manifest)
+		if err != nil || rm == nil {
+			return err
+		}
+		return restorable(rm, sm)
 	}
 	_, err = compare(resp.Kvs[0].Value, raw, sm)
 	return err

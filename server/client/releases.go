@@ -11,9 +11,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/artifacts"
 	"github.com/vigil-hids/vigil/server/httpapi"
 	"github.com/vigil-hids/vigil/server/rollout"
 	"github.com/vigil-hids/vigil/signing"
@@ -169,4 +172,39 @@ func (c *Client) RolloutUndo(ctx context.Context, scope api.Scope, plugin, comme
 func (c *Client) RolloutStatus(ctx context.Context, scope api.Scope, plugin string) (rollout.Status, error) {
 	var out rollout.Status
 	return out, c.do(ctx, "GET", "/v1/rollouts/"+url.PathEscape(plugin)+"/status", scopeQ(scope), nil, &out)
+}
+
+// RemoveRelease removes a published release: the platform os/arch of
+// version, or every platform of it when os and arch are empty. comment
+// says why; it is kept in the removal record.
+func (c *Client) RemoveRelease(ctx context.Context, plugin, version, os, arch, comment string) (httpapi.RemoveResult, error) {
+	var out httpapi.RemoveResult
+	q := url.Values{"comment": {comment}}
+	if os != "" || arch != "" {
+		q.Set("os", os)
+		q.Set("arch", arch)
+	}
+	return out, c.do(ctx, "DELETE", "/v1/releases/"+url.PathEscape(plugin)+"/"+url.PathEscape(version), q, nil, &out)
+}
+
+// RemovedReleases lists the removal records of plugin ("" for all).
+func (c *Client) RemovedReleases(ctx context.Context, plugin string) ([]rollout.Removal, error) {
+	var out httpapi.RemoveResult
+	q := url.Values{}
+	if plugin != "" {
+		q.Set("plugin", plugin)
+	}
+	return out.Removed, c.do(ctx, "GET", "/v1/releases-removed", q, nil, &out)
+}
+
+// CollectArtifacts removes from the answering replica's artifact store the
+// artifacts no manifest names that are older than grace (zero: the
+// server's default); with dryRun it only reports them.
+func (c *Client) CollectArtifacts(ctx context.Context, grace time.Duration, dryRun bool) (artifacts.GCReport, error) {
+	var out artifacts.GCReport
+	q := url.Values{"dry_run": {strconv.FormatBool(dryRun)}}
+	if grace != 0 {
+		q.Set("grace", grace.String())
+	}
+	return out, c.do(ctx, "POST", "/v1/artifacts/gc", q, nil, &out)
 }

@@ -59,6 +59,7 @@ func (h *handler) releaseRoutes() {
 	h.mux.HandleFunc("POST /v1/rollouts/{plugin}", h.rolloutSet)
 	h.mux.HandleFunc("POST /v1/rollouts/{plugin}/undo", h.rolloutUndo)
 	h.mux.HandleFunc("GET /v1/rollouts/{plugin}/status", h.rolloutStatus)
+	h.removeRoutes()
 }
 
 // allowRelease checks a release action; key names what is touched.
@@ -77,7 +78,7 @@ func (h *handler) failRelease(w http.ResponseWriter, r *http.Request, err error)
 	case errors.Is(err, artifacts.ErrMismatch), errors.Is(err, artifacts.ErrInvalidDigest),
 		errors.Is(err, rollout.ErrInvalid), errors.Is(err, rollout.ErrNothingToUndo), isSigning(err):
 		code, status = "invalid", http.StatusBadRequest
-	case errors.Is(err, rollout.ErrReleaseExists):
+	case errors.Is(err, rollout.ErrReleaseExists), errors.Is(err, rollout.ErrInUse):
 		code, status = "conflict", http.StatusConflict
 	case errors.Is(err, artifacts.ErrNotFound), errors.Is(err, rollout.ErrNoRelease):
 		code, status = "not_found", http.StatusNotFound

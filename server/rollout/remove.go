@@ -20,7 +20,7 @@ import (
 
 // ErrInUse: a desired-state document still asks for the release that is
 // to be removed; move the scopes off it first.
-var ErrInUse = errors.New("rollout: release still asked for by desired state")
+var ErrInUse = errors.New("rollout: release in use")
 
 // RemoveRequest removes a published release: one platform of a version,
 // or every platform of it when OS and Arch are empty.
@@ -109,8 +109,12 @@ func (s *Service) Remove(ctx context.Context, req RemoveRequest) ([]Removal, err
 			return nil, err
 		}
 		if len(users) > 0 {
-			return nil, fmt.Errorf("%w: %s is still asked for by %d desired-state document(s): %s; move them off it first (vigilctl rollout set %s VERSION --scope SCOPE), then remove it",
-				ErrInUse, req.Plugin+" "+req.Version, len(users), strings.Join(users, "; "), req.Plugin)
+			docs := "desired-state document"
+			if len(users) > 1 {
+				docs = fmt.Sprintf("%d desired-state documents", len(users))
+			}
+			return nil, fmt.Errorf("%w: %s is still asked for by the %s %s; move them off it first (vigilctl rollout set %s VERSION --scope SCOPE), then remove it",
+				ErrInUse, req.Plugin+" "+req.Version, docs, strings.Join(users, "; "), req.Plugin)
 		}
 		now := time.Now().UTC()
 		cmps := []clientv3.Cmp{

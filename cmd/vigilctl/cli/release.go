@@ -22,7 +22,7 @@ func (g *globals) releaseCmds() []*cobra.Command {
 }
 
 func (g *globals) releaseCmd() *cobra.Command {
-	c := &cobra.Command{Use: "release", Short: "Signed releases: publish a bundle, list what is published"}
+	c := &cobra.Command{Use: "release", Short: "Signed releases: publish a bundle, list what is published, remove a release, collect unused artifacts"}
 	var timeout time.Duration
 	publish := &cobra.Command{
 		Use:   "publish BUNDLE_DIR",
@@ -63,8 +63,9 @@ verify the signatures themselves; the server is only a mirror.`,
 	}
 	publish.Flags().DurationVar(&timeout, "upload-timeout", 10*time.Minute, "bound on the whole upload")
 
+	var removed bool
 	ls := &cobra.Command{
-		Use: "ls [PLUGIN]", Short: "List published releases, one row per platform", Args: cobra.MaximumNArgs(1),
+		Use: "ls [PLUGIN]", Short: "List published releases, one row per platform (--removed: the removed ones)", Args: cobra.MaximumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			plugin := ""
 			if len(args) == 1 {
@@ -75,6 +76,9 @@ verify the signatures themselves; the server is only a mirror.`,
 				return err
 			}
 			defer cl.Close()
+			if removed {
+				return g.listRemoved(c, cl, plugin)
+			}
 			rs, err := cl.Releases(g.ctx(c), plugin)
 			if err != nil {
 				return err
@@ -98,7 +102,8 @@ verify the signatures themselves; the server is only a mirror.`,
 			})
 		},
 	}
-	c.AddCommand(publish, ls)
+	ls.Flags().BoolVar(&removed, "removed", false, "list the removed releases (release rm): who removed them, when and why")
+	c.AddCommand(publish, ls, g.releaseRmCmd(), g.releaseGCCmd())
 	return c
 }
 

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-semver/semver"
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/server/registry"
 	"github.com/vigil-hids/vigil/server/store"
 )
 
@@ -24,7 +26,24 @@ type SetRequest struct {
 	Percent int    `json:"percent,omitempty"`
 	Author  string `json:"-"`
 	Comment string `json:"comment,omitempty"`
+	// RequirePlatforms refuses the write (ErrUnpublishedPlatform) when
+	// hosts it targets run a platform the version is not published for;
+	// without it they are only named in SetResult.Warnings.
+	RequirePlatforms bool `json:"require_platforms,omitempty"`
 }
+
+// UndoRequest restores a release's previous desired version at one scope.
+type UndoRequest struct {
+	Scope            api.Scope
+	Plugin           string
+	Author           string
+	Comment          string
+	RequirePlatforms bool
+}
+
+// ErrUnpublishedPlatform: with RequirePlatforms, registered hosts the
+// version targets run a platform it is not published for.
+var ErrUnpublishedPlatform = fmt.Errorf("%w: hosts the version targets run a platform it is not published for", ErrInvalid)
 
 // SetResult is what a rollout write produced.
 type SetResult struct {
@@ -40,6 +59,52 @@ type SetResult struct {
 	// Platforms are the platforms ("os/arch") Version is published for
 	// when it was written: hosts of any other platform report it failed.
 	Platforms []string `json:"platforms,omitempty"`
+	// HostPlatforms counts the registered hosts of the scope that Version
+	// targets (with a percentage, those in it) by platform: "os/arch", or
+	// "unknown" for agents that do not report theirs (never warned about).
+	// Hosts that are offline, and hosts a narrower scope's document asks
+	// for another version, are not told apart.
+	HostPlatforms map[string]int64 `json:"host_platforms,omitempty"`
+	// Warnings name the targeted hosts of each platform Version is not
+	// published for: they report the update failed until it is.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// checkPlatforms counts the hosts of scope that version of release
+// reaches (all, or those of a percent in 1..99) by platform, and words a
+// warning for each platform among them that version is not published
+// for. With strict, such a platform is an ErrUnpublishedPlatform.
+func (s *Service) checkPlatforms(ctx context.Context, scope api.Scope, release, version string, percent int, published []string, strict bool) (map[string]int64, []string, error) {
+	hosts, err := s.hostPlatforms(ctx, scope, release, percent)
+	if err != nil {
+		return nil, nil, err
+	}
+	var missing []string
+	for p := range hosts {
+		if p != registry.UnknownPlatform && !slices.Contains(published, p) {
+			missing = append(missing, p)
+		}
+	}
+	slices.Sort(missing)
+	in := "in scope " + scope.String()
+	if percent > 0 && percent < 100 {
+		in = fmt.Sprintf("in the %d%% rollout of scope %s", percent, scope)
+	}
+	var warnings []string
+	for _, p := range missing {
+		n, verb, they := hosts[p], "run", "they"
+		noun := "hosts"
+		if n == 1 {
+			noun, verb, they = "host", "runs", "it"
+		}
+		warnings = append(warnings, fmt.Sprintf("%d %s %s %s %s, which %s %s is not published for; %s will report failed until it is",
+			n, noun, in, verb, p, release, version, they))
+	}
+	if strict && len(warnings) > 0 {
+		return hosts, warnings, fmt.Errorf("%w: %s (publish %s %s for %s first, or leave out the platform requirement)",
+			ErrUnpublishedPlatform, strings.Join(warnings, "; "), release, version, strings.Join(missing, ", "))
+	}
+	return hosts, warnings, nil
 }
 
 // pair is one release's desired version and rollout in a state.
@@ -136,7 +201,9 @@ func checkVersion(v string) error {
 // scope's hosts are asked to run now (or, when that is itself a partial
 // rollout, its From), so the hosts outside the percentage stay where they
 // are. A version that is not published (on any platform) is refused; the
-// result names the platforms it is published for.
+// result names the platforms it is published for, counts the registered
+// hosts it targets by platform, and warns about those of a platform it is
+// not published for (refused instead with r.RequirePlatforms).
 func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 	if err := checkRelease(r.Plugin); err != nil {
 		return SetResult{}, err
@@ -148,6 +215,10 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 		return SetResult{}, fmt.Errorf("%w: percent must be between 1 and 100 (got %d)", ErrInvalid, r.Percent)
 	}
 	platforms, err := s.published(ctx, r.Plugin, r.Version)
+	if err != nil {
+		return SetResult{}, err
+	}
+	hosts, warnings, err := s.checkPlatforms(ctx, r.Scope, r.Plugin, r.Version, r.Percent, platforms, r.RequirePlatforms)
 	if err != nil {
 		return SetResult{}, err
 	}
@@ -207,7 +278,8 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 		res, err = s.st.Set(ctx, store.Write{Scope: r.Scope, State: st, Author: r.Author, Comment: comment, IfRevision: &cur.Revision})
 		if err == nil {
 			return SetResult{Result: res, Plugin: r.Plugin, Version: next.Version, Rollout: next.Rollout,
-				Previous: prev.Version, PreviousRollout: prev.Rollout, Comment: comment, Platforms: platforms}, nil
+				Previous: prev.Version, PreviousRollout: prev.Rollout, Comment: comment, Platforms: platforms,
+				HostPlatforms: hosts, Warnings: warnings}, nil
 		}
 		if !errors.Is(err, store.ErrConflict) {
 			return SetResult{}, err
@@ -222,6 +294,14 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 // that pair changes; the rest of the current document stays. It is a new
 // versioned write, so a second undo returns to where the first started.
 func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, comment string) (SetResult, error) {
+	return s.UndoWith(ctx, UndoRequest{Scope: scope, Plugin: plugin, Author: author, Comment: comment})
+}
+
+// UndoWith is Undo; with r.RequirePlatforms it is refused
+// (ErrUnpublishedPlatform) when hosts the restored version targets run a
+// platform it is not published for, as Set's.
+func (s *Service) UndoWith(ctx context.Context, r UndoRequest) (SetResult, error) {
+	scope, plugin, author, comment := r.Scope, r.Plugin, r.Author, r.Comment
 	if err := checkRelease(plugin); err != nil {
 		return SetResult{}, err
 	}
@@ -254,7 +334,8 @@ func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, com
 		if prev == nil {
 			return SetResult{}, fmt.Errorf("%w: the history of %s has no earlier %s version than %s", ErrNothingToUndo, scope, plugin, now)
 		}
-		var subst, platforms []string
+		var subst, platforms, warnings []string
+		var hosts map[string]int64
 		if prev.Version != "" {
 			if platforms, err = s.published(ctx, plugin, prev.Version); err != nil {
 				return SetResult{}, err
@@ -276,6 +357,13 @@ func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, com
 					return SetResult{}, err
 				}
 			}
+			percent := 0
+			if prev.Rollout != nil {
+				percent = prev.Rollout.Percent
+			}
+			if hosts, warnings, err = s.checkPlatforms(ctx, scope, plugin, prev.Version, percent, platforms, r.RequirePlatforms); err != nil {
+				return SetResult{}, err
+			}
 		}
 		msg := fmt.Sprintf("rollout undo %s: %s -> %s (as of seq %d)", plugin, now, *prev, seq)
 		if len(subst) > 0 {
@@ -290,7 +378,8 @@ func (s *Service) Undo(ctx context.Context, scope api.Scope, plugin, author, com
 		res, err = s.st.Set(ctx, store.Write{Scope: scope, State: st, Author: author, Comment: msg, IfRevision: &cur.Revision})
 		if err == nil {
 			return SetResult{Result: res, Plugin: plugin, Version: prev.Version, Rollout: prev.Rollout,
-				Previous: now.Version, PreviousRollout: now.Rollout, Comment: msg, Platforms: platforms}, nil
+				Previous: now.Version, PreviousRollout: now.Rollout, Comment: msg, Platforms: platforms,
+				HostPlatforms: hosts, Warnings: warnings}, nil
 		}
 		if !errors.Is(err, store.ErrConflict) {
 			return SetResult{}, err

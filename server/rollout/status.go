@@ -96,10 +96,33 @@ func (s *Service) Status(ctx context.Context, release string, scope api.Scope) (
 	if err != nil {
 		return Status{}, err
 	}
-	fresh := func() Status {
-		return Status{Release: release, Scope: scope.String(), Desired: want.Version, Rollout: want.Rollout,
-			Versions: map[string]int64{}, States: map[string]int64{}, Targets: map[string]int64{}, Failures: []Failure{}}
+	st := Status{Release: release, Scope: scope.String(), Desired: want.Version, Rollout: want.Rollout,
+		Versions: map[string]int64{}, States: map[string]int64{}, Targets: map[string]int64{}, Failures: []Failure{}}
+	st.AtRevision, err = s.eachHost(ctx, scope, func(name string, h registry.Host) {
+		st.Hosts++
+		if r, ok := h.Release(release); ok {
+			st.add(name, r)
+		}
+	}, func(a store.Agent) {
+		st.Hosts++
+		if r, ok := fromRegistration(a.Registration, release); ok {
+			st.add(a.Name, r)
+		}
+	})
+	if err != nil {
+		return st, err
 	}
+	st.finish()
+	return st, nil
+}
+
+// eachHost calls one of its functions for every registered host scope
+// selects: fromIndex, from the registration index when it is synced up
+// to the current revision (no etcd range read), or else fromEtcd, for each
+// registration read from etcd. It returns the revision the index
+// reflects (0 after a read from etcd). fromIndex runs under the index's
+// read lock and must not block.
+func (s *Service) eachHost(ctx context.Context, scope api.Scope, fromIndex func(name string, h registry.Host), fromEtcd func(a store.Agent)) (int64, error) {
 	sel, only := store.ForScope(scope)
 	match := func(name string, labels map[string]string) bool {
 		if only != "" {
@@ -108,38 +131,53 @@ func (s *Service) Status(ctx context.Context, release string, scope api.Scope) (
 		return sel.Matches(labels)
 	}
 	if s.x != nil && s.syncIndex(ctx) {
-		st := fresh()
+		// Each calls nothing unless the index is synced, so a refusal
+		// here leaves nothing half counted.
 		rev, err := s.x.Each(func(name string, h registry.Host) {
-			if !match(name, h.Labels) {
-				return
-			}
-			st.Hosts++
-			if r, ok := h.Release(release); ok {
-				st.add(name, r)
+			if match(name, h.Labels) {
+				fromIndex(name, h)
 			}
 		})
 		if err == nil {
-			st.AtRevision = rev
-			st.finish()
-			return st, nil
+			return rev, nil
 		}
 	}
-	st := fresh()
-	err = s.st.Each(ctx, func(a store.Agent) error {
-		if !match(a.Name, a.Labels) {
-			return nil
-		}
-		st.Hosts++
-		if r, ok := fromRegistration(a.Registration, release); ok {
-			st.add(a.Name, r)
+	err := s.st.Each(ctx, func(a store.Agent) error {
+		if match(a.Name, a.Labels) {
+			fromEtcd(a)
 		}
 		return nil
 	})
 	if err != nil {
-		return st, fmt.Errorf("reading registrations: %w", err)
+		return 0, fmt.Errorf("reading registrations: %w", err)
 	}
-	st.finish()
-	return st, nil
+	return 0, nil
+}
+
+// hostPlatforms counts the registered hosts of scope a version of release
+// reaches, by platform ("os/arch", registry.UnknownPlatform for agents
+// that do not report theirs): every host the scope selects, or with
+// percent in 1..99 those whose stable bucket is below it.
+func (s *Service) hostPlatforms(ctx context.Context, scope api.Scope, release string, percent int) (map[string]int64, error) {
+	partial := percent > 0 && percent < 100
+	n := map[registry.Platform]int64{}
+	_, err := s.eachHost(ctx, scope, func(name string, h registry.Host) {
+		if !partial || api.RolloutBucket(name, release) < percent {
+			n[h.Platform()]++
+		}
+	}, func(a store.Agent) {
+		if !partial || api.RolloutBucket(a.Name, release) < percent {
+			n[registry.Platform{OS: a.OS, Arch: a.Arch}]++
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(n))
+	for p, c := range n {
+		out[p.String()] += c
+	}
+	return out, nil
 }
 
 // syncIndex waits (briefly) until the index reflects the current etcd

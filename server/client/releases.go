@@ -158,12 +158,17 @@ func (c *Client) RolloutSet(ctx context.Context, scope api.Scope, plugin string,
 	return out, c.do(ctx, "POST", "/v1/rollouts/"+url.PathEscape(plugin), scopeQ(scope), body, &out)
 }
 
-// RolloutUndo restores plugin's previous desired version at scope.
-func (c *Client) RolloutUndo(ctx context.Context, scope api.Scope, plugin, comment string) (rollout.SetResult, error) {
+// RolloutUndo restores plugin's previous desired version at scope. With
+// requirePlatforms it is refused when hosts the restored version targets
+// run a platform it is not published for (otherwise the answer warns).
+func (c *Client) RolloutUndo(ctx context.Context, scope api.Scope, plugin, comment string, requirePlatforms bool) (rollout.SetResult, error) {
 	var out rollout.SetResult
 	q := scopeQ(scope)
 	if comment != "" {
 		q.Set("comment", comment)
+	}
+	if requirePlatforms {
+		q.Set("require_platforms", "true")
 	}
 	return out, c.do(ctx, "POST", "/v1/rollouts/"+url.PathEscape(plugin)+"/undo", q, nil, &out)
 }

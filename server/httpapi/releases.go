@@ -255,6 +255,10 @@ type RolloutRequest struct {
 	// Percent is 1..100; 0 means 100.
 	Percent int    `json:"percent,omitempty"`
 	Comment string `json:"comment,omitempty"`
+	// RequirePlatforms refuses the rollout (400) when registered hosts it
+	// targets run a platform the version is not published for; without
+	// it they are named in the answer's warnings.
+	RequirePlatforms bool `json:"require_platforms,omitempty"`
 }
 
 func (h *handler) rolloutSet(w http.ResponseWriter, r *http.Request) {
@@ -275,7 +279,7 @@ func (h *handler) rolloutSet(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := h.opts.Releases.Rollout.Set(r.Context(), rollout.SetRequest{Scope: sc, Plugin: r.PathValue("plugin"),
-		Version: req.Version, Percent: req.Percent, Author: id.Name, Comment: req.Comment})
+		Version: req.Version, Percent: req.Percent, Author: id.Name, Comment: req.Comment, RequirePlatforms: req.RequirePlatforms})
 	if err != nil {
 		h.failRelease(w, r, err)
 		return
@@ -295,7 +299,13 @@ func (h *handler) rolloutUndo(w http.ResponseWriter, r *http.Request) {
 		h.failRelease(w, r, err)
 		return
 	}
-	res, err := h.opts.Releases.Rollout.Undo(r.Context(), sc, r.PathValue("plugin"), id.Name, r.URL.Query().Get("comment"))
+	strict, err := requirePlatformsParam(r)
+	if err != nil {
+		h.failRelease(w, r, err)
+		return
+	}
+	res, err := h.opts.Releases.Rollout.UndoWith(r.Context(), rollout.UndoRequest{Scope: sc, Plugin: r.PathValue("plugin"),
+		Author: id.Name, Comment: r.URL.Query().Get("comment"), RequirePlatforms: strict})
 	if err != nil {
 		h.failRelease(w, r, err)
 		return
@@ -303,6 +313,18 @@ func (h *handler) rolloutUndo(w http.ResponseWriter, r *http.Request) {
 	h.opts.Logger.Info("rollout undone", "component", "httpapi", "scope", sc.String(), "plugin", res.Plugin,
 		"version", res.Version, "seq", res.Seq, "revision", res.Revision, "author", id.Name)
 	writeJSON(w, http.StatusOK, res)
+}
+
+// requirePlatformsParam reads the undo route's require_platforms=true|false.
+func requirePlatformsParam(r *http.Request) (bool, error) {
+	switch v := r.URL.Query().Get("require_platforms"); v {
+	case "", "false":
+		return false, nil
+	case "true":
+		return true, nil
+	default:
+		return false, badRequest("require_platforms must be true or false (got %q)", v)
+	}
 }
 
 func (h *handler) rolloutStatus(w http.ResponseWriter, r *http.Request) {

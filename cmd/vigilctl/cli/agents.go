@@ -58,7 +58,7 @@ func (g *globals) agentsCmd() *cobra.Command {
 				if withCell {
 					fmt.Fprint(tw, "CELL\t")
 				}
-				fmt.Fprintln(tw, "NAME\tVERSION\tLABELS\tAPPLIED\tSTOPPED\tUPDATED\tNOTE")
+				fmt.Fprintln(tw, "NAME\tVERSION\tPLATFORM\tLABELS\tAPPLIED\tSTOPPED\tUPDATED\tNOTE")
 				for i, a := range as {
 					if withCell {
 						fmt.Fprintf(tw, "%s\t", cas[i].Cell)
@@ -70,7 +70,7 @@ func (g *globals) agentsCmd() *cobra.Command {
 					if a.Mismatch != "" {
 						note = "MISMATCH: " + a.Mismatch
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%t\t%s\t%s\n", a.Name, a.Version, joinLabels(a.Labels),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%t\t%s\t%s\n", a.Name, a.Version, platform(a.Registration), joinLabels(a.Labels),
 						a.Applied.Revision, a.Stopped, a.UpdatedAt.Format(time.RFC3339), note)
 				}
 				_ = tw.Flush()
@@ -124,6 +124,15 @@ func (g *globals) agentsCmd() *cobra.Command {
 	count.Flags().StringVar(&by, "by", "", "group the count by this label")
 	c.AddCommand(ls, count)
 	return c
+}
+
+// platform is a registration's "os/arch", "-" from an agent that does not
+// report it.
+func platform(r api.Registration) string {
+	if r.OS == "" || r.Arch == "" {
+		return "-"
+	}
+	return api.Platform(r.OS, r.Arch)
 }
 
 func joinLabels(m map[string]string) string {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -111,6 +113,7 @@ func (g *globals) rolloutCmd() *cobra.Command {
 	c := &cobra.Command{Use: "rollout", Short: "Move a plugin's (or vigil-host's) desired version: set, status, undo"}
 	var scope, comment string
 	var percent int
+	var requirePlatforms bool
 	set := &cobra.Command{
 		Use:   "set PLUGIN VERSION",
 		Short: "Ask the hosts of a scope to run a published version, optionally on a percentage of them",
@@ -121,7 +124,11 @@ and plugin name) is below P take it; the others keep the version the scope
 asks for now. Raising P later only adds hosts. PLUGIN vigil-host sets the
 host agent's own version. The version must be published (release ls) for
 at least one platform; the answer names the platforms it is published for,
-and hosts of any other platform report the update failed until it is.
+and hosts of any other platform report the update failed until it is: the
+registered hosts the version targets are counted by platform (the os/arch
+their agent reports; "unknown" for older agents), and each platform among
+them the version is not published for is a warning (on stderr, and in
+"warnings" in JSON). --require-platforms refuses the rollout instead.
 A version lower than the one the hosts are asked to run now must be a
 signed rollback release (1.2.0+rollback.N, vigil-sign sign --rollback);
 lowering --percent moves hosts back to the rollback release of the other
@@ -140,16 +147,19 @@ version, and is refused with the commands to make one if none exists.`,
 				return err
 			}
 			defer cl.Close()
-			res, err := cl.RolloutSet(g.ctx(c), sc, args[0], httpapi.RolloutRequest{Version: args[1], Percent: percent, Comment: comment})
+			res, err := cl.RolloutSet(g.ctx(c), sc, args[0], httpapi.RolloutRequest{Version: args[1], Percent: percent, Comment: comment,
+				RequirePlatforms: requirePlatforms})
 			if err != nil {
 				return err
 			}
+			g.warn(res.Warnings)
 			return g.emit(res, func(w io.Writer) { printSet(w, res) })
 		},
 	}
 	scopeFlag(set, &scope)
 	set.Flags().IntVar(&percent, "percent", 100, "share of the scope's hosts (1..100), picked by a stable hash")
 	set.Flags().StringVar(&comment, "comment", "", "why, recorded in history")
+	set.Flags().BoolVar(&requirePlatforms, "require-platforms", false, "refuse the rollout when hosts it targets run a platform the version is not published for (default: warn)")
 
 	undo := &cobra.Command{
 		Use:   "undo PLUGIN",
@@ -161,7 +171,9 @@ goes back to where the first started. Hosts refuse a lower version unless
 its manifest is a signed rollback, so when undo moves hosts down it writes
 the newest published rollback release of that version (1.2.0+rollback.N:
 the same binary, signed with vigil-sign sign --rollback), and without one
-it refuses and prints the commands that make one.`,
+it refuses and prints the commands that make one. Like set, it warns about
+the targeted hosts of a platform the restored version is not published for
+(--require-platforms refuses instead).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
 			sc, err := api.ParseScope(scope)
@@ -173,15 +185,17 @@ it refuses and prints the commands that make one.`,
 				return err
 			}
 			defer cl.Close()
-			res, err := cl.RolloutUndo(g.ctx(c), sc, args[0], comment)
+			res, err := cl.RolloutUndo(g.ctx(c), sc, args[0], comment, requirePlatforms)
 			if err != nil {
 				return err
 			}
+			g.warn(res.Warnings)
 			return g.emit(res, func(w io.Writer) { printSet(w, res) })
 		},
 	}
 	scopeFlag(undo, &scope)
 	undo.Flags().StringVar(&comment, "comment", "", "why, recorded in history")
+	undo.Flags().BoolVar(&requirePlatforms, "require-platforms", false, "refuse the undo when hosts it targets run a platform the restored version is not published for (default: warn)")
 
 	var watch bool
 	var interval time.Duration
@@ -244,6 +258,21 @@ func printSet(w io.Writer, res rollout.SetResult) {
 	if res.Version != "" && len(res.Platforms) > 0 {
 		fmt.Fprintf(w, "%s %s is published for: %s (hosts of other platforms report it failed until it is published for theirs)\n",
 			res.Plugin, res.Version, strings.Join(res.Platforms, ", "))
+	}
+	if len(res.HostPlatforms) > 0 {
+		ps := slices.Sorted(maps.Keys(res.HostPlatforms))
+		for i, p := range ps {
+			ps[i] = fmt.Sprintf("%s %d", p, res.HostPlatforms[p])
+		}
+		fmt.Fprintf(w, "registered hosts it targets, by platform: %s\n", strings.Join(ps, ", "))
+	}
+}
+
+// warn writes each warning of an answer on stderr (with -o json too: the
+// answer's "warnings" carry them on stdout).
+func (g *globals) warn(warnings []string) {
+	for _, w := range warnings {
+		fmt.Fprintf(g.streams.Err, "warning: %s\n", w)
 	}
 }
 

@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +96,15 @@ func TestRolloutPlatformWarnings(t *testing.T) {
 	}
 	if r := f.run(t, "admin", "", "rollout", "undo", "example"); r.code != 0 || !strings.HasPrefix(r.err, "warning: 3 hosts in scope fleet run linux/arm64") {
 		t.Fatalf("undo: %+v", r)
+	}
+	// The undo route's flag is true or false, nothing else.
+	resp, err := f.httpsAs(t, "admin").Post("https://"+f.srv.Addr()+"/v1/rollouts/example/undo?require_platforms=yes", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `require_platforms must be true or false (got \"yes\")`) {
+		t.Fatalf("require_platforms=yes: %d %s", resp.StatusCode, body)
 	}
 }

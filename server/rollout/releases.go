@@ -404,15 +404,32 @@ func checkRelease(name string) error {
 // published for, reading only keys; ErrNoRelease when it is published for
 // none.
 func (s *Service) published(ctx context.Context, plugin, version string) ([]string, error) {
-	platforms, err := releasePlatforms(ctx, s.cli, s.ks, plugin, version)
+	platforms, _, err := s.publishedGuard(ctx, plugin, version)
+	return platforms, err
+}
+
+// publishedGuard is published, with the compares that hold while every
+// manifest read is unchanged: a desired-state write that names the version
+// carries them, so it cannot land after a concurrent `release rm` of it.
+func (s *Service) publishedGuard(ctx context.Context, plugin, version string) ([]string, []clientv3.Cmp, error) {
+	prefix := s.ks.ReleaseVersion(plugin, version)
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("reading %s: %w", prefix, err)
+	}
+	platforms := []string{}
+	var guards []clientv3.Cmp
+	for _, kv := range resp.Kvs {
+		if p, v, os, arch, ok := s.ks.ParseRelease(string(kv.Key)); ok && p == plugin && v == version {
+			platforms = append(platforms, api.Platform(os, arch))
+			guards = append(guards, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
+		}
 	}
 	if len(platforms) == 0 {
-		return nil, fmt.Errorf("%w: %s %s is not published on any platform (vigilctl release publish, then vigilctl release ls %s)",
+		return nil, nil, fmt.Errorf("%w: %s %s is not published on any platform (vigilctl release publish, then vigilctl release ls %s)",
 			ErrNoRelease, plugin, version, plugin)
 	}
-	return platforms, nil
+	return platforms, guards, nil
 }
 
 // releasePlatforms lists the platforms ("os/arch", sorted) a version is

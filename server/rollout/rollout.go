@@ -12,6 +12,7 @@ import (
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/server/registry"
 	"github.com/vigil-hids/vigil/server/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // SetRequest moves a release's desired version at one scope.
@@ -274,8 +275,14 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 		}
 		st := cur.Document.State
 		put(&st, r.Plugin, next)
+		// The version must still be published when the write lands (a
+		// concurrent `release rm` refuses only documents it can see).
+		var guards []clientv3.Cmp
+		if platforms, guards, err = s.publishedGuard(ctx, r.Plugin, next.Version); err != nil {
+			return SetResult{}, err
+		}
 		var res store.Result
-		res, err = s.st.Set(ctx, store.Write{Scope: r.Scope, State: st, Author: r.Author, Comment: comment, IfRevision: &cur.Revision})
+		res, err = s.st.Set(ctx, store.Write{Scope: r.Scope, State: st, Author: r.Author, Comment: comment, IfRevision: &cur.Revision, Guards: guards})
 		if err == nil {
 			return SetResult{Result: res, Plugin: r.Plugin, Version: next.Version, Rollout: next.Rollout,
 				Previous: prev.Version, PreviousRollout: prev.Rollout, Comment: comment, Platforms: platforms,
@@ -374,8 +381,14 @@ func (s *Service) UndoWith(ctx context.Context, r UndoRequest) (SetResult, error
 		}
 		st := cur.Document.State
 		put(&st, plugin, *prev)
+		var guards []clientv3.Cmp
+		if prev.Version != "" {
+			if platforms, guards, err = s.publishedGuard(ctx, plugin, prev.Version); err != nil {
+				return SetResult{}, err
+			}
+		}
 		var res store.Result
-		res, err = s.st.Set(ctx, store.Write{Scope: scope, State: st, Author: author, Comment: msg, IfRevision: &cur.Revision})
+		res, err = s.st.Set(ctx, store.Write{Scope: scope, State: st, Author: author, Comment: msg, IfRevision: &cur.Revision, Guards: guards})
 		if err == nil {
 			return SetResult{Result: res, Plugin: plugin, Version: prev.Version, Rollout: prev.Rollout,
 				Previous: now.Version, PreviousRollout: now.Rollout, Comment: msg, Platforms: platforms,

@@ -119,6 +119,10 @@ type Write struct {
 	// flip the stop flag: an emergency stop must not be blocked by a
 	// catalog that changed since the document was written).
 	SkipPluginCheck bool
+	// Guards are more compares of the write's Txn (that a release the
+	// document names is still published): when one fails, the write is
+	// ErrConflict, as when the scope changed.
+	Guards []clientv3.Cmp
 }
 
 // Result is what a successful write produced.
@@ -169,9 +173,10 @@ func (s *Store) Set(ctx context.Context, w Write) (res Result, err error) {
 	}
 	ks := s.opts.Keyspace
 	key, hkey := ks.ScopeKey(w.Scope), ks.HistoryEntry(w.Scope, doc.Seq)
+	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", base),
+		clientv3.Compare(clientv3.CreateRevision(hkey), "=", 0)}, w.Guards...)
 	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", base),
-			clientv3.Compare(clientv3.CreateRevision(hkey), "=", 0)).
+		If(cmps...).
 		Then(clientv3.OpPut(key, string(val)), clientv3.OpPut(hkey, string(val))).
 		Commit()
 	if err != nil {
@@ -181,6 +186,9 @@ func (s *Store) Set(ctx context.Context, w Write) (res Result, err error) {
 		now, gerr := s.Get(ctx, w.Scope)
 		if gerr != nil {
 			return res, fmt.Errorf("%w: %s changed while writing", ErrConflict, w.Scope)
+		}
+		if now.Revision == base && len(w.Guards) > 0 {
+			return res, fmt.Errorf("%w: what %s's new document depends on changed while writing; read it again and retry", ErrConflict, w.Scope)
 		}
 		return res, conflict(w.Scope, now)
 	}

@@ -184,6 +184,40 @@ func TestConcurrentWritersConflict(t *testing.T) {
 	}
 }
 
+// TestWriteGuards: a write whose guard no longer holds (the release it
+// names was removed after it was read) is ErrConflict and writes nothing;
+// with the guard holding it lands.
+func TestWriteGuards(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	cli := e.Client(t)
+	s := newStore(t, cli)
+	key := api.NewKeyspace("").Release("procmon", "1.2.0", "linux", "amd64")
+	put, err := cli.Put(ctx(t), key, "manifest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard := clientv3.Compare(clientv3.ModRevision(key), "=", put.Header.Revision)
+	fleet := api.Scope{Kind: api.ScopeFleet}
+	if _, err := cli.Delete(ctx(t), key); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Set(ctx(t), Write{Scope: fleet, State: api.DesiredState{LogLevel: "info"}, Author: "alice", Guards: []clientv3.Cmp{guard}})
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "depends on changed while writing") {
+		t.Fatalf("Set with a broken guard = %v", err)
+	}
+	if cur, err := s.Get(ctx(t), fleet); err != nil || cur.Revision != 0 || historyLen(t, s, fleet) != 0 {
+		t.Fatalf("a write with a broken guard left %+v (%v)", cur, err)
+	}
+	put, err = cli.Put(ctx(t), key, "manifest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard = clientv3.Compare(clientv3.ModRevision(key), "=", put.Header.Revision)
+	if _, err := s.Set(ctx(t), Write{Scope: fleet, State: api.DesiredState{LogLevel: "info"}, Author: "alice", Guards: []clientv3.Cmp{guard}}); err != nil {
+		t.Fatalf("Set with a holding guard = %v", err)
+	}
+}
+
 // register writes a fake registration, as the host loop would.
 func register(t *testing.T, cli *clientv3.Client, name string, labels map[string]string, applied int64) {
 	t.Helper()

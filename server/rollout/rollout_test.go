@@ -368,6 +368,27 @@ func TestStatusAggregatesRegistrations(t *testing.T) {
 			if err != nil || st.Hosts != 1 || st.FailureCount != 1 {
 				t.Fatalf("host scope status: %+v %v", st, err)
 			}
+
+			// Each host's target from the documents that apply to it: the
+			// fleet asks 1.1.0, which only a runs; a narrower group
+			// document moves prod to 1.2.0; nothing asks for a vigil-host
+			// version.
+			st, err = e.svc.Status(ctx(t), "procmon", api.Scope{Kind: api.ScopeFleet})
+			if err != nil || fmt.Sprint(st.Expected) != "map[1.1.0:6]" || st.OnTarget != 1 || st.Pending != 5 {
+				t.Fatalf("expected %v on target %d pending %d (%v)", st.Expected, st.OnTarget, st.Pending, err)
+			}
+			e.publish(t, "procmon", "1.2.0")
+			if _, err := e.svc.Set(ctx(t), SetRequest{Scope: api.Scope{Kind: api.ScopeGroup, Label: "env", Value: "prod"}, Plugin: "procmon", Version: "1.2.0", Author: "a"}); err != nil {
+				t.Fatal(err)
+			}
+			st, err = e.svc.Status(ctx(t), "procmon", api.Scope{Kind: api.ScopeFleet})
+			if err != nil || fmt.Sprint(st.Expected) != "map[1.1.0:2 1.2.0:4]" || st.OnTarget != 1 || st.Pending != 5 || st.Desired != "1.1.0" {
+				t.Fatalf("after the group's 1.2.0: expected %v on target %d pending %d desired %s (%v)", st.Expected, st.OnTarget, st.Pending, st.Desired, err)
+			}
+			st, err = e.svc.Status(ctx(t), api.HostReleaseName, api.Scope{Kind: api.ScopeFleet})
+			if err != nil || fmt.Sprint(st.Expected) != "map[:6]" || st.OnTarget != 0 || st.Pending != 0 {
+				t.Fatalf("vigil-host: expected %v on target %d pending %d (%v)", st.Expected, st.OnTarget, st.Pending, err)
+			}
 		})
 	}
 }

@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/server/registry"
 	"github.com/vigil-hids/vigil/server/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // MaxFailures bounds the failures Status names.
@@ -46,6 +48,18 @@ type Status struct {
 	FailureCount int64     `json:"failure_count"`
 	// AtRevision is the etcd revision the registrations were read at.
 	AtRevision int64 `json:"at_revision"`
+	// Expected counts the hosts by the version each is asked to run, as
+	// the host computes it: the narrowest document that applies to it and
+	// names a version (host, then its groups, then the fleet), and that
+	// document's rollout percentage for the host's stable bucket; "" when
+	// none asks for one (the host keeps what it runs).
+	Expected map[string]int64 `json:"expected"`
+	// OnTarget counts the hosts asked for a version that run it (installed
+	// as that release, or reporting that version); Pending those asked for
+	// a version they do not run yet, refused, failed and rolled back
+	// included.
+	OnTarget int64 `json:"on_target"`
+	Pending  int64 `json:"pending"`
 }
 
 // Failure is one host whose update did not succeed.
@@ -96,24 +110,80 @@ func (s *Service) Status(ctx context.Context, release string, scope api.Scope) (
 	if err != nil {
 		return Status{}, err
 	}
+	targetOf, err := s.targets(ctx, release)
+	if err != nil {
+		return Status{}, err
+	}
 	st := Status{Release: release, Scope: scope.String(), Desired: want.Version, Rollout: want.Rollout,
-		Versions: map[string]int64{}, States: map[string]int64{}, Targets: map[string]int64{}, Failures: []Failure{}}
+		Versions: map[string]int64{}, States: map[string]int64{}, Targets: map[string]int64{}, Failures: []Failure{},
+		Expected: map[string]int64{}}
 	st.AtRevision, err = s.eachHost(ctx, scope, func(name string, h registry.Host) {
 		st.Hosts++
-		if r, ok := h.Release(release); ok {
+		r, ok := h.Release(release)
+		if ok {
 			st.add(name, r)
 		}
+		st.expect(targetOf(name, h.Labels), r, ok)
 	}, func(a store.Agent) {
 		st.Hosts++
-		if r, ok := fromRegistration(a.Registration, release); ok {
+		r, ok := fromRegistration(a.Registration, release)
+		if ok {
 			st.add(a.Name, r)
 		}
+		st.expect(targetOf(a.Name, a.Labels), r, ok)
 	})
 	if err != nil {
 		return st, err
 	}
 	st.finish()
 	return st, nil
+}
+
+// expect counts a host asked for target, which reports r (ok) for the
+// release.
+func (st *Status) expect(target string, r registry.Release, ok bool) {
+	st.Expected[target]++
+	switch {
+	case target == "":
+	case ok && (r.State == api.UpdateInstalled && r.Target == target || r.State == "" && r.Version == target):
+		st.OnTarget++
+	default:
+		st.Pending++
+	}
+}
+
+// targets reads every desired-state document once and returns what
+// version of release a host of that name and labels is asked to run, as
+// the host computes it (api.Merge keeps the narrowest layer's version and
+// rollout; api.TargetVersion applies the rollout to the host's bucket).
+func (s *Service) targets(ctx context.Context, release string) (func(name string, labels map[string]string) string, error) {
+	prefix := s.ks.Configs()
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", prefix, err)
+	}
+	pairs := map[string]pair{}
+	for _, kv := range resp.Kvs {
+		var d api.Document
+		if err := json.Unmarshal(kv.Value, &d); err != nil {
+			return nil, fmt.Errorf("decoding %s: %w", kv.Key, err)
+		}
+		if p := get(d.State, release); p.Version != "" {
+			pairs[d.Scope] = p
+		}
+	}
+	return func(name string, labels map[string]string) string {
+		if len(pairs) == 0 {
+			return ""
+		}
+		var p pair
+		for _, sc := range api.HostScopes(name, labels) {
+			if q, ok := pairs[sc.String()]; ok {
+				p = q
+			}
+		}
+		return api.TargetVersion(name, release, p.Version, p.Rollout)
+	}, nil
 }
 
 // eachHost calls one of its functions for every registered host scope

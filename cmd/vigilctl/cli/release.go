@@ -290,6 +290,11 @@ func printStatus(w io.Writer, st rollout.Status) {
 		}
 		fmt.Fprintln(w)
 	}
+	if asked := st.Hosts - st.Expected[""]; st.Expected != nil && asked > 0 {
+		// Each host's own target: narrower documents and rollout buckets
+		// included.
+		fmt.Fprintf(w, "on target: %d of the %d hosts asked for a version, %d pending\n", st.OnTarget, asked, st.Pending)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNNING\tHOSTS")
 	for _, k := range sortedKeys(st.Versions) {

@@ -34,6 +34,9 @@ type Config struct {
 	// established connections, and the kernel's time to dump them counts
 	// against the snapshot budget.
 	SkipTimeWait bool `json:"skip_time_wait" desc:"leave TIME_WAIT and request sockets out of the TCP dump"`
+	// AllNamespaces dumps the sockets of every network namespace a
+	// process is in (containers), not only the plugin's own.
+	AllNamespaces bool `json:"all_namespaces" desc:"watch the sockets of every network namespace on the host (containers), not only the plugin's own"`
 	// LearningPeriod is how long after start listeners are learned as the
 	// baseline instead of alerting.
 	LearningPeriod sdk.Duration `json:"learning_period" vigil:"min=0s,max=720h" desc:"time after start during which listeners form the baseline"`
@@ -75,6 +78,7 @@ func DefaultConfig() *Config {
 		SnapshotBudget:       sdk.Duration(DefaultSnapshotBudget),
 		AttributionFDs:       DefaultAttributionFDs,
 		UDP:                  true,
+		AllNamespaces:        true,
 		LearningPeriod:       sdk.Duration(DefaultLearningPeriod),
 		BaselinePorts:        []int{},
 		BaselineExes:         []string{},

@@ -43,10 +43,30 @@ type dumper struct {
 	// refuseCompat, for tests, answers a TCPDIAG_GETSOCK dump as a kernel
 	// without it would.
 	refuseCompat bool
+	// nsFD, when not 0, is an open /proc/PID/ns/net: the socket is
+	// created inside that network namespace (and made again there after
+	// an error). The fd belongs to the caller.
+	nsFD int
 }
 
-func newDumper() (*dumper, error) {
-	d := &dumper{buf: make([]byte, dumpBufSize), req: make([]byte, 0, inetDiagReqLen), Timeout: 30 * time.Second}
+// newDumper opens a sock_diag socket in the calling thread's network
+// namespace (nsFD 0) or in the namespace nsFD refers to.
+//
+// mdlayher/netlink (Config.NetNS, through mdlayher/socket) creates the
+// socket on a goroutine locked to its thread: setns(nsFD, CLONE_NEWNET),
+// socket(2), setns back; if returning fails the thread is left locked so
+// the Go runtime ends it instead of reusing it in the wrong namespace. A
+// netlink socket stays in the namespace it was created in, so it is then
+// used from any goroutine.
+func newDumper(nsFD int) (*dumper, error) { return newDumperBuf(nsFD, nil) }
+
+// newDumperBuf is newDumper reading into buf (dumpBufSize bytes) when it
+// is not nil: dumpers used one after the other share one buffer.
+func newDumperBuf(nsFD int, buf []byte) (*dumper, error) {
+	if buf == nil {
+		buf = make([]byte, dumpBufSize)
+	}
+	d := &dumper{buf: buf, req: make([]byte, 0, inetDiagReqLen), Timeout: 30 * time.Second, nsFD: nsFD}
 	d.readFn = func(fd uintptr) bool {
 		d.n, d.rerr = unix.Read(int(fd), d.buf)
 		return d.rerr != unix.EAGAIN
@@ -58,7 +78,11 @@ func newDumper() (*dumper, error) {
 }
 
 func (d *dumper) dial() error {
-	c, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
+	var cfg *netlink.Config
+	if d.nsFD > 0 {
+		cfg = &netlink.Config{NetNS: d.nsFD}
+	}
+	c, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, cfg)
 	if err != nil {
 		return fmt.Errorf("dialing netlink sock_diag: %w", err)
 	}

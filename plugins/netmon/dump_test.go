@@ -48,7 +48,7 @@ func TestDumpBothFamilies(t *testing.T) {
 		}
 		defer srv.Close()
 	}
-	d, err := newDumper()
+	d, err := newDumper(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestBoundSocketNotDumped(t *testing.T) {
 		t.Fatal(err)
 	}
 	port := uint16(sa.(*unix.SockaddrInet4).Port)
-	d, err := newDumper()
+	d, err := newDumper(0)
 	if err != nil {
 		t.Fatal(err)
 	}

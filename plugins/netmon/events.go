@@ -47,4 +47,13 @@ const (
 	CounterDumpInterrupted    = "dump_interrupted"
 	CounterDumpErrors         = "dump_errors"
 	CounterProcNetFallback    = "procnet_fallback_snapshots"
+	// Network namespaces (all_namespaces): known in the last snapshot
+	// (the plugin's own included), dumped completely (others than the
+	// plugin's own, cumulative), not reached because the snapshot's budget
+	// was spent, and failures (a socket that could not be created in one,
+	// a dump that failed).
+	CounterNetNS        = "netns_last"
+	CounterNetNSDumped  = "netns_dumped"
+	CounterNetNSSkipped = "netns_skipped"
+	CounterNetNSErrors  = "netns_errors"
 )

@@ -23,6 +23,7 @@ var maxPending = 16384
 // listenerKey identifies a listening socket.
 type listenerKey struct {
 	addr   [16]byte
+	netns  uint32 // the same port in two namespaces is two listeners
 	port   uint16
 	proto  uint8
 	family uint8
@@ -38,6 +39,7 @@ type listener struct {
 // aggKey groups new outbound connections per process and remote endpoint.
 type aggKey struct {
 	remote [16]byte
+	netns  uint32
 	pid    int32
 	port   uint16
 	proto  uint8
@@ -72,6 +74,9 @@ type Stats struct {
 	Scanned     int  // processes scanned for attribution
 	Deferred    int  // processes left for a later snapshot
 	Events      int
+	NetNSDumped int // namespaces other than the plugin's own dumped completely
+	NetNSFailed int // namespaces whose dump failed
+	NetNSLeft   int // namespaces not reached (budget spent)
 }
 
 // monitor takes snapshots, diffs them against the previous one and emits
@@ -86,6 +91,14 @@ type monitor struct {
 	// noCompat: the kernel refused a TCPDIAG_GETSOCK dump, so TCP is
 	// dumped per address family.
 	noCompat bool
+	// selfNS is the plugin's own network namespace; nss the others
+	// (all_namespaces), dumped in nsOrder (by inode) after it.
+	selfNS   uint32
+	nss      map[uint32]*netNS
+	nsOrder  []uint32
+	nsListed bool
+	// nsFailed: namespaces whose dump failed in this snapshot.
+	nsFailed []uint32
 	res      *resolver
 	started  time.Time
 	first    bool
@@ -120,6 +133,7 @@ type counters struct {
 	snapshots, truncated, slowed, sockets, cpu           *sdk.Counter
 	misses, scans, fds, deferred, suppressed, unreported *sdk.Counter
 	interrupted, dumpErrors, fallback                    *sdk.Counter
+	netns, nsDumped, nsErrors, nsSkipped                 *sdk.Counter
 }
 
 func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) (*monitor, error) {
@@ -143,6 +157,8 @@ func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) 
 		wanted:        map[uint32]bool{},
 		agg:           map[aggKey]*aggVal{},
 		mode:          ModeNormal,
+		selfNS:        selfNetNS(),
+		nss:           map[uint32]*netNS{},
 	}
 	m.onListenFn = m.onListen
 	m.onConn = m.onConnection
@@ -155,11 +171,13 @@ func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) 
 		suppressed: em.Counter(CounterEventsSuppressed), unreported: em.Counter(CounterOutboundUnreported),
 		interrupted: em.Counter(CounterDumpInterrupted), dumpErrors: em.Counter(CounterDumpErrors),
 		fallback: em.Counter(CounterProcNetFallback),
+		netns:    em.Counter(CounterNetNS), nsDumped: em.Counter(CounterNetNSDumped),
+		nsErrors: em.Counter(CounterNetNSErrors), nsSkipped: em.Counter(CounterNetNSSkipped),
 	}
 	if lo, hi, ok := readPortRange(cfg.ProcRoot); ok {
 		m.ephLo, m.ephHi = lo, hi
 	}
-	d, err := newDumper()
+	d, err := newDumper(0)
 	if err != nil {
 		log.Warn("sock_diag unavailable, falling back to /proc/net", "error", err)
 	} else {
@@ -175,15 +193,19 @@ func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) 
 
 // apply switches to a new validated config.
 func (m *monitor) apply(cfg *Config) error {
-	if m.res == nil || m.cfg == nil || m.cfg.ProcRoot != cfg.ProcRoot || !equalStrings(m.cfg.Shells, cfg.Shells) {
+	if m.res == nil || m.cfg == nil || m.cfg.ProcRoot != cfg.ProcRoot || !equalStrings(m.cfg.Shells, cfg.Shells) ||
+		m.cfg.AllNamespaces != cfg.AllNamespaces {
 		if m.res != nil {
 			_ = m.res.Close()
 			m.res = nil
 		}
+		m.closeNetNS()
+		m.nsListed = false
 		r, err := newResolver(cfg.ProcRoot, cfg.Shells)
 		if err != nil {
 			return fmt.Errorf("starting process attribution: %w", err)
 		}
+		r.trackNS = cfg.AllNamespaces
 		m.res = r
 	}
 	m.cfg = cfg
@@ -212,6 +234,7 @@ func equalStrings(a, b []string) bool {
 
 // Close releases the netlink socket and the procfs handle.
 func (m *monitor) Close() {
+	m.closeNetNS()
 	if m.dump != nil {
 		_ = m.dump.Close()
 	}
@@ -267,6 +290,14 @@ func (m *monitor) snapshot() (Stats, error) {
 	m.seen.begin(m.lastComplete)
 	m.pending = m.pending[:0]
 	m.newOutbound, m.unreported, m.emitted = 0, 0, 0
+	m.nsFailed = m.nsFailed[:0]
+	if m.cfg.AllNamespaces && !m.nsListed && m.res != nil {
+		// The first snapshot finds the namespaces before it dumps; later
+		// ones use what the previous snapshot's listing found.
+		m.res.list()
+		m.syncNetNS()
+		m.nsListed = true
+	}
 
 	err := m.collect(b, &st)
 	if err != nil && !errors.Is(err, ErrBudget) {
@@ -283,12 +314,20 @@ func (m *monitor) snapshot() (Stats, error) {
 		}
 	}
 	m.lastComplete = !st.Truncated
+	if len(m.nsFailed) > 0 && !st.Truncated {
+		m.keepFailedNetNS()
+	}
 	st.Listeners = len(m.listeners)
 	st.NewOutbound = m.newOutbound
 
 	var shells []int32
 	if m.res != nil && m.cfg.AttributionFDs > 0 {
 		shells = m.attribute(b, &st)
+	} else if m.res != nil && m.cfg.AllNamespaces {
+		m.res.list()
+	}
+	if m.cfg.AllNamespaces {
+		m.syncNetNS()
 	}
 	m.report(shells, &st)
 
@@ -301,6 +340,8 @@ func (m *monitor) snapshot() (Stats, error) {
 	if st.Truncated {
 		m.c.truncated.Add(1)
 	}
+	m.c.nsDumped.Add(uint64(st.NetNSDumped))
+	m.c.nsSkipped.Add(uint64(st.NetNSLeft))
 	m.first = false
 	if errors.Is(err, ErrBudget) {
 		err = nil
@@ -311,35 +352,88 @@ func (m *monitor) snapshot() (Stats, error) {
 // collect dumps listeners, then UDP, then TCP connections, so a
 // connection's direction can be told from the listeners already seen.
 func (m *monitor) collect(b *budget, st *Stats) error {
+	m.sock.NetNS = m.selfNS
 	if m.dump == nil {
 		st.Fallback = true
 		m.c.fallback.Add(1)
 		return m.collectProcNet(st)
 	}
+	if err := m.collectNS(m.dump, b, st); err != nil {
+		st.NetNSLeft = len(m.nsOrder)
+		return err
+	}
+	for i, ino := range m.nsOrder {
+		n := m.nss[ino]
+		if n.d == nil {
+			continue // its socket could not be created: counted and logged when found
+		}
+		m.sock.NetNS = ino
+		err := m.collectNS(n.d, b, st)
+		if errors.Is(err, ErrBudget) {
+			st.NetNSLeft = len(m.nsOrder) - i
+			return err
+		}
+		if err != nil {
+			// One namespace failing does not stop the others.
+			n.fails++
+			st.NetNSFailed++
+			m.nsFailed = append(m.nsFailed, ino)
+			m.c.nsErrors.Add(1)
+			if !n.logged {
+				n.logged = true
+				m.log.Warn("dumping the sockets of a network namespace failed", "netns", ino, "container", n.container, "error", err)
+			}
+			continue
+		}
+		n.fails = 0
+		st.NetNSDumped++
+	}
+	return nil
+}
+
+// collectNS dumps one namespace through d.
+func (m *monitor) collectNS(d *dumper, b *budget, st *Stats) error {
 	conn := uint32(tcpConnMask)
 	if m.cfg.SkipTimeWait {
 		conn &^= tcpNoProcessMask
 	}
-	if err := m.dumpTCP(tcpListenMask, m.onListenFn, b, st); err != nil {
+	if err := m.dumpTCP(d, tcpListenMask, m.onListenFn, b, st); err != nil {
 		return err
 	}
 	if m.cfg.UDP {
 		for _, fam := range [...]uint8{afInet, afInet6} {
-			if _, err := m.dumpOne(fam, protoUDP, allStates, m.onUDPFn, b, st); err != nil {
+			if _, err := m.dumpOne(d, fam, protoUDP, allStates, m.onUDPFn, b, st); err != nil {
 				return err
 			}
 		}
 	}
-	return m.dumpTCP(conn, m.onConn, b, st)
+	return m.dumpTCP(d, conn, m.onConn, b, st)
+}
+
+// keepFailedNetNS keeps the listeners of the namespaces whose dump failed
+// (they are not closed: they were not seen). Their connections are not
+// forgotten either, unless the namespace failed three times in a row (so
+// a namespace that keeps failing does not keep every inode known forever).
+func (m *monitor) keepFailedNetNS() {
+	for _, ino := range m.nsFailed {
+		for k, v := range m.prevListeners {
+			if k.netns == ino {
+				m.listeners[k] = v
+			}
+		}
+		if n := m.nss[ino]; n != nil && n.fails <= 3 {
+			m.lastComplete = false
+		}
+	}
 }
 
 // dumpTCP dumps the TCP sockets in states, IPv4 and IPv6 in one dump
 // (TCPDIAG_GETSOCK: one walk of the kernel's tables instead of one per
 // family). A kernel that refuses that request is asked per family, from
 // then on.
-func (m *monitor) dumpTCP(states uint32, fn func(*Socket), b *budget, st *Stats) error {
+func (m *monitor) dumpTCP(d *dumper, states uint32, fn func(*Socket), b *budget, st *Stats) error {
 	if !m.noCompat {
-		r, err := m.dumpOne(afUnspec, protoTCP, states, fn, b, st)
+		r, err := m.dumpOne(d, afUnspec, protoTCP, states, fn, b, st)
 		if err == nil || r.sockets > 0 || !errors.Is(err, ErrDumpRefused) {
 			return err
 		}
@@ -347,15 +441,15 @@ func (m *monitor) dumpTCP(states uint32, fn func(*Socket), b *budget, st *Stats)
 		m.noCompat = true
 	}
 	for _, fam := range [...]uint8{afInet, afInet6} {
-		if _, err := m.dumpOne(fam, protoTCP, states, fn, b, st); err != nil {
+		if _, err := m.dumpOne(d, fam, protoTCP, states, fn, b, st); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (m *monitor) dumpOne(family, proto uint8, states uint32, fn func(*Socket), b *budget, st *Stats) (dumpResult, error) {
-	r, err := m.dump.dump(family, proto, states, &m.sock, fn, b.overCPU)
+func (m *monitor) dumpOne(d *dumper, family, proto uint8, states uint32, fn func(*Socket), b *budget, st *Stats) (dumpResult, error) {
+	r, err := d.dump(family, proto, states, &m.sock, fn, b.overCPU)
 	st.Sockets += r.sockets
 	if r.interrupted {
 		m.c.interrupted.Add(1)
@@ -364,7 +458,7 @@ func (m *monitor) dumpOne(family, proto uint8, states uint32, fn func(*Socket), 
 }
 
 func (m *monitor) onListen(s *Socket) {
-	k := listenerKey{addr: s.Local, port: s.LocalPort, proto: s.Proto, family: s.Family}
+	k := listenerKey{addr: s.Local, netns: s.NetNS, port: s.LocalPort, proto: s.Proto, family: s.Family}
 	if _, ok := m.listeners[k]; ok {
 		return // SO_REUSEPORT sibling
 	}
@@ -403,7 +497,7 @@ func (m *monitor) onConnection(s *Socket) {
 
 // inbound reports whether s was accepted from one of our listeners.
 func (m *monitor) inbound(s *Socket) bool {
-	k := listenerKey{addr: s.Local, port: s.LocalPort, proto: s.Proto, family: s.Family}
+	k := listenerKey{addr: s.Local, netns: s.NetNS, port: s.LocalPort, proto: s.Proto, family: s.Family}
 	if _, ok := m.listeners[k]; ok {
 		return true
 	}

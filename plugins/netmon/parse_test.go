@@ -53,7 +53,7 @@ func openFixtureSockets(t *testing.T) {
 func TestParseDiagFixtures(t *testing.T) {
 	if *update {
 		openFixtureSockets(t)
-		d, err := newDumper()
+		d, err := newDumper(0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -192,7 +192,7 @@ func TestParseProcNetFixtures(t *testing.T) {
 func TestProcNetMatchesDiag(t *testing.T) {
 	openFixtureSockets(t)
 	mine := ownSocketInodes(t)
-	d, err := newDumper()
+	d, err := newDumper(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,7 @@ func TestDumpStateMask(t *testing.T) {
 	client := uint16(c.LocalAddr().(*net.TCPAddr).Port)
 	srv.Close() // the server closes first: its end goes to TIME_WAIT
 	c.Close()
-	d, err := newDumper()
+	d, err := newDumper(0)
 	if err != nil {
 		t.Fatal(err)
 	}

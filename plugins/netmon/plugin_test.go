@@ -12,7 +12,13 @@ import (
 	"github.com/vigil-hids/vigil/sdk/sdktest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if port, ok := os.LookupEnv(nsHelperEnv); ok {
+		nsHelper(port) // a process in its own network namespace (netns_test.go)
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // TestPlugin runs netmon through the SDK's in-process harness: the real
 // protocol path, batching and wire format.

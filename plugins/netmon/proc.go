@@ -46,6 +46,19 @@ type proc struct {
 	dirty bool
 	// cursor is where a scan cut short by the budget resumes (0: none).
 	cursor int64
+	// netns is the inode of its network namespace (0: not known), read
+	// when the process is first listed and again when its fd count moves
+	// (nsAt is the fd count then), so the listing finds every namespace
+	// without a stat per process per snapshot.
+	netns uint32
+	nsAt  int64
+}
+
+// nsUse counts the processes listed in one network namespace and names
+// the last one seen there, to open the namespace through.
+type nsUse struct {
+	procs int
+	pid   int32
 }
 
 // resolver attributes socket inodes to processes; see above.
@@ -57,6 +70,9 @@ type resolver struct {
 	procs map[int32]*proc
 	owner map[uint32]int32 // inet socket inode -> pid
 	gen   uint32
+	// trackNS: learn each process's network namespace (all_namespaces).
+	trackNS bool
+	netns   map[uint32]*nsUse
 
 	dirBuf  []byte
 	fdBuf   []byte
@@ -82,6 +98,7 @@ func newResolver(root string, shells []string) (*resolver, error) {
 		shells:  map[string]bool{},
 		procs:   map[int32]*proc{},
 		owner:   map[uint32]int32{},
+		netns:   map[uint32]*nsUse{},
 		dirBuf:  make([]byte, 32<<10),
 		fdBuf:   make([]byte, 64<<10),
 		linkBuf: make([]byte, 256),
@@ -124,35 +141,7 @@ type refreshResult struct {
 // scanning when b is spent.
 func (r *resolver) refresh(isInet func(uint32) bool, wanted map[uint32]bool, b *budget) refreshResult {
 	var res refreshResult
-	r.gen++
-	r.order, r.changed = r.order[:0], r.changed[:0]
-	r.listPids(func(pid int32) {
-		p := r.procs[pid]
-		if p == nil {
-			p = &proc{fdCount: -1}
-			r.procs[pid] = p
-		}
-		p.seen = r.gen
-		n, ok := r.fdCount(pid)
-		if !ok {
-			return // gone already
-		}
-		p.size = n
-		switch {
-		case p.fdCount < 0 || p.cursor > 0: // new, or a scan to finish
-			r.order = append(r.order, pid)
-		case n != p.fdCount || p.dirty:
-			p.dirty = true
-			r.changed = append(r.changed, pid)
-		}
-	})
-	// Forget processes that are gone.
-	for pid, p := range r.procs {
-		if p.seen != r.gen {
-			r.dropInodes(pid, p)
-			delete(r.procs, pid)
-		}
-	}
+	r.list()
 	// New processes first, then changed ones, each smallest first, so a
 	// giant process does not starve the rest.
 	bySize := func(a, b int32) int { return int(r.procs[a].size - r.procs[b].size) }
@@ -178,6 +167,82 @@ func (r *resolver) refresh(isInet func(uint32) bool, wanted map[uint32]bool, b *
 		}
 	}
 	return res
+}
+
+// list lists /proc: every process's fd count, which processes are new or
+// changed (r.order, r.changed), and, with trackNS, the network namespace
+// of new and changed processes. Processes gone are forgotten.
+func (r *resolver) list() {
+	r.gen++
+	r.order, r.changed = r.order[:0], r.changed[:0]
+	r.listPids(func(pid int32) {
+		p := r.procs[pid]
+		if p == nil {
+			p = &proc{fdCount: -1, nsAt: -1}
+			r.procs[pid] = p
+		}
+		p.seen = r.gen
+		n, ok := r.fdCount(pid)
+		if !ok {
+			return // gone already
+		}
+		p.size = n
+		if r.trackNS && (p.nsAt < 0 || n != p.nsAt) {
+			r.setNetNS(pid, p, r.readNetNS(pid))
+			p.nsAt = n
+		}
+		switch {
+		case p.fdCount < 0 || p.cursor > 0: // new, or a scan to finish
+			r.order = append(r.order, pid)
+		case n != p.fdCount || p.dirty:
+			p.dirty = true
+			r.changed = append(r.changed, pid)
+		}
+	})
+	// Forget processes that are gone.
+	for pid, p := range r.procs {
+		if p.seen != r.gen {
+			r.dropInodes(pid, p)
+			r.setNetNS(pid, p, 0)
+			delete(r.procs, pid)
+		}
+	}
+}
+
+// readNetNS returns the inode of /proc/PID/ns/net (0 if unreadable).
+func (r *resolver) readNetNS(pid int32) uint32 {
+	var st unix.Stat_t
+	if err := unix.Fstatat(r.rootFD, r.path(pid, "ns/net"), &st, 0); err != nil {
+		return 0
+	}
+	return uint32(st.Ino)
+}
+
+// setNetNS records that p is in namespace ino (0: none) and keeps the
+// per-namespace counts.
+func (r *resolver) setNetNS(pid int32, p *proc, ino uint32) {
+	if p.netns == ino {
+		if u := r.netns[ino]; u != nil {
+			u.pid = pid
+		}
+		return
+	}
+	if u := r.netns[p.netns]; u != nil {
+		if u.procs--; u.procs <= 0 {
+			delete(r.netns, p.netns)
+		}
+	}
+	p.netns = ino
+	if ino == 0 {
+		return
+	}
+	u := r.netns[ino]
+	if u == nil {
+		u = &nsUse{}
+		r.netns[ino] = u
+	}
+	u.procs++
+	u.pid = pid
 }
 
 // prune forgets inodes that are no longer sockets of the snapshot (a
@@ -242,7 +307,8 @@ func (r *resolver) scan(pid int32, p *proc, isInet func(uint32) bool, wanted map
 	if p.fdCount >= 0 && start != p.start {
 		// The pid was reused by another process.
 		r.dropInodes(pid, p)
-		*p = proc{seen: p.seen, fdCount: -1}
+		r.setNetNS(pid, p, 0)
+		*p = proc{seen: p.seen, fdCount: -1, nsAt: -1}
 	}
 	p.start = start
 	n, _ := r.fdCount(pid)

@@ -71,7 +71,7 @@ func (m *monitor) reportOutbound() {
 		if m.res != nil {
 			pid, _ = m.res.lookup(s.Inode)
 		}
-		k := aggKey{remote: s.Remote, pid: pid, port: s.RemotePort, proto: s.Proto, family: s.Family}
+		k := aggKey{remote: s.Remote, netns: s.NetNS, pid: pid, port: s.RemotePort, proto: s.Proto, family: s.Family}
 		if v, ok := m.agg[k]; ok {
 			v.count++
 			continue
@@ -97,6 +97,7 @@ func (m *monitor) reportOutbound() {
 				sdk.Int("count", int64(v.count)), sdk.Int("uid", int64(s.UID)),
 				sdk.Int("pid", int64(k.pid)), sdk.String("exe", exe), sdk.String("comm", comm),
 				sdk.Bool("initial", m.first))
+			m.ev.Fields = m.nsFields(m.ev.Fields, s.NetNS)
 			m.emit()
 		}
 		if m.blocked(s) {
@@ -106,6 +107,7 @@ func (m *monitor) reportOutbound() {
 				sdk.String("remote_addr", s.RemoteAddr().String()), sdk.Int("remote_port", int64(s.RemotePort)),
 				sdk.Int("count", int64(v.count)), sdk.Int("uid", int64(s.UID)),
 				sdk.Int("pid", int64(k.pid)), sdk.String("exe", exe), sdk.String("comm", comm))
+			m.ev.Fields = m.nsFields(m.ev.Fields, s.NetNS)
 			m.emit()
 		}
 	}
@@ -137,10 +139,24 @@ func (m *monitor) emitListener(typ string, k listenerKey, l listener, comm strin
 
 func (m *monitor) listenerFields(f []sdk.Field, k listenerKey, l listener, comm string) []sdk.Field {
 	s := Socket{Local: k.addr, LocalPort: k.port, Proto: k.proto, Family: k.family}
-	return append(f,
+	f = append(f,
 		sdk.String("proto", s.ProtoName()), sdk.String("family", s.FamilyName()),
 		sdk.String("local_addr", s.LocalAddr().String()), sdk.Int("local_port", int64(k.port)),
 		sdk.Int("uid", int64(l.uid)), sdk.Int("pid", int64(l.pid)), sdk.String("exe", l.exe), sdk.String("comm", comm))
+	return m.nsFields(f, k.netns)
+}
+
+// nsFields appends the socket's network namespace (inode) and, when the
+// namespace was found through a process in a container, the container.
+func (m *monitor) nsFields(f []sdk.Field, ino uint32) []sdk.Field {
+	f = append(f, sdk.Int("netns", int64(ino)))
+	if n := m.nss[ino]; n != nil && n.container != "" {
+		f = append(f, sdk.String("container_runtime", n.runtime), sdk.String("container_id", n.container))
+		if n.pod != "" {
+			f = append(f, sdk.String("pod_uid", n.pod))
+		}
+	}
+	return f
 }
 
 func (m *monitor) alertListener(k listenerKey, l listener, comm, reason string) {
@@ -166,15 +182,17 @@ func (m *monitor) alertShell(pid int32) {
 				m.ev.Fields = append(m.ev.Fields, sdk.String("proto", s.ProtoName()),
 					sdk.String("remote_addr", s.RemoteAddr().String()), sdk.Int("remote_port", int64(s.RemotePort)),
 					sdk.String("local_addr", s.LocalAddr().String()), sdk.Int("local_port", int64(s.LocalPort)))
+				m.ev.Fields = m.nsFields(m.ev.Fields, s.NetNS)
 				m.emit()
 				return
 			}
 		}
 		for k, l := range m.listeners {
 			if l.inode == ino {
-				ls := Socket{Local: k.addr, LocalPort: k.port, Proto: k.proto, Family: k.family}
+				ls := Socket{Local: k.addr, LocalPort: k.port, Proto: k.proto, Family: k.family, NetNS: k.netns}
 				m.ev.Fields = append(m.ev.Fields, sdk.String("proto", ls.ProtoName()), sdk.Bool("listening", true),
 					sdk.String("local_addr", ls.LocalAddr().String()), sdk.Int("local_port", int64(k.port)))
+				m.ev.Fields = m.nsFields(m.ev.Fields, k.netns)
 				m.emit()
 				return
 			}

@@ -15,9 +15,10 @@ type Socket struct {
 	LocalPort, RemotePort uint16
 	Inode                 uint32 // 0 for TIME_WAIT and request sockets
 	UID                   uint32
-	Family                uint8 // unix.AF_INET or unix.AF_INET6
-	Proto                 uint8 // unix.IPPROTO_TCP or unix.IPPROTO_UDP
-	State                 uint8 // kernel TCP state numbering (UDP uses 1 and 7)
+	NetNS                 uint32 // inode of the network namespace it was dumped from
+	Family                uint8  // unix.AF_INET or unix.AF_INET6
+	Proto                 uint8  // unix.IPPROTO_TCP or unix.IPPROTO_UDP
+	State                 uint8  // kernel TCP state numbering (UDP uses 1 and 7)
 }
 
 // Address families, protocols and TCP states as the kernel numbers them.

@@ -1,0 +1,255 @@
+package netmon
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// nsHelperEnv makes the test binary run nsHelper instead of the tests: a
+// process started in a new network namespace (CLONE_NEWNET), like a
+// container's, holding a listener and an established loopback connection
+// there.
+const nsHelperEnv = "NETMON_NS_HELPER_PORT"
+
+// nsHelper brings lo up in its namespace, listens on 127.0.0.1:port (0:
+// any), connects to itself, prints "ready PORT" and holds the sockets
+// until its stdin closes.
+func nsHelper(port string) {
+	fail := func(err error) {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fail(err)
+	}
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		fail(err)
+	}
+	ifr.SetUint16(unix.IFF_UP | unix.IFF_LOOPBACK | unix.IFF_RUNNING)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		fail(fmt.Errorf("bringing lo up: %w", err))
+	}
+	_ = unix.Close(fd)
+	l, err := net.Listen("tcp4", "127.0.0.1:"+port)
+	if err != nil {
+		fail(err)
+	}
+	c, err := net.Dial("tcp4", l.Addr().String())
+	if err != nil {
+		fail(err)
+	}
+	a, err := l.Accept()
+	if err != nil {
+		fail(err)
+	}
+	fmt.Println("ready", l.Addr().(*net.TCPAddr).Port)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	_, _, _ = a.Close(), c.Close(), l.Close()
+}
+
+// nsProc is a running nsHelper.
+type nsProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	port  int64
+	netns uint32
+}
+
+// startNSHelper starts nsHelper in a new network namespace (root only).
+func startNSHelper(tb testing.TB, port int64) *nsProc {
+	tb.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), nsHelperEnv+"="+strconv.FormatInt(port, 10))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("starting a process in a new network namespace: %v", err)
+	}
+	p := &nsProc{cmd: cmd, stdin: in}
+	tb.Cleanup(p.stop)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	f := strings.Fields(line)
+	if err != nil || len(f) != 2 || f[0] != "ready" {
+		tb.Fatalf("namespace helper: %q %v", line, err)
+	}
+	p.port, _ = strconv.ParseInt(f[1], 10, 64)
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid), &st); err != nil {
+		tb.Fatal(err)
+	}
+	p.netns = uint32(st.Ino)
+	return p
+}
+
+func (p *nsProc) stop() {
+	if p.stdin != nil {
+		_ = p.stdin.Close()
+		p.stdin = nil
+		_ = p.cmd.Wait()
+	}
+}
+
+func needRoot(tb testing.TB) {
+	if os.Geteuid() != 0 {
+		tb.Skip("creating network namespaces and entering them needs root")
+	}
+}
+
+// TestAllNamespaces: a process in its own network namespace (a container)
+// listens on the same port as a listener in ours and connects to it over
+// its own loopback. Both listeners are reported, each with its namespace;
+// the connection is reported with the namespace and the process; when the
+// process exits its namespace's socket and fd are closed.
+func TestAllNamespaces(t *testing.T) {
+	needRoot(t)
+	root := listen(t, "tcp4", "127.0.0.1:0")
+	port := portOf(root.Addr())
+	h := startNSHelper(t, port)
+	pid := int64(h.cmd.Process.Pid)
+
+	f := newFixture(t, nil)
+	if h.netns == f.m.selfNS || f.m.selfNS == 0 {
+		t.Fatalf("namespaces: helper %d, ours %d", h.netns, f.m.selfNS)
+	}
+	evs := f.snap()
+	ls := find(evs, TypeListenerNew, onPort(port))
+	if len(ls) != 2 {
+		t.Fatalf("want 2 listeners on port %d (ours and the namespace's), got %v", port, ls)
+	}
+	byNS := map[int64]recorded{}
+	for _, e := range ls {
+		byNS[e.num("netns")] = e
+	}
+	if e, ok := byNS[int64(f.m.selfNS)]; !ok || e.num("pid") != int64(os.Getpid()) {
+		t.Fatalf("our listener not reported with our namespace %d and pid: %v", f.m.selfNS, ls)
+	}
+	if e, ok := byNS[int64(h.netns)]; !ok || e.num("pid") != pid {
+		t.Fatalf("the namespace's listener not reported with namespace %d and pid %d: %v", h.netns, pid, ls)
+	}
+	cs := find(evs, TypeConnectionNew, toRemote("127.0.0.1", port))
+	if len(cs) != 1 || cs[0].num("netns") != int64(h.netns) || cs[0].num("pid") != pid || cs[0].num("count") != 1 {
+		t.Fatalf("want one connection_new in namespace %d by pid %d, got %v", h.netns, pid, cs)
+	}
+	n := f.m.nss[h.netns]
+	if n == nil || n.d == nil || n.fd < 0 {
+		t.Fatalf("namespace %d not open: %+v", h.netns, n)
+	}
+	if got := f.em.Counter(CounterNetNSDumped).Load(); got < 1 {
+		t.Fatalf("netns_dumped = %d", got)
+	}
+	if evs := f.snap(); len(find(evs, TypeListenerNew, onPort(port))) != 0 || len(find(evs, TypeListenerClosed, onPort(port))) != 0 {
+		t.Fatalf("nothing changed, yet: %v", evs)
+	}
+
+	// Without all_namespaces only our own namespace is dumped.
+	f0 := newFixture(t, func(c *Config) { c.AllNamespaces = false })
+	for _, e := range f0.snap() {
+		if e.num("netns") != int64(f0.m.selfNS) && (e.Type == TypeListenerNew || e.Type == TypeConnectionNew) {
+			t.Fatalf("all_namespaces false reported another namespace: %v", e)
+		}
+	}
+	if len(f0.m.nss) != 0 {
+		t.Fatalf("all_namespaces false opened namespaces: %v", f0.m.nss)
+	}
+
+	// The process exits: its namespace is dropped (socket and fd closed),
+	// its listener reported closed, ours not, and snapshots go on.
+	h.stop()
+	var closed []recorded
+	for range 2 {
+		closed = append(closed, find(f.snap(), TypeListenerClosed, onPort(port))...)
+	}
+	if len(closed) != 1 || closed[0].num("netns") != int64(h.netns) {
+		t.Fatalf("want the namespace's listener closed once, got %v", closed)
+	}
+	if f.m.nss[h.netns] != nil || n.fd != -1 || n.d != nil {
+		t.Fatalf("namespace %d still open: %+v", h.netns, n)
+	}
+	if got := f.em.Counter(CounterNetNSErrors).Load(); got != 0 {
+		t.Logf("netns_errors = %d (other namespaces on this machine)", got)
+	}
+}
+
+// TestNamespaceFoundLater: a namespace that appears after the first
+// snapshot is found by the next snapshot's /proc listing and dumped from
+// the one after.
+func TestNamespaceFoundLater(t *testing.T) {
+	needRoot(t)
+	f := newFixture(t, nil)
+	f.snap()
+	h := startNSHelper(t, 0)
+	var ls []recorded
+	for i := 0; i < 2 && len(ls) == 0; i++ {
+		ls = find(f.snap(), TypeListenerNew, onPort(h.port))
+	}
+	if len(ls) != 1 || ls[0].num("netns") != int64(h.netns) || ls[0].num("pid") != int64(h.cmd.Process.Pid) {
+		t.Fatalf("want the new namespace's listener within two snapshots, got %v", ls)
+	}
+}
+
+// TestNamespaceDumpFails: a namespace whose dump fails is counted and
+// logged, keeps its listeners (not reported closed), and does not stop the
+// snapshot or the other namespaces.
+func TestNamespaceDumpFails(t *testing.T) {
+	needRoot(t)
+	h1 := startNSHelper(t, 0)
+	h2 := startNSHelper(t, 0)
+	f := newFixture(t, nil)
+	evs := f.snap()
+	for _, h := range []*nsProc{h1, h2} {
+		if ls := find(evs, TypeListenerNew, onPort(h.port)); len(ls) != 1 || ls[0].num("netns") != int64(h.netns) {
+			t.Fatalf("listener of namespace %d: %v", h.netns, ls)
+		}
+	}
+	// Break h1's namespace socket: closed, and made again through an fd
+	// that is no namespace (setns fails).
+	n := f.m.nss[h1.netns]
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	_ = n.d.Close()
+	n.d.nsFD = int(devNull.Fd())
+	before := f.em.Counter(CounterNetNSErrors).Load()
+
+	h2.stop() // and h2's listener closes meanwhile
+	evs = f.snap()
+	if got := f.em.Counter(CounterNetNSErrors).Load() - before; got != 1 {
+		t.Fatalf("netns_errors went up by %d, want 1", got)
+	}
+	if c := find(evs, TypeListenerClosed, onPort(h1.port)); len(c) != 0 {
+		t.Fatalf("the failed namespace's listener was reported closed: %v", c)
+	}
+	if c := find(evs, TypeListenerClosed, onPort(h2.port)); len(c) != 1 || c[0].num("netns") != int64(h2.netns) {
+		t.Fatalf("the other namespace's closed listener: %v", c)
+	}
+	if !n.logged || n.fails != 1 {
+		t.Fatalf("failure not recorded: %+v", n)
+	}
+	n.d.nsFD = n.fd // repaired: the next dump opens its socket again
+	f.snap()
+	if n.fails != 0 {
+		t.Fatalf("namespace still failing: %+v", n)
+	}
+}

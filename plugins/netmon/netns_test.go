@@ -11,8 +11,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vigil-hids/vigil/sdk"
+	"github.com/vigil-hids/vigil/sdk/sdktest"
 )
 
 // nsHelperEnv makes the test binary run nsHelper instead of the tests: a
@@ -251,5 +255,56 @@ func TestNamespaceDumpFails(t *testing.T) {
 	f.snap()
 	if n.fails != 0 {
 		t.Fatalf("namespace still failing: %+v", n)
+	}
+}
+
+// BenchmarkSnapshotNamespaces measures a steady snapshot (default config,
+// budget lifted) with N extra network namespaces, each a process holding a
+// listener and an established loopback connection (3 sockets). cpu-us/op
+// is the snapshot thread's CPU time (Stats.CPU), netns the namespaces
+// known (ours included, and any other on the machine).
+func BenchmarkSnapshotNamespaces(b *testing.B) {
+	needRoot(b)
+	cases := []struct {
+		n        int
+		all, udp bool
+	}{{0, true, true}, {10, true, true}, {50, true, true}, {50, false, true}, {50, true, false}}
+	for _, c := range cases {
+		{
+			n, all := c.n, c.all
+			b.Run(fmt.Sprintf("ns=%d/all_namespaces=%v/udp=%v", n, all, c.udp), func(b *testing.B) {
+				for range n {
+					startNSHelper(b, 0)
+				}
+				cfg := DefaultConfig()
+				cfg.SnapshotBudget = sdk.Duration(time.Minute)
+				cfg.AllNamespaces = all
+				cfg.UDP = c.udp
+				em := newRecorder()
+				m, err := newMonitor(cfg, nil, sdktest.NewFakeClock(time.Unix(1_700_000_000, 0)), em)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer m.Close()
+				if _, err := m.snapshot(); err != nil { // first: everything new
+					b.Fatal(err)
+				}
+				var cpu time.Duration
+				var sockets int
+				b.ResetTimer()
+				for range b.N {
+					st, err := m.snapshot()
+					if err != nil || st.Truncated {
+						b.Fatalf("snapshot: %v %+v", err, st)
+					}
+					cpu += st.CPU
+					sockets = st.Sockets
+					em.take()
+				}
+				b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-us/op")
+				b.ReportMetric(float64(sockets), "sockets")
+				b.ReportMetric(float64(em.Counter(CounterNetNS).Load()), "netns")
+			})
+		}
 	}
 }

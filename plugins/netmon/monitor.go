@@ -328,6 +328,8 @@ func (m *monitor) snapshot() (Stats, error) {
 	}
 	if m.cfg.AllNamespaces {
 		m.syncNetNS()
+	} else {
+		m.c.netns.Set(1)
 	}
 	m.report(shells, &st)
 

@@ -308,3 +308,32 @@ func BenchmarkSnapshotNamespaces(b *testing.B) {
 		}
 	}
 }
+
+// TestNSFields: the namespace of a socket, and its container when the
+// namespace was found through a containerised process.
+func TestNSFields(t *testing.T) {
+	m := &monitor{nss: map[uint32]*netNS{
+		7: {ino: 7, runtime: "containerd", container: "abc", pod: "p-1"},
+		8: {ino: 8},
+	}}
+	got := func(ino uint32) map[string]any {
+		out := map[string]any{}
+		for _, f := range m.nsFields(nil, ino) {
+			if f.Kind == sdk.KindInt {
+				out[f.Key] = f.Int
+			} else {
+				out[f.Key] = f.Str
+			}
+		}
+		return out
+	}
+	if g := got(7); len(g) != 4 || g["netns"] != int64(7) || g["container_runtime"] != "containerd" || g["container_id"] != "abc" || g["pod_uid"] != "p-1" {
+		t.Fatalf("namespace in a pod: %v", g)
+	}
+	if g := got(8); len(g) != 1 || g["netns"] != int64(8) {
+		t.Fatalf("namespace without a container: %v", g)
+	}
+	if g := got(1); len(g) != 1 || g["netns"] != int64(1) {
+		t.Fatalf("our namespace: %v", g)
+	}
+}

@@ -146,6 +146,8 @@ func ss(args ...string) sample {
 func config(attribution bool) *netmon.Config {
 	cfg := netmon.DefaultConfig()
 	cfg.UDP = false // ss -tan lists TCP only
+	// ss -tan lists its own network namespace only.
+	cfg.AllNamespaces = false
 	cfg.SnapshotBudget = sdk.Duration(time.Minute)
 	cfg.AttributionFDs = 0
 	if attribution {

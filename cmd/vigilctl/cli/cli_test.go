@@ -200,12 +200,18 @@ func TestBadInputChangesNothing(t *testing.T) {
 
 func register(t *testing.T, f *fixture, name string, labels map[string]string, applied int64) {
 	t.Helper()
+	if err := putRegistration(f, name, labels, applied); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// putRegistration writes a host's registration; safe from any goroutine.
+func putRegistration(f *fixture, name string, labels map[string]string, applied int64) error {
 	b, _ := json.Marshal(api.Registration{Host: name, Version: "1.0", Labels: labels, Applied: api.Applied{Revision: applied}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := f.srv.Store().Client().Put(ctx, f.srv.Store().Keyspace().Agent(name), string(b)); err != nil {
-		t.Fatal(err)
-	}
+	_, err := f.srv.Store().Client().Put(ctx, f.srv.Store().Keyspace().Agent(name), string(b))
+	return err
 }
 
 func TestAgentsAndFleetStopWait(t *testing.T) {
@@ -234,21 +240,25 @@ func TestAgentsAndFleetStopWait(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		for ctx.Err() == nil {
 			cur, err := f.srv.Store().Get(ctx, api.Scope{Kind: api.ScopeFleet})
 			if err == nil && cur.Revision > 0 {
 				for i := range 5 {
 					env := map[bool]string{true: "canary", false: "prod"}[i < 2]
-					register(t, f, fmt.Sprintf("web-%d", i), map[string]string{"env": env, "idc": "dc1"}, cur.Revision)
+					if err := putRegistration(f, fmt.Sprintf("web-%d", i), map[string]string{"env": env, "idc": "dc1"}, cur.Revision); err != nil {
+						t.Error(err)
+					}
 				}
 				return
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	r := f.run(t, "operator", "", "fleet", "stop", "--wait", "--timeout", "2s", "--comment", "incident")
+	// The wait ends at its timeout (web-5 never acknowledges): long enough
+	// for the five acknowledgements above on a loaded machine.
+	r := f.run(t, "operator", "", "fleet", "stop", "--wait", "--timeout", "8s", "--comment", "incident")
 	<-done
 	if r.code != ExitNotAcknowledged || !strings.Contains(r.out, "5/6 hosts acknowledged") || !strings.Contains(r.out, "1 stragglers:\n  web-5") {
 		t.Fatalf("stop --wait: exit %d\nstdout %q\nstderr %q", r.code, r.out, r.err)

@@ -121,9 +121,10 @@ func (p *Plugin) scan(em sdk.Emitter, cfg *Config, reason string) {
 	}})
 }
 
-// watch collects again after each change of the package databases and at
-// each rescan, until ctx is done or the config changes.
-func (p *Plugin) watch(ctx context.Context, em sdk.Emitter, cfg *Config) {
+// watch watches the package databases, collects (reason first), then
+// collects again after each change of the databases and at each rescan,
+// until ctx is done or the config changes.
+func (p *Plugin) watch(ctx context.Context, em sdk.Emitter, cfg *Config, first string) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sub, cancel := context.WithCancel(ctx)
@@ -154,6 +155,11 @@ func (p *Plugin) watch(ctx context.Context, em sdk.Emitter, cfg *Config) {
 			events, errs = w.Events, w.Errors
 		}
 	}
+
+	// The first scan only now that the databases are watched: a change
+	// between the scan and the watch would be missed until the next
+	// rescan.
+	p.scan(em, cfg, first)
 
 	// settle is armed by a change and fires once the databases have been
 	// quiet for cfg.Settle: a package upgrade writes many times.

@@ -175,8 +175,7 @@ func (p *Plugin) scanLoop(ctx context.Context, em sdk.Emitter) error {
 		default:
 		}
 		cfg := p.config()
-		p.scan(em, cfg, reason)
-		p.watch(ctx, em, cfg)
+		p.watch(ctx, em, cfg, reason)
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -281,6 +281,9 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 		if platforms, guards, err = s.publishedGuard(ctx, r.Plugin, next.Version); err != nil {
 			return SetResult{}, err
 		}
+		if guards, err = s.guardFrom(ctx, r.Plugin, next, guards); err != nil {
+			return SetResult{}, err
+		}
 		var res store.Result
 		res, err = s.st.Set(ctx, store.Write{Scope: r.Scope, State: st, Author: r.Author, Comment: comment, IfRevision: &cur.Revision, Guards: guards})
 		if err == nil {
@@ -293,6 +296,20 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 		}
 	}
 	return SetResult{}, err
+}
+
+// guardFrom adds to guards the compares that hold while the rollout's
+// From version (a rollback release substituted for a lowered one, or the
+// version the other hosts keep) is still published.
+func (s *Service) guardFrom(ctx context.Context, plugin string, p pair, guards []clientv3.Cmp) ([]clientv3.Cmp, error) {
+	if p.Rollout == nil || p.Rollout.From == "" || p.Rollout.From == p.Version {
+		return guards, nil
+	}
+	_, more, err := s.publishedGuard(ctx, plugin, p.Rollout.From)
+	if err != nil {
+		return nil, err
+	}
+	return append(guards, more...), nil
 }
 
 // Undo restores plugin's previous desired version and rollout at scope:
@@ -384,6 +401,9 @@ func (s *Service) UndoWith(ctx context.Context, r UndoRequest) (SetResult, error
 		var guards []clientv3.Cmp
 		if prev.Version != "" {
 			if platforms, guards, err = s.publishedGuard(ctx, plugin, prev.Version); err != nil {
+				return SetResult{}, err
+			}
+			if guards, err = s.guardFrom(ctx, plugin, *prev, guards); err != nil {
 				return SetResult{}, err
 			}
 		}

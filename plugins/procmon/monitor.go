@@ -49,6 +49,9 @@ const (
 	CounterDecodeErrors = "decode_errors"
 	// CounterReconnects counts reopenings of the socket after an error.
 	CounterReconnects = "reconnects"
+	// CounterClockSteps counts steps of the wall clock relative to the
+	// kernel's event clock that event times were adjusted to (wallclock.go).
+	CounterClockSteps = "clock_steps"
 )
 
 // ErrClosed is returned by Start on a closed context.
@@ -74,6 +77,9 @@ type Deps struct {
 	Dial func(o cnproc.Options) (EventSource, error)
 	// Seed seeds the reconnect jitter (the host name); may be "".
 	Seed string
+	// KernelClock reads the clocks that event times are converted with;
+	// nil means the system's. Tests replace it to step the wall clock.
+	KernelClock KernelClock
 }
 
 // EventSource is a subscribed cn_proc socket (a *cnproc.Conn).
@@ -94,7 +100,7 @@ func dialKernel(o cnproc.Options) (EventSource, error) { return cnproc.DialOptio
 // counters are the monitor's counters, fetched once.
 type counters struct {
 	received, execReceived, overruns, kernelLost, queueDropped, queueDroppedExec,
-	execGone, execPrefetched, execEmitted, alerts, decodeErrors, reconnects *sdk.Counter
+	execGone, execPrefetched, execEmitted, alerts, decodeErrors, reconnects, clockSteps *sdk.Counter
 }
 
 func newCounters(em sdk.Emitter) counters {
@@ -105,7 +111,7 @@ func newCounters(em sdk.Emitter) counters {
 		execGone: em.Counter(CounterExecGone), execEmitted: em.Counter(CounterExecEmitted),
 		execPrefetched: em.Counter(CounterExecPrefetched),
 		alerts:         em.Counter(CounterAlerts), decodeErrors: em.Counter(CounterDecodeErrors),
-		reconnects: em.Counter(CounterReconnects),
+		reconnects: em.Counter(CounterReconnects), clockSteps: em.Counter(CounterClockSteps),
 	}
 }
 
@@ -122,7 +128,7 @@ type Monitor struct {
 	emit  cnproc.What
 	det   *detector
 	table *procTable
-	clock clocks
+	clock *wallClock
 
 	queues []*evQueue
 	// pre is the table the exec path (exec_prefetch) fills; nudge is its
@@ -180,10 +186,10 @@ func Start(ctx context.Context, cfg *Config, deps Deps) (*Monitor, error) {
 		emit:  cfg.emitMask(),
 		det:   newDetector(&cfg.Detections),
 		table: newProcTable(cfg.ProcessTableSize),
-		clock: newClocks(),
 		ready: make(chan struct{}),
 		errc:  make(chan error, 1),
 	}
+	m.clock = newWallClock(deps.KernelClock, m.c.clockSteps, m.log)
 	per := max(cfg.QueueSize/cfg.Workers, 64)
 	m.queues = make([]*evQueue, cfg.Workers)
 	for i := range m.queues {
@@ -514,18 +520,4 @@ func (m *Monitor) reconnect(ctx context.Context, execOnly bool) error {
 		m.log.Info(name + " reopened")
 		return nil
 	})
-}
-
-// clocks converts kernel times to wall-clock times.
-type clocks struct {
-	monoToWall int64 // add to CLOCK_MONOTONIC ns to get Unix ns
-	bootWall   int64 // Unix ns of boot (CLOCK_BOOTTIME zero)
-}
-
-func newClocks() clocks {
-	var mono, boot unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono)
-	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot)
-	now := time.Now().UnixNano()
-	return clocks{monoToWall: now - mono.Nano(), bootWall: now - boot.Nano()}
 }

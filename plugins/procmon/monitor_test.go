@@ -25,6 +25,7 @@ type recorder struct {
 }
 
 type recorded struct {
+	time   time.Time
 	typ    string
 	alert  bool
 	pid    int64
@@ -32,7 +33,7 @@ type recorded struct {
 }
 
 func (r *recorder) Emit(ev *sdk.Event) error {
-	rec := recorded{typ: ev.Type, alert: ev.Alert, fields: map[string]any{}}
+	rec := recorded{time: ev.Time, typ: ev.Type, alert: ev.Alert, fields: map[string]any{}}
 	for _, f := range ev.Fields {
 		if f.Key == "pid" {
 			rec.pid = f.Int
@@ -338,7 +339,7 @@ func BenchmarkExecEnrich(b *testing.B) {
 	cfg := DefaultConfig()
 	em := &discard{}
 	m := &Monitor{cfg: cfg, deps: Deps{Emitter: em, ProcRoot: "/proc"}, c: newCounters(em), emit: cfg.emitMask(),
-		det: newDetector(&cfg.Detections), table: newProcTable(cfg.ProcessTableSize), clock: newClocks()}
+		det: newDetector(&cfg.Detections), table: newProcTable(cfg.ProcessTableSize), clock: newWallClock(nil, nil, nil)}
 	w := newWorker(m)
 	ev := cnproc.Event{What: cnproc.Exec, PID: int32(cmd.Process.Pid), TGID: int32(cmd.Process.Pid)}
 	w.handle(&ev)

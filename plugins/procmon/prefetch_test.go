@@ -122,7 +122,7 @@ func TestQuickExitWithoutExecPath(t *testing.T) {
 func prefetchMonitor(em sdk.Emitter) *Monitor {
 	cfg := DefaultConfig()
 	return &Monitor{cfg: cfg, deps: Deps{Emitter: em, ProcRoot: "/proc"}, c: newCounters(em), emit: cfg.emitMask(),
-		det: newDetector(&cfg.Detections), table: newProcTable(cfg.ProcessTableSize), clock: newClocks(),
+		det: newDetector(&cfg.Detections), table: newProcTable(cfg.ProcessTableSize), clock: newWallClock(nil, nil, nil),
 		pre: &prefetchTable{}}
 }
 

@@ -133,7 +133,7 @@ func (w *worker) handle(ev *cnproc.Event) {
 }
 
 func (w *worker) eventTime(ev *cnproc.Event) time.Time {
-	return time.Unix(0, int64(ev.Timestamp)+w.m.clock.monoToWall)
+	return time.Unix(0, w.m.clock.wall(int64(ev.Timestamp)))
 }
 
 // execGone emits an exec whose process is known to have exited already:
@@ -253,7 +253,7 @@ func (w *worker) readProc(pid int32, fp *[]sdk.Field, pf *pfSlot, ppid *int32) (
 			*ppid = w.stat.PPID
 			f = append(f, sdk.Int("ppid", int64(*ppid)))
 		}
-		start := m.clock.bootWall + int64(w.stat.StartTicks)*(int64(time.Second)/clkTck)
+		start := m.clock.boot() + int64(w.stat.StartTicks)*(int64(time.Second)/clkTck)
 		f = append(f, sdk.Int("start_time", start))
 		if w.stat.TTY != 0 {
 			w.tty = procinfo.AppendTTY(w.tty[:0], w.stat.TTY)

@@ -431,20 +431,3 @@ func (s *Service) publishedGuard(ctx context.Context, plugin, version string) ([
 	}
 	return platforms, guards, nil
 }
-
-// releasePlatforms lists the platforms ("os/arch", sorted) a version is
-// published for: one keys-only read of its prefix.
-func releasePlatforms(ctx context.Context, cli *clientv3.Client, ks api.Keyspace, plugin, version string) ([]string, error) {
-	prefix := ks.ReleaseVersion(plugin, version)
-	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", prefix, err)
-	}
-	out := []string{}
-	for _, kv := range resp.Kvs {
-		if p, v, os, arch, ok := ks.ParseRelease(string(kv.Key)); ok && p == plugin && v == version {
-			out = append(out, api.Platform(os, arch))
-		}
-	}
-	return out, nil
-}

@@ -34,5 +34,29 @@ type Sink interface {
 	Close() error
 }
 
+// Counted is implemented by a sink that delivers after Write returns (the
+// network sinks: Write only queues): the pipeline counts a batch it took
+// as delivered, so the sink counts what happened to it afterwards. Nothing
+// is lost silently: `vigil-host status` and the heartbeat show these.
+type Counted interface {
+	Sink
+	Counts() Counts
+}
+
+// Counts is what a Counted sink did with the events its Write took.
+type Counts struct {
+	// Accepted events were taken by Write; Delivered ones acknowledged by
+	// the destination; Pending are neither delivered nor lost yet.
+	Accepted  uint64 `json:"accepted"`
+	Delivered uint64 `json:"delivered"`
+	Pending   uint64 `json:"pending"`
+	// Lost are events dropped after Write took them, by reason (e.g.
+	// "rejected", "retries_exhausted", "shutdown"). Accepted = Delivered +
+	// Pending + the sum of Lost.
+	Lost map[string]uint64 `json:"lost,omitempty"`
+	// LastError is the latest delivery error, empty if none yet.
+	LastError string `json:"last_error,omitempty"`
+}
+
 // ErrClosed is returned by Write on a closed sink.
 var ErrClosed = errors.New("sink: closed")

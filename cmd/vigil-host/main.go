@@ -12,9 +12,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -219,6 +221,14 @@ func printStatus(s status.Snapshot) {
 	}
 	if s.HostUpdate != nil {
 		fmt.Printf("\nvigil-host update: %s\n", updateLine(s.HostUpdate))
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.SinkCounts)) {
+		c := s.SinkCounts[name]
+		fmt.Printf("\nsink %s: accepted %d, delivered %d, pending %d, lost %s", name, c.Accepted, c.Delivered, c.Pending, drops(c.Lost))
+		if c.LastError != "" {
+			fmt.Printf("; last error: %s", c.LastError)
+		}
+		fmt.Println()
 	}
 	if k := s.Keyring; k != nil {
 		fmt.Printf("\nrelease keyring: serial %d, expires %s", k.Serial, k.Expires.UTC().Format(time.RFC3339))

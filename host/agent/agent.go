@@ -69,6 +69,9 @@ type Agent struct {
 	metrics *http.Server
 	hb      *pipeline.HostEmitter
 	sinks   []string
+	// counted are the sinks that deliver after Write returns; their
+	// counts go into the status and the heartbeat.
+	counted []sink.Counted
 	ctl     *control.Loop
 	gov     *governance
 	lock    *os.File
@@ -145,6 +148,11 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 	}
 	if sinks, err = a.addVulnSink(sinks); err != nil {
 		return nil, err
+	}
+	for _, s := range sinks {
+		if c, ok := s.(sink.Counted); ok {
+			a.counted = append(a.counted, c)
+		}
 	}
 	a.pipe, err = pipeline.New(cfg.Pipeline, sinks, opts.Log.With("component", "pipeline"), nil)
 	if err != nil {
@@ -456,6 +464,12 @@ func (a *Agent) Snapshot() status.Snapshot {
 		Host: a.cfg.HostName, Version: a.opts.Version, PID: os.Getpid(), StartedAt: a.started,
 		Labels: a.cfg.Labels, CPUPercent: self.pct, RSSBytes: self.rss, Stopped: stopped, Sinks: a.sinks,
 		HostUpdate: a.HostUpdate(), Keyring: a.Keyring(),
+	}
+	for _, c := range a.counted {
+		if snap.SinkCounts == nil {
+			snap.SinkCounts = map[string]sink.Counts{}
+		}
+		snap.SinkCounts[c.Name()] = c.Counts()
 	}
 	if a.ctl != nil {
 		cs := a.ctl.Status()

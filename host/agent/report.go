@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -8,9 +10,9 @@ import (
 	"github.com/vigil-hids/vigil/sdk"
 )
 
-// emitHeartbeat sends one "heartbeat" event for the host and one
-// "plugin_status" event per plugin through the pipeline, like any plugin's
-// events.
+// emitHeartbeat sends one "heartbeat" event for the host, one
+// "sink_status" event per network sink and one "plugin_status" event per
+// plugin through the pipeline, like any plugin's events.
 func (a *Agent) emitHeartbeat() {
 	snap := a.Snapshot()
 	fields := []sdk.Field{
@@ -23,6 +25,22 @@ func (a *Agent) emitHeartbeat() {
 		sdk.Bool("stopped", snap.Stopped),
 	}
 	_ = a.hb.Emit(&sdk.Event{Type: "heartbeat", Severity: sdk.SevInfo, Fields: fields})
+	for _, name := range slices.Sorted(maps.Keys(snap.SinkCounts)) {
+		c := snap.SinkCounts[name]
+		sf := []sdk.Field{
+			sdk.String("sink", name),
+			sdk.Int("accepted", int64(c.Accepted)),
+			sdk.Int("delivered", int64(c.Delivered)),
+			sdk.Int("pending", int64(c.Pending)),
+		}
+		for reason, n := range c.Lost {
+			sf = append(sf, sdk.Int("lost_"+reason, int64(n)))
+		}
+		if c.LastError != "" {
+			sf = append(sf, sdk.String("last_error", c.LastError))
+		}
+		_ = a.hb.Emit(&sdk.Event{Type: "sink_status", Severity: sdk.SevInfo, Fields: sf})
+	}
 	for _, p := range snap.Plugins {
 		var dropped uint64
 		for _, n := range p.Dropped {

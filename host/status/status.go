@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/host/sink"
 )
 
 // Snapshot is the host's state at one moment.
@@ -39,6 +40,9 @@ type Snapshot struct {
 	// keyring in use (both as in the registration).
 	HostUpdate *api.UpdateStatus  `json:"host_update,omitempty"`
 	Keyring    *api.KeyringStatus `json:"keyring,omitempty"`
+	// SinkCounts are the network sinks' counts by sink name: what they
+	// took, delivered, hold and lost after the pipeline handed it over.
+	SinkCounts map[string]sink.Counts `json:"sink_counts,omitempty"`
 }
 
 // Plugin is one plugin's state, counters and resource use.

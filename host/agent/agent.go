@@ -146,6 +146,14 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		sinks = append(sinks, sink.NewStdout(cfg.HostName))
 		a.sinks = append(a.sinks, "stdout")
 	}
+	if cfg.Sinks.Kafka != nil {
+		k, err := sink.NewKafka(*cfg.Sinks.Kafka, cfg.HostName, opts.Log.With("component", "sink", "sink", "kafka"))
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, k)
+		a.sinks = append(a.sinks, cfg.Sinks.Kafka.String())
+	}
 	if sinks, err = a.addVulnSink(sinks); err != nil {
 		return nil, err
 	}

@@ -106,6 +106,9 @@ type Sinks struct {
 	// default); "file: null" turns it off.
 	File   *sink.FileConfig `yaml:"file"`
 	Stdout bool             `yaml:"stdout"`
+	// Kafka produces events to a Kafka topic, one record per event keyed
+	// by the host name.
+	Kafka *sink.KafkaConfig `yaml:"kafka"`
 }
 
 // Heartbeat sets how often the host reports its health as an event.
@@ -295,8 +298,13 @@ func (c Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	if c.Sinks.File == nil && !c.Sinks.Stdout {
-		bad("sinks: set sinks.file or sinks.stdout: true, or events have nowhere to go")
+	if c.Sinks.Kafka != nil {
+		if err := c.Sinks.Kafka.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Sinks.File == nil && !c.Sinks.Stdout && c.Sinks.Kafka == nil {
+		bad("sinks: set sinks.file, sinks.stdout: true or sinks.kafka, or events have nowhere to go")
 	}
 	return errors.Join(errs...)
 }

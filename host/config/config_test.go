@@ -66,6 +66,19 @@ plugins:
 		},
 		{name: "bad host name", yaml: "host_name: 'a/b'\n", wantErr: []string{`host_name must be 1-253 letters`}},
 		{name: "events need a sink", yaml: "host_name: a\nsinks: {file: null}\n", wantErr: []string{"events have nowhere to go"}},
+		{
+			name: "kafka sink alone", yaml: "host_name: a\nsinks: {file: null, kafka: {brokers: ['k1:9092'], topic: vigil-events, record_timeout: 10s}}\n",
+			check: func(t *testing.T, c Config) {
+				if k := c.Sinks.Kafka; k == nil || k.Topic != "vigil-events" || k.RecordTimeout != 10*time.Second {
+					t.Fatalf("sinks.kafka: %+v", k)
+				}
+			},
+		},
+		{
+			name:    "kafka sink problems",
+			yaml:    "host_name: a\nsinks: {kafka: {brokers: [k1], topic: 'a b', compression: brotli}}\n",
+			wantErr: []string{`sinks.kafka.brokers[0] "k1": want host:port`, `sinks.kafka.topic: "a b": character ' ' at 1`, `sinks.kafka.compression must be one of none, gzip, snappy, lz4, zstd (got "brotli")`},
+		},
 		{name: "bad log level", yaml: "host_name: a\nlog: {level: loud}\n", wantErr: []string{"log.level must be one of", `(got "loud")`}},
 	}
 	for _, tt := range tests {

@@ -97,6 +97,8 @@ type Config struct {
 	Releases ReleaseConfig
 	// Vuln configures the vulnerability index (vuln.go).
 	Vuln VulnConfig
+	// Events configures the event ingest (events.go).
+	Events EventsConfig
 	// CellName names the default cell (this server's etcd, embedded or
 	// EtcdEndpoints); "" means "default". It matters only with Cells.
 	CellName string
@@ -139,6 +141,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			errs = append(errs, fmt.Errorf("metrics-listen must be HOST:PORT (got %q)", c.MetricsListen))
 		}
+	}
+	if err := c.Events.validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if len(c.EtcdEndpoints) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir is required with the embedded etcd (or give etcd-endpoints)"))
@@ -226,6 +231,8 @@ type Server struct {
 	vuln     *vulnstore.Service // nil when disabled (vuln.go)
 	vulnStop context.CancelFunc
 	vulnWG   sync.WaitGroup
+
+	events *eventsFile // nil when event ingest is off (events.go)
 
 	leader    atomic.Bool
 	ready     chan struct{}
@@ -335,6 +342,9 @@ func Start(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err := s.setupKeyring(&opts); err != nil {
 		return s, err
 	}
+	if err := s.setupEvents(&opts); err != nil {
+		return s, err
+	}
 	s.http = &http.Server{Handler: httpapi.New(opts), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn)}
 	if s.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -439,6 +449,7 @@ func (s *Server) Close() {
 		}
 		s.wg.Wait()
 		s.closeVuln()
+		s.closeEvents()
 		if s.index != nil {
 			s.index.Close()
 		}

@@ -160,6 +160,7 @@ func newRoot() *cobra.Command {
 		"the leader compacts every cell's etcd keyspace this often, at the revision of one interval earlier (0 = off, e.g. when etcd runs --auto-compaction-retention; minimum 1m)")
 	addReleaseFlags(root, f)
 	addVulnFlags(root, f)
+	addEventsFlags(root, f)
 	root.AddCommand(newInit())
 	return root
 }

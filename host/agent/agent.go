@@ -154,6 +154,19 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		sinks = append(sinks, k)
 		a.sinks = append(a.sinks, cfg.Sinks.Kafka.String())
 	}
+	if cfg.Sinks.Server != nil {
+		link := cfg.ServerLink()
+		hc, err := link.HTTPClient(0)
+		if err != nil {
+			return nil, fmt.Errorf("server sink: %w", err)
+		}
+		ss, err := sink.NewServer(*cfg.Sinks.Server, cfg.HostName, hc, link.URL, opts.Log.With("component", "sink"))
+		if err != nil {
+			return nil, err
+		}
+		sinks = append(sinks, ss)
+		a.sinks = append(a.sinks, "server:"+link.URL)
+	}
 	if sinks, err = a.addVulnSink(sinks); err != nil {
 		return nil, err
 	}

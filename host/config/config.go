@@ -109,6 +109,9 @@ type Sinks struct {
 	// Kafka produces events to a Kafka topic, one record per event keyed
 	// by the host name.
 	Kafka *sink.KafkaConfig `yaml:"kafka"`
+	// Server sends events to vigil-server's ingest API (POST /v1/events)
+	// through the server section's URL and TLS client.
+	Server *sink.ServerConfig `yaml:"server"`
 }
 
 // Heartbeat sets how often the host reports its health as an event.
@@ -295,6 +298,14 @@ func (c Config) Validate() error {
 			bad("sinks.file.path must be set (or write \"file: null\" to turn the file sink off)")
 		}
 		if err := c.Sinks.File.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Sinks.Server != nil {
+		if c.Server == nil {
+			bad("sinks.server needs the server section (server.url and its TLS files)")
+		}
+		if err := c.Sinks.Server.Validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -50,6 +50,9 @@ type Options struct {
 	// Keyring serves the release keyring routes (keyring.go); nil leaves
 	// them out.
 	Keyring *KeyringOptions
+	// Events configures POST /v1/events (events.go); nil or a nil Out
+	// answers it 503.
+	Events *EventsOptions
 }
 
 // Error is the body of every failed request.
@@ -61,8 +64,9 @@ type Error struct {
 }
 
 type handler struct {
-	opts Options
-	mux  *http.ServeMux
+	opts   Options
+	mux    *http.ServeMux
+	events *eventsState
 }
 
 // New returns the API handler.
@@ -87,6 +91,7 @@ func New(opts Options) http.Handler {
 	h.releaseRoutes()
 	h.vulnRoutes()
 	h.keyringRoutes()
+	h.eventsRoutes()
 	if opts.Gatherer != nil {
 		h.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}

@@ -1,0 +1,92 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestServerConfigValidate(t *testing.T) {
+	if err := (ServerConfig{}).Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for _, tc := range []struct {
+		cfg  ServerConfig
+		want string
+	}{
+		{ServerConfig{QueueMB: 2000}, "sinks.server.queue_mb must be between 1 and 1024 (got 2000)"},
+		{ServerConfig{BatchKB: 8}, "sinks.server.batch_kb must be between 16 and 4096 (got 8)"},
+		{ServerConfig{QueueMB: 1, BatchKB: 2048}, "sinks.server.batch_kb must not exceed queue_mb*1024 (got batch_kb 2048, queue_mb 1)"},
+		{ServerConfig{FlushInterval: time.Hour}, "sinks.server.flush_interval must be between 10ms and 1m0s (got 1h0m0s)"},
+	} {
+		if err := tc.cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+	if _, err := NewServer(ServerConfig{}, "h", http.DefaultClient, "ftp://x", nil); err == nil || !strings.Contains(err.Error(), `"ftp://x"`) {
+		t.Fatalf("bad URL: %v", err)
+	}
+}
+
+// serverDown returns a sink whose server never answers (a closed port), so
+// nothing it takes is delivered.
+func serverDown(t testing.TB, cfg ServerConfig) *Server {
+	s, err := NewServer(cfg, "bench-host-1", &http.Client{}, "http://127.0.0.1:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestServerWriteDoesNotWait: with the server unreachable Write takes
+// batches until the queue is full, then refuses them whole; Close counts
+// the queued events as lost at shutdown.
+func TestServerWriteDoesNotWait(t *testing.T) {
+	s := serverDown(t, ServerConfig{QueueMB: 1, FlushInterval: 10 * time.Millisecond})
+	b := benchBatch()
+	var n uint64
+	for {
+		err := s.Write(context.Background(), b)
+		if errors.Is(err, ErrQueueFull) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += uint64(b.Count)
+	}
+	if c := s.Counts(); c.Accepted != n || c.Pending+c.Delivered != n || len(c.Lost) != 0 {
+		t.Fatalf("counts %+v, accepted %d", c, n)
+	}
+	_ = s.Close()
+	_ = s.Close()
+	if c := s.Counts(); c.Lost[LostShutdown] != n || c.Pending != 0 {
+		t.Fatalf("after Close: %+v", c)
+	}
+}
+
+// BenchmarkServerWrite is the pipeline writer's cost of the server sink:
+// encoding a batch of 512 six-field events into the queue (the sender is
+// pointed at a closed port and the queue emptied between batches, so the
+// figure has no network in it).
+func BenchmarkServerWrite(b *testing.B) {
+	s := serverDown(b, ServerConfig{QueueMB: 64, FlushInterval: time.Minute})
+	defer s.Close()
+	bt := benchBatch()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := s.Write(context.Background(), bt); err != nil {
+			b.Fatal(err)
+		}
+		if i%64 == 63 {
+			s.mu.Lock()
+			s.queue, s.queued = nil, 0
+			s.mu.Unlock()
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*bt.Count), "ns/event")
+}

@@ -1,0 +1,261 @@
+package httpapi_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigil-hids/vigil/host/config"
+	"github.com/vigil-hids/vigil/host/sink"
+	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/plugins/catalog"
+	"github.com/vigil-hids/vigil/sdk"
+	"github.com/vigil-hids/vigil/server"
+	"github.com/vigil-hids/vigil/server/pki"
+)
+
+// fleet is a real vigil-server with TLS, restartable on the same address,
+// etcd ports and data dir.
+type fleet struct {
+	t               *testing.T
+	pki, data, addr string
+	etcd            []int
+	srv             *server.Server
+}
+
+func newFleet(t *testing.T) *fleet {
+	dir := t.TempDir()
+	f := &fleet{t: t, pki: filepath.Join(dir, "pki"), data: filepath.Join(dir, "data"), addr: "127.0.0.1:0"}
+	ids := append(append([]pki.Identity{}, pki.DefaultIdentities...), pki.Identity{Name: "h1", Role: "host", File: "h1"})
+	if _, err := pki.Init(f.pki, pki.Options{Identities: ids}); err != nil {
+		t.Fatal(err)
+	}
+	ports, err := etcdtest.FreePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.etcd = ports
+	f.start()
+	t.Cleanup(f.stop)
+	return f
+}
+
+func (f *fleet) start() {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := server.Start(ctx, server.Config{ID: "r1", Listen: f.addr, DataDir: f.data,
+		EtcdClientURL: fmt.Sprintf("http://127.0.0.1:%d", f.etcd[0]), EtcdPeerURL: fmt.Sprintf("http://127.0.0.1:%d", f.etcd[1]),
+		TLS: f.files("server"), CheckPlugin: catalog.Validate})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.srv, f.addr = s, s.Addr()
+}
+
+func (f *fleet) stop() {
+	if f.srv != nil {
+		f.srv.Close()
+		f.srv = nil
+	}
+}
+
+func (f *fleet) files(n string) pki.Files {
+	return pki.Files{CA: filepath.Join(f.pki, "ca.crt"), Cert: filepath.Join(f.pki, n+".crt"), Key: filepath.Join(f.pki, n+".key")}
+}
+
+func (f *fleet) url() string { return "https://" + f.addr }
+
+// client is the host's server link with the identity's certificate.
+func (f *fleet) client(id string) *http.Client {
+	fs := f.files(id)
+	hc, err := config.Server{URL: f.url(), CAFile: fs.CA, CertFile: fs.Cert, KeyFile: fs.Key}.HTTPClient(0)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return hc
+}
+
+// lines reads the server's events file.
+func (f *fleet) lines() []map[string]any {
+	f.t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.data, "events", "events.ndjson"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			f.t.Fatalf("events file line %q: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func batch(n, seq int) *sink.Batch {
+	var recs []byte
+	for i := range n {
+		recs = sdk.AppendEventRecord(recs, &sdk.Event{Type: "exec", Severity: sdk.SevInfo, Fields: []sdk.Field{
+			sdk.Int("seq", int64(seq*n+i)), sdk.String("exe", "/usr/bin/ls"), sdk.String("cmdline", strings.Repeat("x", 150)),
+		}}, time.Now().UnixNano())
+	}
+	return &sink.Batch{Plugin: "procmon", Version: "1.0.0", Count: n, Records: recs}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// exact checks Accepted = Delivered + Pending + sum(Lost).
+func exact(t *testing.T, c sink.Counts) {
+	t.Helper()
+	sum := c.Delivered + c.Pending
+	for _, v := range c.Lost {
+		sum += v
+	}
+	if sum != c.Accepted {
+		t.Fatalf("counts not exact: %+v", c)
+	}
+}
+
+// TestServerSinkToRealServer sends events from the host's server sink to a
+// real vigil-server over TLS, stops the server until the queue is full,
+// and starts it again.
+func TestServerSinkToRealServer(t *testing.T) {
+	f := newFleet(t)
+	s, err := sink.NewServer(sink.ServerConfig{QueueMB: 1, BatchKB: 64, FlushInterval: 20 * time.Millisecond}, "h1", f.client("h1"), f.url(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	seq := 0
+	for range 5 {
+		if err := s.Write(ctx, batch(100, seq)); err != nil {
+			t.Fatal(err)
+		}
+		seq++
+	}
+	waitFor(t, "500 events delivered", func() bool { c := s.Counts(); exact(t, c); return c.Delivered == 500 })
+	ls := f.lines()
+	if len(ls) != 500 {
+		t.Fatalf("events file has %d lines, want 500", len(ls))
+	}
+	for _, l := range ls {
+		if l["host"] != "h1" || l["plugin"] != "procmon" {
+			t.Fatalf("line %v", l)
+		}
+	}
+
+	// Server down: Write takes batches until the queue is full, then
+	// refuses; nothing is lost and the counts stay exact.
+	f.stop()
+	accepted := uint64(500)
+	for {
+		err := s.Write(ctx, batch(100, seq))
+		if err != nil {
+			if !errors.Is(err, sink.ErrQueueFull) {
+				t.Fatalf("Write with the server down: %v", err)
+			}
+			break
+		}
+		seq++
+		accepted += 100
+		c := s.Counts()
+		exact(t, c)
+		if c.Accepted != accepted {
+			t.Fatalf("accepted %d, want %d", c.Accepted, accepted)
+		}
+		if accepted > 100_000 {
+			t.Fatal("queue never filled")
+		}
+	}
+	c := s.Counts()
+	exact(t, c)
+	if len(c.Lost) != 0 || c.Pending == 0 || c.Accepted != accepted {
+		t.Fatalf("counts with the server down: %+v", c)
+	}
+	waitFor(t, "the delivery error", func() bool { return strings.Contains(s.Counts().LastError, "connection refused") })
+	t.Logf("queue full after %d events: %+v", accepted, c)
+
+	// Server back: the queued events arrive.
+	f.start()
+	waitFor(t, "queued events delivered", func() bool { c := s.Counts(); exact(t, c); return c.Delivered == accepted })
+	if n := len(f.lines()); uint64(n) != accepted {
+		t.Fatalf("events file has %d lines, want %d", n, accepted)
+	}
+	if err := s.Write(ctx, batch(10, seq)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c = s.Counts()
+	exact(t, c)
+	if c.Pending != 0 || c.Delivered+c.Lost[sink.LostShutdown] != accepted+10 {
+		t.Fatalf("after Close: %+v", c)
+	}
+	if err := s.Write(ctx, batch(1, 0)); !errors.Is(err, sink.ErrClosed) {
+		t.Fatalf("Write after Close = %v", err)
+	}
+}
+
+// TestServerSinkRejectedAndShutdown: a host certificate cannot post as
+// another host (the loss is counted as rejected), and what is queued when
+// Close finds the server down is counted as lost at shutdown.
+func TestServerSinkRejectedAndShutdown(t *testing.T) {
+	f := newFleet(t)
+	ctx := context.Background()
+	s, err := sink.NewServer(sink.ServerConfig{FlushInterval: 20 * time.Millisecond}, "h2", f.client("h1"), f.url(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, batch(50, 0)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "rejection", func() bool { c := s.Counts(); exact(t, c); return c.Lost[sink.LostRejected] == 50 })
+	if c := s.Counts(); !strings.Contains(c.LastError, "403") || c.Delivered != 0 {
+		t.Fatalf("counts: %+v", c)
+	}
+	_ = s.Close()
+	if n := len(f.lines()); n != 0 {
+		t.Fatalf("events file has %d lines, want none", n)
+	}
+
+	// Close with the server down: the queued events are lost at shutdown.
+	s, err = sink.NewServer(sink.ServerConfig{FlushInterval: time.Minute}, "h3", f.client("host"), f.url(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.stop()
+	if err := s.Write(ctx, batch(30, 0)); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close()
+	c := s.Counts()
+	exact(t, c)
+	if c.Lost[sink.LostShutdown] != 30 || c.Pending != 0 {
+		t.Fatalf("after Close with the server down: %+v", c)
+	}
+}

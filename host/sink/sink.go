@@ -1,7 +1,8 @@
 // Package sink defines where the host's events go once the pipeline has
 // queued, rate limited and accounted for them, and provides the NDJSON file
-// sink (two files of a fixed size, the default) and the stdout sink. The
-// server's ingest API and Kafka sinks implement the same interface.
+// sink (two files of a fixed size, the default), the stdout sink and the
+// Kafka sink (one record per event, keyed by host). The server's ingest API
+// sink implements the same interface.
 package sink
 
 import (

@@ -140,11 +140,33 @@ func deadAddr(t *testing.T) string {
 }
 
 func TestKafkaUnreachableFillsBufferThenFails(t *testing.T) {
-	s, err := NewKafka(KafkaConfig{Brokers: []string{deadAddr(t)}, Topic: "vigil-events", BufferMB: 1, RecordTimeout: time.Hour}, "h1", nil)
+	t.Run("unreachable", func(t *testing.T) { testKafkaFillsBuffer(t, false) })
+	t.Run("stopped", func(t *testing.T) { testKafkaFillsBuffer(t, true) })
+}
+
+// testKafkaFillsBuffer writes to brokers that are away until the buffer is
+// full; with stop, the cluster first takes a batch, then stops.
+func testKafkaFillsBuffer(t *testing.T, stop bool) {
+	brokers := []string{deadAddr(t)}
+	var cl *kfake.Cluster
+	if stop {
+		cl = newCluster(t)
+		brokers = cl.ListenAddrs()
+	}
+	s, err := NewKafka(KafkaConfig{Brokers: brokers, Topic: "vigil-events", BufferMB: 1, RecordTimeout: time.Hour}, "h1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := kafkaBatch("procmon", 0, 64)
+	var before uint64
+	if stop {
+		if err := s.Write(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+		waitCounts(t, s, func(c Counts) bool { return c.Delivered == 64 })
+		cl.Close()
+		before = 64
+	}
 	ok := 0
 	for {
 		err := s.Write(context.Background(), b)
@@ -161,7 +183,7 @@ func TestKafkaUnreachableFillsBufferThenFails(t *testing.T) {
 		}
 	}
 	c := s.Counts()
-	if ok == 0 || c.Accepted != uint64(ok*64) || c.Delivered != 0 {
+	if ok == 0 || c.Accepted != before+uint64(ok*64) || c.Delivered != before {
 		t.Fatalf("after %d writes: %+v", ok, c)
 	}
 	// Still full: every further batch fails at once, taking nothing.
@@ -178,8 +200,8 @@ func TestKafkaUnreachableFillsBufferThenFails(t *testing.T) {
 	}
 	c = s.Counts()
 	checkCounts(t, c)
-	if c.Pending != 0 || c.Lost["shutdown"] != c.Accepted {
-		t.Fatalf("after Close: %+v, want all %d lost to shutdown", c, c.Accepted)
+	if c.Pending != 0 || c.Lost["shutdown"] != c.Accepted-before {
+		t.Fatalf("after Close: %+v, want all %d undelivered lost to shutdown", c, c.Accepted-before)
 	}
 }
 
@@ -262,5 +284,52 @@ func TestKafkaTLSFileErrors(t *testing.T) {
 	_, err := NewKafka(KafkaConfig{Brokers: []string{"k1:9092"}, Topic: "t", TLS: &KafkaTLS{CAFile: "/nonexistent/ca.pem"}}, "h1", nil)
 	if err == nil || !strings.Contains(err.Error(), "sinks.kafka.tls.ca_file") {
 		t.Fatalf("NewKafka with a missing CA file: %v", err)
+	}
+}
+
+func TestKafkaRejectedIsCountedLost(t *testing.T) {
+	// The broker takes no batch over 100 bytes: every record batch is
+	// refused with MESSAGE_TOO_LARGE, which no retry can fix.
+	c := newCluster(t, kfake.BrokerConfigs(map[string]string{"message.max.bytes": "100"}))
+	s, err := NewKafka(KafkaConfig{Brokers: c.ListenAddrs(), Topic: "vigil-events", Compression: "none"}, "h1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Write(context.Background(), kafkaBatch("procmon", 0, 20)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(failAfter)
+	for {
+		got := s.Counts()
+		checkCounts(t, got)
+		if got.Pending == 0 {
+			if got.Lost["rejected"] != 20 || !strings.Contains(got.LastError, "MESSAGE_TOO_LARGE") {
+				t.Fatalf("counts %+v, want 20 rejected", got)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("records never failed: %+v", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitCounts waits until the sink's counts satisfy cond, checking that they
+// stay exact meanwhile.
+func waitCounts(t *testing.T, s *Kafka, cond func(Counts) bool) Counts {
+	t.Helper()
+	deadline := time.Now().Add(failAfter)
+	for {
+		c := s.Counts()
+		checkCounts(t, c)
+		if cond(c) {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counts never got there: %+v", c)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

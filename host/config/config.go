@@ -314,8 +314,8 @@ func (c Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	if c.Sinks.File == nil && !c.Sinks.Stdout && c.Sinks.Kafka == nil {
-		bad("sinks: set sinks.file, sinks.stdout: true or sinks.kafka, or events have nowhere to go")
+	if c.Sinks.File == nil && !c.Sinks.Stdout && c.Sinks.Kafka == nil && c.Sinks.Server == nil {
+		bad("sinks: set sinks.file, sinks.stdout: true, sinks.kafka or sinks.server, or events have nowhere to go")
 	}
 	return errors.Join(errs...)
 }

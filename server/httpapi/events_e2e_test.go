@@ -26,13 +26,13 @@ import (
 // fleet is a real vigil-server with TLS, restartable on the same address,
 // etcd ports and data dir.
 type fleet struct {
-	t               *testing.T
+	t               testing.TB
 	pki, data, addr string
 	etcd            []int
 	srv             *server.Server
 }
 
-func newFleet(t *testing.T) *fleet {
+func newFleet(t testing.TB) *fleet {
 	dir := t.TempDir()
 	f := &fleet{t: t, pki: filepath.Join(dir, "pki"), data: filepath.Join(dir, "data"), addr: "127.0.0.1:0"}
 	ids := append(append([]pki.Identity{}, pki.DefaultIdentities...), pki.Identity{Name: "h1", Role: "host", File: "h1"})

@@ -1,0 +1,93 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vigil-hids/vigil/host/config"
+	"github.com/vigil-hids/vigil/host/sink"
+	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/plugins/catalog"
+	"github.com/vigil-hids/vigil/server"
+	"github.com/vigil-hids/vigil/server/pki"
+)
+
+// TestServerSinkEventsReachTheServer runs a real host with sinks.server and
+// a flooding testplugin against a real vigil-server (mutual TLS, a host
+// certificate naming the host): the plugin's events arrive in the server's
+// events file, stamped with the host name, as they do in the local file.
+func TestServerSinkEventsReachTheServer(t *testing.T) {
+	etcd := etcdtest.StartEmbedded(t)
+	dir := t.TempDir()
+	pd := filepath.Join(dir, "pki")
+	ids := append(append([]pki.Identity{}, pki.DefaultIdentities...), pki.Identity{Name: "e2e-host", Role: "host", File: "e2e-host"})
+	if _, err := pki.Init(pd, pki.Options{Identities: ids}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	data := filepath.Join(dir, "data")
+	srv, err := server.Start(ctx, server.Config{
+		ID: "sink-e2e", Listen: "127.0.0.1:0", DataDir: data, EtcdEndpoints: etcd.Endpoints(),
+		TLS:         pki.Files{CA: filepath.Join(pd, "ca.crt"), Cert: filepath.Join(pd, "server.crt"), Key: filepath.Join(pd, "server.key")},
+		CheckPlugin: catalog.Validate,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+
+	cfg := hostConfig(t, testplugin("tp-srv", map[string]any{"flood_total": 1000, "flood_rate": 0}))
+	cfg.Server = &config.Server{URL: "https://" + srv.Addr(), CAFile: filepath.Join(pd, "ca.crt"),
+		CertFile: filepath.Join(pd, "e2e-host.crt"), KeyFile: filepath.Join(pd, "e2e-host.key")}
+	cfg.Sinks.Server = &sink.ServerConfig{FlushInterval: 50 * time.Millisecond}
+	a := start(t, cfg)
+	count := func(path string) (n int) {
+		for _, l := range readEvents(t, path) {
+			if l.Plugin == "tp-srv" && l.Type == "flood" {
+				n++
+			}
+		}
+		return n
+	}
+	events := filepath.Join(data, "events", "events.ndjson")
+	waitLong(t, "1000 events in the server's file", func() bool { return count(events) >= 1000 })
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, local := count(events), count(cfg.Sinks.File.Path); n != 1000 || local != 1000 {
+		t.Fatalf("server has %d flood events, the local file %d, want 1000 each", n, local)
+	}
+	hosts := map[string]int{}
+	for _, l := range readHosts(t, events) {
+		hosts[l]++
+	}
+	if len(hosts) != 1 || hosts["e2e-host"] == 0 {
+		t.Fatalf("hosts in the server's file: %v", hosts)
+	}
+}
+
+// readHosts returns the "host" of every line of an NDJSON file.
+func readHosts(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		var v struct {
+			Host string `json:"host"`
+		}
+		if err := json.Unmarshal(l, &v); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		out = append(out, v.Host)
+	}
+	return out
+}

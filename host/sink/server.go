@@ -131,6 +131,10 @@ type Server struct {
 	stop    chan struct{}
 	done    chan struct{}
 	closeMu sync.Once
+	// ctx bounds every request; Close cancels it if the sender has not
+	// finished serverShutdownFlush after being told to stop.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // NewServer returns the server sink posting to baseURL (the server
@@ -160,6 +164,7 @@ func NewServer(cfg ServerConfig, host string, client *http.Client, baseURL strin
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go s.run()
 	return s, nil
 }
@@ -230,13 +235,22 @@ func (s *Server) Write(_ context.Context, b *Batch) error {
 func (s *Server) Flush(context.Context) error { return nil }
 
 // Close stops taking batches, sends what is queued for at most about two
-// seconds, and counts what is left as lost ("shutdown"). It is idempotent.
+// seconds (a request in flight included), and counts what is left as lost
+// ("shutdown"). It is idempotent.
 func (s *Server) Close() error {
 	s.closeMu.Do(func() {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
 		close(s.stop)
+		t := time.NewTimer(serverShutdownFlush)
+		select {
+		case <-s.done:
+		case <-t.C:
+			s.cancel() // a request in flight, or the final flush, ends now
+		}
+		t.Stop()
+		s.cancel()
 	})
 	<-s.done
 	return nil
@@ -256,8 +270,7 @@ func (s *Server) Counts() Counts {
 
 func (s *Server) run() {
 	defer close(s.done)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := s.ctx
 	bo := sdk.NewBackoff(s.host+"/sink/server", serverBackoffInitial, serverBackoffMax)
 	tick := time.NewTicker(s.cfg.FlushInterval)
 	defer tick.Stop()
@@ -376,7 +389,7 @@ func (s *Server) send(ctx context.Context, c chunk, zw *gzip.Writer, gz *bytes.B
 // shutdown sends what is queued for at most serverShutdownFlush, one
 // attempt per body, then counts the rest as lost.
 func (s *Server) shutdown(zw *gzip.Writer, gz *bytes.Buffer) {
-	ctx, cancel := context.WithTimeout(context.Background(), serverShutdownFlush)
+	ctx, cancel := context.WithTimeout(s.ctx, serverShutdownFlush)
 	defer cancel()
 	for ctx.Err() == nil {
 		c, ok := s.head()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -89,4 +90,42 @@ func BenchmarkServerWrite(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*bt.Count), "ns/event")
+}
+
+// TestServerCloseWithHungServer: a server that never answers does not hold
+// Close beyond its final flush; the events are lost at shutdown.
+func TestServerCloseWithHungServer(t *testing.T) {
+	release := make(chan struct{})
+	got := make(chan struct{}, 1)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hs.Close()
+	defer close(release)
+	s, err := NewServer(ServerConfig{FlushInterval: 10 * time.Millisecond}, "h", hs.Client(), hs.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := benchBatch()
+	if err := s.Write(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	<-got // the request is in flight
+	closed := make(chan struct{})
+	go func() { _ = s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		t.Fatal("Close waited on the hung server")
+	}
+	if c := s.Counts(); c.Lost[LostShutdown] != uint64(b.Count) || c.Pending != 0 || c.Accepted != uint64(b.Count) {
+		t.Fatalf("counts %+v", c)
+	}
 }

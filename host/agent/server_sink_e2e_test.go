@@ -57,6 +57,15 @@ func TestServerSinkEventsReachTheServer(t *testing.T) {
 	}
 	events := filepath.Join(data, "events", "events.ndjson")
 	waitLong(t, "1000 events in the server's file", func() bool { return count(events) >= 1000 })
+	// vigil-host status shows the sink's counts; what it took is
+	// delivered, pending or lost, to the event.
+	waitLong(t, "the server sink's counts in the status", func() bool {
+		c, ok := a.Snapshot().SinkCounts["server"]
+		return ok && c.Delivered >= 1000
+	})
+	if c := a.Snapshot().SinkCounts["server"]; c.Accepted != c.Delivered+c.Pending+sumLost(c.Lost) || len(c.Lost) != 0 {
+		t.Errorf("server sink counts %+v", c)
+	}
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -90,4 +99,11 @@ func readHosts(t *testing.T, path string) []string {
 		out = append(out, v.Host)
 	}
 	return out
+}
+
+func sumLost(m map[string]uint64) (n uint64) {
+	for _, v := range m {
+		n += v
+	}
+	return n
 }

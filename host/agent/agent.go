@@ -131,6 +131,16 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 	}()
 
 	var sinks []sink.Sink
+	defer func() {
+		if a.pipe == nil {
+			// Not handed to a pipeline (a later sink or the pipeline
+			// failed): the network sinks' goroutines must not outlive
+			// the failed start.
+			for _, s := range sinks {
+				_ = s.Close()
+			}
+		}
+	}()
 	if cfg.Sinks.File != nil {
 		if err := os.MkdirAll(filepath.Dir(cfg.Sinks.File.Path), 0o750); err != nil {
 			return nil, fmt.Errorf("file sink: %w", err)
@@ -167,9 +177,11 @@ func Start(ctx context.Context, cfg config.Config, opts Options) (_ *Agent, err 
 		sinks = append(sinks, ss)
 		a.sinks = append(a.sinks, "server:"+link.URL)
 	}
-	if sinks, err = a.addVulnSink(sinks); err != nil {
+	withVuln, err := a.addVulnSink(sinks)
+	if err != nil {
 		return nil, err
 	}
+	sinks = withVuln
 	for _, s := range sinks {
 		if c, ok := s.(sink.Counted); ok {
 			a.counted = append(a.counted, c)

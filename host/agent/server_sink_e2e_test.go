@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/vigil-hids/vigil/host/agent"
 	"github.com/vigil-hids/vigil/host/config"
+	"github.com/vigil-hids/vigil/host/logging"
 	"github.com/vigil-hids/vigil/host/sink"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/plugins/catalog"
@@ -106,4 +109,30 @@ func sumLost(m map[string]uint64) (n uint64) {
 		n += v
 	}
 	return n
+}
+
+// TestFailedStartClosesSinks: a start that fails after a network sink was
+// built (here the server sink's client certificate is missing, after the
+// Kafka sink) closes that sink; TestMain's leak check fails on the Kafka
+// client's goroutines otherwise.
+func TestFailedStartClosesSinks(t *testing.T) {
+	cfg := hostConfig(t, testplugin("tp-fail", nil))
+	cfg.Sinks.Kafka = &sink.KafkaConfig{Brokers: []string{"127.0.0.1:1"}, Topic: "vigil-events"}
+	missing := t.TempDir()
+	cfg.Server = &config.Server{URL: "https://127.0.0.1:1", CAFile: filepath.Join(missing, "no-such-ca.crt"),
+		CertFile: filepath.Join(missing, "host.crt"), KeyFile: filepath.Join(missing, "host.key")}
+	cfg.Sinks.Server = &sink.ServerConfig{}
+	log, err := logging.New(cfg.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	a, err := agent.Start(context.Background(), cfg, agent.Options{Version: "test", Log: log.Logger, PluginLog: logging.HCLog(log.Logger, "")})
+	if err == nil {
+		a.Close()
+		t.Fatal("the agent started with a missing CA file")
+	}
+	if !strings.Contains(err.Error(), "no-such-ca.crt") {
+		t.Errorf("error %q does not name the missing file", err)
+	}
 }

@@ -79,6 +79,19 @@ plugins:
 			yaml:    "host_name: a\nsinks: {kafka: {brokers: [k1], topic: 'a b', compression: brotli}}\n",
 			wantErr: []string{`sinks.kafka.brokers[0] "k1": want host:port`, `sinks.kafka.topic: "a b": character ' ' at 1`, `sinks.kafka.compression must be one of none, gzip, snappy, lz4, zstd (got "brotli")`},
 		},
+		{
+			name:    "server sink problems",
+			yaml:    "host_name: a\nsinks: {server: {queue_mb: -1, batch_kb: 1, flush_interval: 1h}}\n",
+			wantErr: []string{"sinks.server.queue_mb must be between", "(got -1)", "sinks.server.batch_kb must be between", "sinks.server.flush_interval must be between", "sinks.server needs the server section"},
+		},
+		{
+			name: "server sink alone", yaml: "host_name: a\nserver: {url: 'https://vigil:8443'}\nsinks: {file: null, server: {flush_interval: 2s}}\n",
+			check: func(t *testing.T, c Config) {
+				if s := c.Sinks.Server; s == nil || s.FlushInterval != 2*time.Second {
+					t.Fatalf("sinks.server: %+v", s)
+				}
+			},
+		},
 		{name: "bad log level", yaml: "host_name: a\nlog: {level: loud}\n", wantErr: []string{"log.level must be one of", `(got "loud")`}},
 	}
 	for _, tt := range tests {

@@ -72,6 +72,7 @@ log: {level: info, file: $run/host.log, stderr: false}
 heartbeat: {interval: 30s}
 sinks:
   file: {path: $run/events.ndjson, max_size_mb: 64}
+  server: {}   # the fleet's copy: run/server-data/events/events.ndjson
 control:
   endpoints: [https://127.0.0.1:2379]
   ca_file: $run/pki/ca.crt
@@ -121,7 +122,7 @@ example_release || echo "note: no signed example release this time (see run/rele
 cat <<MSG
 
 Vigil is running: vigil-server (embedded etcd, API on https://127.0.0.1:8443) and one vigil-host.
-  events:   tail -f run/events.ndjson
+  events:   tail -f run/events.ndjson   (the server's copy: run/server-data/events/events.ndjson)
   host:     ./bin/vigil-host status --socket run/host-run/host.sock
   fleet:    export VIGIL_SERVER=$VIGIL_SERVER VIGIL_CA=$VIGIL_CA VIGIL_CERT=$VIGIL_CERT VIGIL_KEY=$VIGIL_KEY
             ./bin/vigilctl agents ls

@@ -30,7 +30,9 @@ const (
 // EventsOptions configures POST /v1/events.
 type EventsOptions struct {
 	// Out receives the accepted NDJSON lines (a rotated file); nil
-	// answers 503: the server keeps no events.
+	// answers 404 ("disabled"): the server keeps no events, and a host's
+	// server sink counts what it sends as lost (rejected) instead of
+	// retrying it until its queue is full.
 	Out io.Writer
 	// MaxBody and MaxDecoded bound a body compressed and decompressed;
 	// 0 means the defaults.
@@ -45,7 +47,7 @@ type eventsState struct {
 	buf sync.Pool
 }
 
-// eventsRoutes adds POST /v1/events (always: without Out it answers 503).
+// eventsRoutes adds POST /v1/events (always: without Out it answers 404).
 func (h *handler) eventsRoutes() {
 	if h.opts.Events == nil {
 		h.opts.Events = &EventsOptions{}
@@ -92,7 +94,7 @@ func (h *handler) refuseEvents(w http.ResponseWriter, r *http.Request, reason st
 	case "too_large":
 		h.refuse(w, r, http.StatusRequestEntityTooLarge, "too_large", err)
 	case "disabled":
-		h.refuse(w, r, http.StatusServiceUnavailable, "unavailable", err)
+		h.refuse(w, r, http.StatusNotFound, "disabled", err)
 	case "write":
 		h.refuse(w, r, http.StatusServiceUnavailable, "unavailable", err)
 	default:

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -64,7 +65,40 @@ type KafkaTLS struct {
 type KafkaSASL struct {
 	Mechanism string `yaml:"mechanism" json:"mechanism"`
 	Username  string `yaml:"username" json:"username"`
-	Password  string `yaml:"password" json:"-"`
+	// Password, or PasswordFile: a file holding it (one line; it must
+	// not be readable by group or others), so the config file need not
+	// hold the secret.
+	Password     string `yaml:"password" json:"-"`
+	PasswordFile string `yaml:"password_file" json:"password_file,omitempty"`
+}
+
+// password is the SASL password: Password, or PasswordFile's first line.
+func (a KafkaSASL) password() (string, error) {
+	if a.PasswordFile == "" {
+		return a.Password, nil
+	}
+	f, err := os.Open(a.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("sinks.kafka.sasl.password_file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("sinks.kafka.sasl.password_file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("sinks.kafka.sasl.password_file %s is readable by group or others (mode %v); chmod 600 it", a.PasswordFile, fi.Mode().Perm())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", fmt.Errorf("sinks.kafka.sasl.password_file: %w", err)
+	}
+	pw, _, _ := strings.Cut(string(b), "\n")
+	pw = strings.TrimSuffix(pw, "\r")
+	if pw == "" {
+		return "", fmt.Errorf("sinks.kafka.sasl.password_file %s is empty", a.PasswordFile)
+	}
+	return pw, nil
 }
 
 // Kafka sink defaults and limits.
@@ -132,8 +166,13 @@ func (c KafkaConfig) Validate() error {
 		default:
 			bad("sinks.kafka.sasl.mechanism must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (got %q)", s.Mechanism)
 		}
-		if s.Username == "" || s.Password == "" {
-			bad("sinks.kafka.sasl: username and password must be set")
+		switch {
+		case s.Username == "":
+			bad("sinks.kafka.sasl.username must be set")
+		case s.Password != "" && s.PasswordFile != "":
+			bad("sinks.kafka.sasl: set password or password_file, not both")
+		case s.Password == "" && s.PasswordFile == "":
+			bad("sinks.kafka.sasl: set password or password_file")
 		}
 	}
 	return errors.Join(errs...)
@@ -256,14 +295,18 @@ func NewKafka(cfg KafkaConfig, host string, log *slog.Logger) (*Kafka, error) {
 		opts = append(opts, kgo.DialTLSConfig(tc))
 	}
 	if a := cfg.SASL; a != nil {
+		pw, err := a.password()
+		if err != nil {
+			return nil, err
+		}
 		var m sasl.Mechanism
 		switch a.Mechanism {
 		case "PLAIN":
-			m = plain.Auth{User: a.Username, Pass: a.Password}.AsMechanism()
+			m = plain.Auth{User: a.Username, Pass: pw}.AsMechanism()
 		case "SCRAM-SHA-256":
-			m = scram.Auth{User: a.Username, Pass: a.Password}.AsSha256Mechanism()
+			m = scram.Auth{User: a.Username, Pass: pw}.AsSha256Mechanism()
 		default:
-			m = scram.Auth{User: a.Username, Pass: a.Password}.AsSha512Mechanism()
+			m = scram.Auth{User: a.Username, Pass: pw}.AsSha512Mechanism()
 		}
 		opts = append(opts, kgo.SASL(m))
 	}

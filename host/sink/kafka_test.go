@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -261,7 +263,11 @@ func TestKafkaConfigValidate(t *testing.T) {
 		{name: "timeout", edit: func(c *KafkaConfig) { c.RecordTimeout = time.Millisecond }, want: "sinks.kafka.record_timeout must be between 1s and 1h0m0s (got 1ms)"},
 		{name: "tls half", edit: func(c *KafkaConfig) { c.TLS = &KafkaTLS{CertFile: "/c.pem"} }, want: `sinks.kafka.tls: cert_file and key_file must be set together (got cert_file "/c.pem", key_file "")`},
 		{name: "sasl mech", edit: func(c *KafkaConfig) { c.SASL = &KafkaSASL{Mechanism: "GSSAPI", Username: "u", Password: "p"} }, want: `sinks.kafka.sasl.mechanism must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (got "GSSAPI")`},
-		{name: "sasl user", edit: func(c *KafkaConfig) { c.SASL = &KafkaSASL{Mechanism: "PLAIN"} }, want: "sinks.kafka.sasl: username and password must be set"},
+		{name: "sasl user", edit: func(c *KafkaConfig) { c.SASL = &KafkaSASL{Mechanism: "PLAIN", Password: "p"} }, want: "sinks.kafka.sasl.username must be set"},
+		{name: "sasl no password", edit: func(c *KafkaConfig) { c.SASL = &KafkaSASL{Mechanism: "PLAIN", Username: "u"} }, want: "sinks.kafka.sasl: set password or password_file"},
+		{name: "sasl both", edit: func(c *KafkaConfig) {
+			c.SASL = &KafkaSASL{Mechanism: "PLAIN", Username: "u", Password: "p", PasswordFile: "/etc/vigil/kafka.pw"}
+		}, want: "sinks.kafka.sasl: set password or password_file, not both"},
 		{name: "two errors", edit: func(c *KafkaConfig) { c.Topic, c.BufferMB = "", 4096 }, want: "sinks.kafka.topic: must be set\nsinks.kafka.buffer_mb must be between 1 and 1024 (got 4096)"},
 	}
 	for _, tt := range tests {
@@ -277,6 +283,69 @@ func TestKafkaConfigValidate(t *testing.T) {
 				t.Fatalf("got %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestKafkaSASLPasswordFile: a SCRAM password read from a file logs in to
+// a cluster that requires it; a wrong one is never delivered to; a file
+// others may read, or an empty one, is refused naming it.
+func TestKafkaSASLPasswordFile(t *testing.T) {
+	c := newCluster(t, kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "vigil", "s3cret"))
+	dir := t.TempDir()
+	file := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg := func(pwFile string) KafkaConfig {
+		return KafkaConfig{Brokers: c.ListenAddrs(), Topic: "vigil-events", RecordTimeout: 5 * time.Second,
+			SASL: &KafkaSASL{Mechanism: "SCRAM-SHA-256", Username: "vigil", PasswordFile: pwFile}}
+	}
+	s, err := NewKafka(cfg(file("good", "s3cret\n", 0o600)), "h1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), kafkaBatch("procmon", 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Counts(); got.Delivered != 10 {
+		t.Fatalf("with the password from the file: %+v", got)
+	}
+
+	s, err = NewKafka(cfg(file("wrong", "guess\n", 0o600)), "h1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), kafkaBatch("procmon", 0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Counts(); got.Delivered != 0 || got.Accepted != 10 || got.Pending != 0 {
+		t.Fatalf("with a wrong password: %+v", got)
+	}
+
+	for _, tc := range []struct{ name, content, want string }{
+		{"open", "s3cret\n", "readable by group or others"},
+		{"empty", "\n", "is empty"},
+	} {
+		mode := os.FileMode(0o600)
+		if tc.name == "open" {
+			mode = 0o644
+		}
+		p := file(tc.name, tc.content, mode)
+		if _, err := NewKafka(cfg(p), "h1", nil); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s password file: %v, want %q naming %s", tc.name, err, tc.want, p)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"strconv"
@@ -445,12 +446,7 @@ func (s *Kafka) Counts() Counts {
 		Delivered: s.delivered,
 		Pending:   s.accepted - s.delivered - s.lostSum,
 		LastError: s.lastErr,
-	}
-	if len(s.lost) > 0 {
-		c.Lost = make(map[string]uint64, len(s.lost))
-		for k, v := range s.lost {
-			c.Lost[k] = v
-		}
+		Lost:      maps.Clone(s.lost),
 	}
 	return c
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"strings"
@@ -261,10 +262,7 @@ func (s *Server) Counts() Counts {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.counts
-	c.Lost = make(map[string]uint64, len(s.counts.Lost))
-	for k, v := range s.counts.Lost {
-		c.Lost[k] = v
-	}
+	c.Lost = maps.Clone(s.counts.Lost)
 	return c
 }
 

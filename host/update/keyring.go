@@ -82,6 +82,13 @@ func (s *TrustStore) loadSaved() (*signing.SignedKeyring, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	// Only the roots' signatures make it the keyring in use: an edited or
+	// damaged copy with a high serial would otherwise block the genuine
+	// keyring of that serial. Expiry is checked at each use (Release), so
+	// an expired copy still keeps older keyrings out.
+	if _, err := signing.VerifyKeyring(kr, *s.t.Roots, kr.Keyring.Expires.Add(-time.Nanosecond), 0); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	return &kr, nil
 }
 

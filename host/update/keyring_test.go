@@ -243,3 +243,31 @@ func TestUpdaterTakesRotatedKeyring(t *testing.T) {
 		t.Errorf("update status %+v", s)
 	}
 }
+
+// TestTrustStoreSavedKeyringNotSignedByRoots: a saved keyring that parses
+// but that the pinned roots did not sign (edited, damaged) is not the
+// keyring in use: the file's is, and the fleet's genuine keyring with the
+// saved copy's serial is then taken.
+func TestTrustStoreSavedKeyringNotSignedByRoots(t *testing.T) {
+	root, stranger, k1, k2 := newTestKey(t), newTestKey(t), newTestKey(t), newTestKey(t)
+	later := testNow.Add(24 * time.Hour)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, savedKeyringFile), signedKeyring(t, 5, later, []testKey{k2}, stranger), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := parsedKeyring(t, signedKeyring(t, 1, later, []testKey{k1}, root))
+	var log strings.Builder
+	s := NewTrustStore(Trust{Roots: testTrust(t, 1, root).Keys, Keyring: file}, dir, slog.New(slog.NewTextHandler(&log, nil)))
+	if got := s.Trust().KeyringSerial(); got != 1 {
+		t.Errorf("serial in use %d, want the file's 1 (the saved copy is not signed by the roots)", got)
+	}
+	if !strings.Contains(log.String(), "ignoring the saved release keyring") {
+		t.Errorf("log %q", log.String())
+	}
+	if changed, err := s.Offer(signedKeyring(t, 5, later, []testKey{k2}, root), testNow, 0); !changed || err != nil {
+		t.Fatalf("the genuine serial 5: Offer = %v, %v", changed, err)
+	}
+	if ids := releaseKeyIDs(t, s); len(ids) != 1 || ids[0] != keyID(k2) {
+		t.Errorf("release keys %v, want k2", ids)
+	}
+}

@@ -35,6 +35,11 @@ type TrustStore struct {
 	mu     sync.Mutex
 	t      Trust
 	status *api.KeyringStatus
+	// floor is the highest keyring serial the host ever accepted: the
+	// updater's record (installed.json) and every keyring taken since, so
+	// a lost saved keyring or a caller that passes no minimum cannot bring
+	// back an older keyring.
+	floor uint64
 	// offered is the published keyring last checked, so an unchanged one
 	// is not verified and logged again at every install.
 	offered []byte
@@ -54,6 +59,9 @@ func NewTrustStore(t Trust, stateDir string, log *slog.Logger) *TrustStore {
 	if t.Roots == nil || t.Keyring == nil {
 		return s
 	}
+	if st, err := s.loadRecord(); err == nil {
+		s.floor = st.KeyringSerial
+	} // a torn record is logged by the updater, which reads it too
 	if saved, err := s.loadSaved(); err != nil {
 		s.log.Error("ignoring the saved release keyring; using the keyring file", "err", err)
 	} else if saved != nil && saved.Keyring.Serial > t.Keyring.Keyring.Serial {
@@ -63,6 +71,13 @@ func NewTrustStore(t Trust, stateDir string, log *slog.Logger) *TrustStore {
 	}
 	s.status = &api.KeyringStatus{Serial: s.t.Keyring.Keyring.Serial, Expires: s.t.Keyring.Keyring.Expires}
 	return s
+}
+
+func (s *TrustStore) loadRecord() (state, error) {
+	if s.dir == "" {
+		return state{}, nil
+	}
+	return loadState(s.dir)
 }
 
 func (s *TrustStore) loadSaved() (*signing.SignedKeyring, error) {
@@ -101,8 +116,10 @@ func (s *TrustStore) Trust() Trust {
 
 // Release returns the release keys in force at now (Trust.Release).
 func (s *TrustStore) Release(now time.Time, minSerial uint64) (signing.Trust, error) {
-	t := s.Trust()
-	return t.Release(now, max(minSerial, t.KeyringSerial()))
+	s.mu.Lock()
+	t, floor := s.t, s.floor
+	s.mu.Unlock()
+	return t.Release(now, max(minSerial, floor, t.KeyringSerial()))
 }
 
 // Status is the keyring state for the registration, nil with pinned
@@ -116,8 +133,9 @@ func (s *TrustStore) Status() *api.KeyringStatus {
 
 // Offer checks raw, the keyring published for the fleet (nil when none is
 // published), and takes it when it is newer and valid: verified against the
-// pinned roots at now, with a serial above both the one in use and
-// minSerial (the highest the host ever accepted). It reports whether the
+// pinned roots at now, with a serial above the one in use, not below
+// minSerial nor the highest the host ever accepted (installed.json and the
+// keyrings taken since, whatever minSerial says). It reports whether the
 // keyring in use changed; an error says why raw was refused, and the
 // keyring in use stays. The same bytes offered again give the same answer
 // without a second check.
@@ -180,7 +198,7 @@ func (s *TrustStore) take(raw []byte, now time.Time, minSerial uint64) (bool, er
 		s.status = &api.KeyringStatus{Serial: cur, Expires: s.t.Keyring.Keyring.Expires}
 		return false, nil
 	}
-	if _, err := signing.VerifyKeyring(kr, *s.t.Roots, now, max(minSerial, cur)); err != nil {
+	if _, err := signing.VerifyKeyring(kr, *s.t.Roots, now, max(minSerial, s.floor, cur)); err != nil {
 		return false, fmt.Errorf("published release %w", err)
 	}
 	if s.dir != "" {
@@ -194,6 +212,7 @@ func (s *TrustStore) take(raw []byte, now time.Time, minSerial uint64) (bool, er
 	s.log.Info("release keyring taken", "serial", kr.Keyring.Serial, "previous", cur,
 		"expires", kr.Keyring.Expires, "threshold", kr.Keyring.Threshold, "keys", len(kr.Keyring.Keys))
 	s.t.Keyring = &kr
+	s.floor = max(s.floor, kr.Keyring.Serial)
 	s.status = &api.KeyringStatus{Serial: kr.Keyring.Serial, Expires: kr.Keyring.Expires}
 	return true, nil
 }

@@ -271,3 +271,43 @@ func TestTrustStoreSavedKeyringNotSignedByRoots(t *testing.T) {
 		t.Errorf("release keys %v, want k2", ids)
 	}
 }
+
+// TestTrustStoreNoRollbackAfterLosingSavedKeyring: the host accepted
+// serial 3 (installed.json records it), then its saved keyring was
+// damaged. After a restart the keyring file's serial 1 is the fallback,
+// but neither it nor an older keyring replayed through etcd (serial 2) is
+// trusted, also through callers that pass no minimum (self-update); the
+// genuine serial 3 is taken again.
+func TestTrustStoreNoRollbackAfterLosingSavedKeyring(t *testing.T) {
+	root, k1, k2, k3 := newTestKey(t), newTestKey(t), newTestKey(t), newTestKey(t)
+	roots := testTrust(t, 1, root).Keys
+	later := testNow.Add(24 * time.Hour)
+	file := parsedKeyring(t, signedKeyring(t, 1, later, []testKey{k1}, root))
+	v3 := signedKeyring(t, 3, later, []testKey{k3}, root)
+	dir := t.TempDir()
+	if changed, err := NewTrustStore(Trust{Roots: roots, Keyring: file}, dir, nil).Offer(v3, testNow, 0); !changed || err != nil {
+		t.Fatalf("Offer(serial 3) = %v, %v", changed, err)
+	}
+	// What the updater records when the keyring is taken.
+	if err := saveState(dir, state{Plugins: map[string]*record{}, KeyringSerial: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, savedKeyringFile), []byte(`{"keyring":{"ser`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	s := NewTrustStore(Trust{Roots: roots, Keyring: file}, dir, nil)
+	if _, err := s.Release(testNow, 0); !errors.Is(err, signing.ErrKeyringRollback) {
+		t.Errorf("the file's serial 1 after serial 3 was accepted: Release = %v, want %v", err, signing.ErrKeyringRollback)
+	}
+	v2 := signedKeyring(t, 2, later, []testKey{k2}, root)
+	if changed, err := s.Offer(v2, testNow, 0); changed || !errors.Is(err, signing.ErrKeyringRollback) {
+		t.Errorf("replayed serial 2: Offer = %v, %v; want %v", changed, err, signing.ErrKeyringRollback)
+	}
+	if changed, err := s.Offer(v3, testNow, 0); !changed || err != nil {
+		t.Fatalf("serial 3 again: Offer = %v, %v", changed, err)
+	}
+	if ids := releaseKeyIDs(t, s); len(ids) != 1 || ids[0] != keyID(k3) {
+		t.Errorf("release keys %v, want k3", ids)
+	}
+}

@@ -76,6 +76,9 @@ type Store struct {
 	// mu orders Put's reuse of a stored artifact (which renews its mtime)
 	// against Collect's age check and removal of the same file (gc.go).
 	mu sync.Mutex
+	// reusing counts, by sha256, the uploads in progress that reuse a
+	// stored artifact; Collect keeps those files (under mu).
+	reusing map[string]int
 	// gcMu runs one Collect at a time.
 	gcMu sync.Mutex
 }
@@ -92,7 +95,7 @@ func Open(cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{dir: cfg.Dir, max: cfg.MaxBytes, log: cfg.Logger.With("component", "artifacts")}
+	s := &Store{dir: cfg.Dir, max: cfg.MaxBytes, log: cfg.Logger.With("component", "artifacts"), reusing: map[string]int{}}
 	for _, d := range []string{s.dir, filepath.Join(s.dir, "sha256"), s.tmpDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("artifacts: creating %s: %w", d, err)
@@ -164,12 +167,18 @@ func (s *Store) Put(r io.Reader, sha string, length int64) (Info, error) {
 		return Info{}, fmt.Errorf("%w: %d bytes, over the cap of %d (artifact-max-bytes)", ErrTooLarge, length, s.max)
 	}
 	if in, err := s.reuse(sha); err == nil {
-		if in.Length != length {
-			// Two lengths for one sha256 cannot both be right; the stored
-			// one was checked when written.
-			return Info{}, fmt.Errorf("%w: sha256:%s is stored with %d bytes, the manifest says %d", ErrMismatch, sha, in.Length, length)
+		err := func() error {
+			if in.Length != length {
+				// Two lengths for one sha256 cannot both be right; the stored
+				// one was checked when written.
+				return fmt.Errorf("%w: sha256:%s is stored with %d bytes, the manifest says %d", ErrMismatch, sha, in.Length, length)
+			}
+			return check(io.Discard, r, sha, length)
+		}()
+		if derr := s.reused(sha, err == nil); err == nil {
+			err = derr
 		}
-		if err := check(io.Discard, r, sha, length); err != nil {
+		if err != nil {
 			return Info{}, err
 		}
 		return in, nil
@@ -206,9 +215,11 @@ func (s *Store) Put(r io.Reader, sha string, length int64) (Info, error) {
 	return Info{SHA256: sha, Length: length, Created: true}, nil
 }
 
-// reuse stats a stored artifact and renews its modification time, so that
-// Collect, which removes only unnamed artifacts older than its grace
-// period, does not remove it while the manifest naming it is written.
+// reuse stats a stored artifact, renews its modification time and counts
+// it as reused until reused is called: Collect, which removes only unnamed
+// artifacts older than its grace period, keeps it however long the upload
+// takes, and for the grace period after it, while the manifest naming it
+// is written.
 func (s *Store) reuse(sha string) (Info, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -220,7 +231,27 @@ func (s *Store) reuse(sha string) (Info, error) {
 	if err := os.Chtimes(s.Path(sha), now, now); err != nil {
 		return Info{}, fmt.Errorf("artifacts: renewing sha256:%s: %w", sha, err)
 	}
+	s.reusing[sha]++
 	return in, nil
+}
+
+// reused ends an upload that reuse counted; after a good one (ok) the
+// modification time is renewed again, so the grace period counts from the
+// end of the upload.
+func (s *Store) reused(sha string, ok bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.reusing[sha]--; s.reusing[sha] <= 0 {
+		delete(s.reusing, sha)
+	}
+	if !ok {
+		return nil
+	}
+	now := time.Now()
+	if err := os.Chtimes(s.Path(sha), now, now); err != nil {
+		return fmt.Errorf("artifacts: renewing sha256:%s: %w", sha, err)
+	}
+	return nil
 }
 
 // check copies exactly length bytes of r to w and checks their sha256.

@@ -72,9 +72,9 @@ type GCReport struct {
 }
 
 // Collect removes the artifacts that opts.Named does not name and that
-// were last modified more than the grace period before opts.Now. Put renews
-// the modification time of an artifact it reuses, so an artifact a publish
-// is about to name again is young. Temporary files (uploads in progress)
+// were last modified more than the grace period before opts.Now. Put keeps
+// an artifact it reuses while the upload lasts and renews its modification
+// time at the end, so an artifact a publish is about to name again is kept. Temporary files (uploads in progress)
 // are never touched. One Collect runs at a time per Store; two servers
 // sharing one directory are not coordinated beyond the grace period.
 func (s *Store) Collect(opts GCOptions) (GCReport, error) {
@@ -123,9 +123,10 @@ func (s *Store) Collect(opts GCOptions) (GCReport, error) {
 }
 
 // collectOne checks the age of one unnamed artifact and removes it if it
-// is older than the grace period (removed true; with DryRun nothing is
-// removed). Under mu, so Put cannot reuse it between the check and the
-// removal. e is zero when the file is gone already.
+// is older than the grace period and no upload reusing it is in progress
+// (removed true; with DryRun nothing is removed). Under mu, so Put cannot
+// reuse it between the check and the removal. e is zero when the file is
+// gone already.
 func (s *Store) collectOne(sha string, opts GCOptions) (e Entry, removed bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -138,7 +139,8 @@ func (s *Store) collectOne(sha string, opts GCOptions) (e Entry, removed bool, e
 		return Entry{}, false, fmt.Errorf("artifacts: %w", err)
 	}
 	e = Entry{SHA256: sha, Length: fi.Size(), Modified: fi.ModTime().UTC()}
-	if opts.Now.Sub(fi.ModTime()) < opts.Grace {
+	if s.reusing[sha] > 0 || opts.Now.Sub(fi.ModTime()) < opts.Grace {
+		// Young, or an upload reusing it is in progress.
 		return e, false, nil
 	}
 	if opts.DryRun {

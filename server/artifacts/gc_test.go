@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,4 +92,51 @@ func FuzzDigests(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestCollectKeepsAnArtifactAnUploadReuses: a publish that reuses an
+// unnamed stored artifact renews it, then reads the whole upload before its
+// manifest is written. However long that upload takes (here, as Collect's
+// clock sees it, three hours with a grace of one), a Collect meanwhile must
+// not remove the file the manifest is about to name.
+func TestCollectKeepsAnArtifactAnUploadReuses(t *testing.T) {
+	s, err := Open(Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := []byte("a binary published, removed, and published again")
+	sha := put(t, s, bin, 3*time.Hour)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Put(pr, sha, int64(len(bin)))
+		done <- err
+	}()
+	// Once Put has read the first half, it has found and renewed the file.
+	if _, err := pw.Write(bin[:10]); err != nil {
+		t.Fatal(err)
+	}
+	none := func(string) bool { return false }
+	rep, err := s.Collect(GCOptions{Named: none, Grace: time.Hour, Now: time.Now().Add(3 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pw.Write(bin[10:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Put: %v", err)
+	}
+	if _, err := s.Stat(sha); err != nil {
+		t.Fatalf("Put succeeded, but its artifact is gone (a Collect during the upload removed it, report %+v): %v", rep, err)
+	}
+	if len(rep.Removed) != 0 || len(rep.Young) != 1 || rep.Young[0].SHA256 != sha {
+		t.Fatalf("collect during the upload: %+v", rep)
+	}
+	// The grace period counts from the end of the upload: a Collect just
+	// after it, before the manifest is written, keeps the file too.
+	if rep, err := s.Collect(GCOptions{Named: none, Grace: time.Minute}); err != nil || len(rep.Removed) != 0 {
+		t.Fatalf("collect after the upload: %+v %v", rep, err)
+	}
 }

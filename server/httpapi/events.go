@@ -237,6 +237,12 @@ func CheckEvents(data []byte, host string) (int, error) {
 		if err := json.Unmarshal(l, &ev); err != nil {
 			return n, badRequest("line %d: not a JSON object: %v", line, err)
 		}
+		// encoding/json matches keys case-insensitively and keeps the
+		// last of duplicates; other readers of the file may not, so the
+		// host must be under "host", once, with no case variant beside it.
+		if err := checkHostKey(l); err != nil {
+			return n, badRequest("line %d: %v", line, err)
+		}
 		switch {
 		case ev.Host == nil:
 			return n, badRequest("line %d: no \"host\" field (want %q)", line, host)
@@ -246,4 +252,61 @@ func CheckEvents(data []byte, host string) (int, error) {
 		n++
 	}
 	return n, nil
+}
+
+// checkHostKey checks the top-level keys of l, a valid JSON object: "host"
+// at most once, and no key that equals it case-insensitively (as
+// encoding/json would match it) but for "host" itself.
+func checkHostKey(l []byte) error {
+	depth, seen := 0, false
+	prev := byte(0) // the last byte outside strings that is not a space
+	for i := 0; i < len(l); i++ {
+		switch c := l[i]; c {
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		case '"':
+			start := i
+			for i++; l[i] != '"'; i++ {
+				if l[i] == '\\' {
+					i++
+				}
+			}
+			if depth != 1 || (prev != '{' && prev != ',') {
+				break // a value, or nested
+			}
+			raw := l[start : i+1]
+			key := raw[1 : len(raw)-1]
+			if bytes.ContainsAny(key, "\\") || !isASCII(key) {
+				var k string
+				if err := json.Unmarshal(raw, &k); err != nil {
+					return err
+				}
+				key = []byte(k)
+			}
+			switch {
+			case string(key) == "host":
+				if seen {
+					return errors.New(`"host" appears twice`)
+				}
+				seen = true
+			case bytes.EqualFold(key, []byte("host")):
+				return fmt.Errorf("key %q is a case variant of \"host\"", key)
+			}
+		}
+		if c := l[i]; c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			prev = c
+		}
+	}
+	return nil
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

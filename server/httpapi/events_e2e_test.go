@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -257,5 +258,53 @@ func TestServerSinkRejectedAndShutdown(t *testing.T) {
 	exact(t, c)
 	if c.Lost[sink.LostShutdown] != 30 || c.Pending != 0 {
 		t.Fatalf("after Close with the server down: %+v", c)
+	}
+}
+
+// postRaw posts body (plain NDJSON) to /v1/events with hc and returns the
+// status and the answer (its error, if any).
+func postRaw(t *testing.T, hc *http.Client, url, body string) (int, string) {
+	t.Helper()
+	resp, err := hc.Post(url+"/v1/events", "application/x-ndjson", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var e struct{ Error string }
+	if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		return resp.StatusCode, e.Error
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestEventsHostSpoofing: a line must carry its host under the key "host"
+// exactly once. encoding/json matches keys case-insensitively and keeps
+// the last of duplicate keys, so without this check a host's line could
+// read "host":"h2" to every other reader of the events file.
+func TestEventsHostSpoofing(t *testing.T) {
+	f := newFleet(t)
+	hc := f.client("h1")
+	for _, tc := range []struct{ name, line, want string }{
+		{"duplicate key", `{"host":"h2","host":"h1"}`, `line 1: "host" appears twice`},
+		{"case variant after", `{"host":"h2","HOST":"h1"}`, `line 1: key "HOST" is a case variant of "host"`},
+		{"case variant alone", `{"Host":"h1"}`, `line 1: key "Host" is a case variant of "host"`},
+		{"unicode fold", `{"host":"h2","ho\u017ft":"h1"}`, `line 1: key "hoſt" is a case variant of "host"`},
+		{"escaped duplicate", `{"host":"h2","\u0068ost":"h1"}`, `line 1: "host" appears twice`},
+		{"second line", `{"host":"h1"}` + "\n" + `{"a":{"host":"x"},"host":"h1","Host":"h1"}`, `line 2: key "Host"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := postRaw(t, hc, f.url(), tc.line)
+			if code != http.StatusBadRequest || !strings.Contains(body, tc.want) {
+				t.Fatalf("got %d %s, want 400 containing %q", code, body, tc.want)
+			}
+		})
+	}
+	if n := len(f.lines()); n != 0 {
+		t.Fatalf("events file has %d lines, want none", n)
+	}
+	// Nested "host" keys and other fields are the event's own business.
+	if code, body := postRaw(t, hc, f.url(), `{"fields":{"host":"x","Host":"y"},"host":"h1","hostname":"h9"}`); code != 200 {
+		t.Fatalf("valid line: %d %s", code, body)
 	}
 }

@@ -113,10 +113,32 @@ func FuzzCheckEvents(f *testing.F) {
 	f.Add([]byte("\n\n{\"host\":\"h\\u0031\"}\r\n"), "h1")
 	f.Add([]byte(`{"host":null}`), "")
 	f.Add([]byte(" {}"), "h")
+	f.Add([]byte(`{"host":"h2","HOST":"h1"}`), "h1")
+	f.Add([]byte(`{"host":"h2","ho\u017ft":"h1","a":["x",{"host":1}]}`), "h1")
+	f.Add([]byte(`{"a":"\"","host":"h1","b":{"Host":2}}`), "h1")
 	f.Fuzz(func(t *testing.T, data []byte, host string) {
 		n, err := CheckEvents(data, host)
 		if n < 0 || (err == nil && n > bytes.Count(data, []byte("\n"))+1) {
 			t.Fatalf("n = %d, err %v", n, err)
+		}
+		if err != nil {
+			return
+		}
+		// Accepted: every line names host under "host" and under no
+		// case variant, for any reader.
+		for _, l := range bytes.Split(data, []byte("\n")) {
+			if len(bytes.TrimSpace(l)) == 0 {
+				continue
+			}
+			var m map[string]any
+			if err := json.Unmarshal(l, &m); err != nil || m["host"] != host {
+				t.Fatalf("accepted line %q: %v, host %v", l, err, m["host"])
+			}
+			for k := range m {
+				if k != "host" && strings.EqualFold(k, "host") {
+					t.Fatalf("accepted line %q has key %q", l, k)
+				}
+			}
 		}
 	})
 }

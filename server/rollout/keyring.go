@@ -122,19 +122,18 @@ func (k *Keyrings) PublishKeyring(ctx context.Context, raw []byte, author string
 			}
 		}
 		result := "created"
-		prev, where := k.previous(curKV, lastKV)
-		if prev != nil {
-			if curKV != nil && bytes.Equal(curKV.Value, raw) {
-				info, err := k.info(ctx, curKV)
-				info.Result = "unchanged"
-				return info, err
-			}
-			if err := compareKeyring(*prev, sk, where); err != nil {
+		for _, prev := range k.previous(curKV, lastKV) {
+			if err := compareKeyring(prev.kr, sk, prev.where); err != nil {
 				return api.KeyringInfo{}, err
 			}
-			if prev.Keyring.Serial == serial && curKV != nil {
+			if prev.kr.Keyring.Serial == serial && curKV != nil {
 				result = "updated"
 			}
+		}
+		if curKV != nil && bytes.Equal(curKV.Value, raw) {
+			info, err := k.info(ctx, curKV)
+			info.Result = "unchanged"
+			return info, err
 		}
 		recJSON, err := json.Marshal(rec)
 		if err != nil {
@@ -157,24 +156,33 @@ func (k *Keyrings) PublishKeyring(ctx context.Context, raw []byte, author string
 	return api.KeyringInfo{}, fmt.Errorf("%w: %s kept changing while publishing; retry", store.ErrConflict, cur)
 }
 
-// previous is the keyring a new one must grow from: the published one, or,
-// when that is missing or unreadable (written around the server), the
-// newest one recorded in history. where names it in refusals.
-func (k *Keyrings) previous(cur, last *mvccpb.KeyValue) (*signing.SignedKeyring, string) {
+// grownFrom is a keyring a new one must grow from; where names it in
+// refusals.
+type grownFrom struct {
+	kr    signing.SignedKeyring
+	where string
+}
+
+// previous are the keyrings a new one must grow from: the published one,
+// and the newest one recorded in history, which keeps the serial from going
+// back when the published key is missing, unreadable or holds an older
+// keyring again (written around the server).
+func (k *Keyrings) previous(cur, last *mvccpb.KeyValue) []grownFrom {
+	var out []grownFrom
 	if cur != nil {
 		if s, err := signing.ParseKeyring(bytes.NewReader(cur.Value)); err == nil {
-			return &s, "published"
+			out = append(out, grownFrom{s, "published"})
 		}
 	}
 	if last != nil {
 		var rec api.KeyringRecord
 		if json.Unmarshal(last.Value, &rec) == nil {
 			if s, err := signing.ParseKeyring(bytes.NewReader(rec.Signed)); err == nil {
-				return &s, "recorded in history"
+				out = append(out, grownFrom{s, "recorded in history"})
 			}
 		}
 	}
-	return nil, ""
+	return out
 }
 
 // compareKeyring decides whether s may replace prev: a higher serial, or

@@ -303,3 +303,52 @@ func sameJSON(a, b []byte) bool {
 	var x, y bytes.Buffer
 	return json.Compact(&x, a) == nil && json.Compact(&y, b) == nil && bytes.Equal(x.Bytes(), y.Bytes())
 }
+
+// TestPublishKeyringHistoryKeepsTheSerial: the published key holds an older
+// keyring again (written around the server: an etcd restored from an old
+// backup, or a replay by whoever can write etcd). The serials recorded in
+// history still only grow: a serial recorded with another keyring, or a
+// lower one, is refused, and the history record stays as it was.
+func TestPublishKeyringHistoryKeepsTheSerial(t *testing.T) {
+	e := newEnv(t, false)
+	c := ctx(t)
+	roots, rel := newKeys(t, 2), newKeys(t, 3)
+	k := e.keyrings(nil)
+	kr1, raw1 := keyringOf(t, 1, rel[:2], roots[0])
+	_, raw2 := keyringOf(t, 2, rel[1:], roots[0])
+	for _, raw := range [][]byte{raw1, raw2} {
+		if _, err := k.PublishKeyring(c, raw, "carol"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.cli.Put(c, e.ks.Keyring(), string(raw1)); err != nil {
+		t.Fatal(err)
+	}
+	_, other2 := keyringOf(t, 2, rel[:1], roots[0])
+	raw1b := signKeyring(t, &kr1, roots[1])
+	for _, tt := range []struct {
+		name string
+		raw  []byte
+	}{{"serial 2 with another keyring", other2}, {"serial 1 with more signatures", raw1b}, {"serial 1 as published", raw1}} {
+		_, err := k.PublishKeyring(c, tt.raw, "mallory")
+		if !errors.Is(err, ErrKeyringSerial) || !strings.Contains(err.Error(), "recorded in history") {
+			t.Errorf("%s: %v", tt.name, err)
+		}
+		if got, _ := e.stored(t); got != string(raw1) {
+			t.Fatalf("%s changed the published keyring", tt.name)
+		}
+	}
+	hist, err := k.KeyringHistory(c)
+	if err != nil || len(hist) != 2 || !sameJSON(hist[1].Signed, raw2) || hist[1].PublishedBy != "carol" || hist[1].UpdatedBy != "" {
+		t.Fatalf("history after the refusals: %+v, %v", hist, err)
+	}
+	// The keyring history records is published again; the next serial is
+	// published as usual.
+	if info, err := k.PublishKeyring(c, raw2, "dave"); err != nil || info.Serial != 2 || info.PublishedBy != "carol" {
+		t.Fatalf("serial 2 again: %+v, %v", info, err)
+	}
+	_, raw3 := keyringOf(t, 3, rel, roots[0])
+	if info, err := k.PublishKeyring(c, raw3, "dave"); err != nil || info.Result != "created" {
+		t.Fatalf("serial 3: %+v, %v", info, err)
+	}
+}

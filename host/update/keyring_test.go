@@ -311,3 +311,45 @@ func TestTrustStoreNoRollbackAfterLosingSavedKeyring(t *testing.T) {
 		t.Errorf("release keys %v, want k3", ids)
 	}
 }
+
+// TestUpdaterRetriesWhenKeyringTakenElsewhere: the trust store is shared
+// with self-update, which reads the published keyring before each
+// vigil-host update. When that read takes the new keyring, the plugin
+// release refused with the old one is tried again too, and installed.json
+// records the serial.
+func TestUpdaterRetriesWhenKeyringTakenElsewhere(t *testing.T) {
+	w := newWorld(t)
+	root := newTestKey(t)
+	later := testNow.Add(24 * time.Hour)
+	w.store = NewTrustStore(Trust{Roots: testTrust(t, 1, root).Keys,
+		Keyring: parsedKeyring(t, signedKeyring(t, 1, later, []testKey{w.k1}, root))}, w.stateDir, nil)
+	var mu sync.Mutex
+	var published []byte
+	w.keyring = func(context.Context) ([]byte, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return published, nil
+	}
+	w.keyringRefresh = time.Hour
+	u := w.updater(t)
+	w.plugins.Refresh(tp)
+	waitFor(t, "plugin running", func() bool { return w.plugins.status(t).State == supervisor.StateRunning })
+
+	w.publish("1.1.0", release(t, "vigil-testplugin", "1.1.0"), nil, w.k2)
+	u.Want(tp, "1.1.0")
+	waitState(t, u, "1.1.0", api.UpdateRefused)
+
+	mu.Lock()
+	published = signedKeyring(t, 2, later, []testKey{w.k2}, root)
+	mu.Unlock()
+	// Self-update's read (agent.fetchHostRelease).
+	if !w.store.Refresh(context.Background(), w.keyring, testNow, 0) {
+		t.Fatal("the published serial 2 was not taken")
+	}
+	if st := waitState(t, u, "1.1.0", api.UpdateInstalled); st.Running != "1.1.0" {
+		t.Errorf("status %+v", st)
+	}
+	if st, err := loadState(w.stateDir); err != nil || st.KeyringSerial != 2 {
+		t.Errorf("installed.json keyring_serial %d, %v; want 2", st.KeyringSerial, err)
+	}
+}

@@ -155,6 +155,9 @@ func New(cfg Config) (*Updater, error) {
 		}
 	}
 	u.ctx, u.cancel = context.WithCancel(context.Background())
+	// Whoever takes a new keyring (this updater's reads, or self-update's
+	// on the shared store), the refused releases are tried again.
+	cfg.Trust.OnChange(u.keyringChanged)
 	if cfg.Keyring != nil && cfg.Trust.Trust().Roots != nil {
 		u.wg.Add(1)
 		go u.keyringLoop()
@@ -182,18 +185,24 @@ func (u *Updater) keyringLoop() {
 	}
 }
 
-// refreshKeyring offers the published keyring to the trust store. When the
-// keyring in use changes, the releases refused before are tried again: a
-// rotation lists the keys that may have signed them.
+// refreshKeyring offers the published keyring to the trust store; a
+// keyring taken calls keyringChanged.
 func (u *Updater) refreshKeyring(ctx context.Context) {
 	u.mu.Lock()
 	minSerial := u.st.KeyringSerial
 	u.mu.Unlock()
-	if !u.cfg.Trust.Refresh(ctx, u.cfg.Keyring, u.cfg.Now(), minSerial) {
-		return
-	}
+	u.cfg.Trust.Refresh(ctx, u.cfg.Keyring, u.cfg.Now(), minSerial)
+}
+
+// keyringChanged runs after the trust store took a new keyring: it records
+// the serial, and the releases refused before are tried again (a rotation
+// lists the keys that may have signed them).
+func (u *Updater) keyringChanged() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.closed {
+		return
+	}
 	u.st.KeyringSerial = max(u.st.KeyringSerial, u.cfg.Trust.Trust().KeyringSerial())
 	for name, r := range u.st.Plugins {
 		if r.Failed == nil || r.Failed.State != api.UpdateRefused {

@@ -74,9 +74,10 @@ type GCReport struct {
 // Collect removes the artifacts that opts.Named does not name and that
 // were last modified more than the grace period before opts.Now. Put keeps
 // an artifact it reuses while the upload lasts and renews its modification
-// time at the end, so an artifact a publish is about to name again is kept. Temporary files (uploads in progress)
-// are never touched. One Collect runs at a time per Store; two servers
-// sharing one directory are not coordinated beyond the grace period.
+// time at the end, so an artifact a publish is about to name again is
+// kept. Temporary files (uploads in progress) are never touched. One
+// Collect runs at a time per Store; two servers sharing one directory are
+// not coordinated beyond the grace period.
 func (s *Store) Collect(opts GCOptions) (GCReport, error) {
 	if err := opts.Validate(); err != nil {
 		return GCReport{}, err

@@ -361,13 +361,28 @@ func (x *Index) Get(name string) (Host, int64, bool, error) {
 // Sync waits (within ctx) until the index reflects revision rev, asking
 // etcd for a watch progress notification if no registration changed since
 // rev. It reports whether the index got there.
+//
+// A request can go unanswered: etcd drops it while the stream has a
+// watcher still catching up, or before the index's watch is open (its
+// first listing racing rev). So it is asked again, at growing intervals up
+// to a second, until the index gets there or ctx ends.
 func (x *Index) Sync(ctx context.Context, rev int64) bool {
-	x.mu.RLock()
-	ok := x.synced && x.rev >= rev
-	x.mu.RUnlock()
-	if ok {
-		return true
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		x.mu.RLock()
+		ok := x.synced && x.rev >= rev
+		x.mu.RUnlock()
+		if ok {
+			return true
+		}
+		_ = x.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		ok = x.WaitRevision(wctx, rev)
+		cancel()
+		if ok {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
 	}
-	_ = x.cli.RequestProgress(clientv3.WithRequireLeader(ctx))
-	return x.WaitRevision(ctx, rev)
 }

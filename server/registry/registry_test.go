@@ -59,3 +59,28 @@ func TestIndexFollowsRegistrations(t *testing.T) {
 	x.Close()
 	x.Close()
 }
+
+// Sync right after the index listed, before its watch is open: etcd has
+// no stream to answer the first progress request on, so Sync must ask
+// again.
+func TestSyncBeforeWatchOpens(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	cli := e.Client(t)
+	ks := api.NewKeyspace("")
+	for i := range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		w := etcdtest.NewClient(t, []string{e.URL})
+		x := Start(w, ks, nil)
+		<-x.Ready()
+		other, err := cli.Put(ctx, ks.ScopeKey(api.Scope{Kind: api.ScopeFleet}), "{}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := x.Sync(ctx, other.Header.Revision)
+		cancel()
+		x.Close()
+		if !ok {
+			t.Fatalf("round %d: the index never reached the revision %d of an unrelated write", i, other.Header.Revision)
+		}
+	}
+}

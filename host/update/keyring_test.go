@@ -353,3 +353,37 @@ func TestUpdaterRetriesWhenKeyringTakenElsewhere(t *testing.T) {
 		t.Errorf("installed.json keyring_serial %d, %v; want 2", st.KeyringSerial, err)
 	}
 }
+
+// TestUpdaterRetriesRefusalRacingNewKeyring: a new keyring is taken (by
+// the periodic read or self-update) while a release is being refused
+// with the old one, after the retry pass looked for refused releases and
+// before the refusal is recorded. The release is still tried again.
+func TestUpdaterRetriesRefusalRacingNewKeyring(t *testing.T) {
+	w := newWorld(t)
+	root := newTestKey(t)
+	later := testNow.Add(24 * time.Hour)
+	w.store = NewTrustStore(Trust{Roots: testTrust(t, 1, root).Keys,
+		Keyring: parsedKeyring(t, signedKeyring(t, 1, later, []testKey{w.k1}, root))}, w.stateDir, nil)
+	v2 := signedKeyring(t, 2, later, []testKey{w.k2}, root)
+	var once sync.Once
+	w.onLog = func(line string) {
+		// The refusal is logged before it is recorded: take the new
+		// keyring exactly in between.
+		if strings.Contains(line, "plugin update refused") {
+			once.Do(func() {
+				if changed, err := w.store.Offer(v2, testNow, 0); !changed || err != nil {
+					t.Errorf("Offer(serial 2) = %v, %v", changed, err)
+				}
+			})
+		}
+	}
+	u := w.updater(t)
+	w.plugins.Refresh(tp)
+	waitFor(t, "plugin running", func() bool { return w.plugins.status(t).State == supervisor.StateRunning })
+
+	w.publish("1.1.0", release(t, "vigil-testplugin", "1.1.0"), nil, w.k2)
+	u.Want(tp, "1.1.0")
+	if st := waitState(t, u, "1.1.0", api.UpdateInstalled); st.Running != "1.1.0" {
+		t.Errorf("status %+v", st)
+	}
+}

@@ -394,6 +394,31 @@ func (u *Updater) fail(plugin, target, state string, err error) {
 	}
 }
 
+// retryIfKeyringChanged tries target again when the keyring in use is no
+// longer serial, the one it was just refused with: the new keyring was
+// taken while the refusal was on its way, after keyringChanged looked for
+// refused releases.
+func (u *Updater) retryIfKeyringChanged(plugin, target string, serial uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	r := u.st.Plugins[plugin]
+	if u.closed || u.cfg.Trust.Trust().KeyringSerial() == serial || r == nil || r.Failed == nil ||
+		r.Failed.Version != target || r.Failed.State != api.UpdateRefused {
+		return
+	}
+	u.log.Info("release refused before is tried again with the new keyring", "plugin", plugin, "version", target)
+	r.Failed = nil
+	if err := saveState(u.cfg.StateDir, u.st); err != nil {
+		u.log.Error("saving installed releases", "err", err)
+	}
+	if kick := u.kicks[plugin]; kick != nil {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
 func (u *Updater) record(plugin string) *record {
 	r := u.st.Plugins[plugin]
 	if r == nil {
@@ -436,9 +461,11 @@ func (u *Updater) install(ctx context.Context, plugin, target string, kick chan 
 	}
 	u.refreshKeyring(ctx)
 	want := u.expect(plugin)
-	v, err := VerifyManifest(raw, u.cfg.Trust.Trust(), want)
+	trust := u.cfg.Trust.Trust()
+	v, err := VerifyManifest(raw, trust, want)
 	if err != nil {
 		u.fail(plugin, target, api.UpdateRefused, err)
+		u.retryIfKeyringChanged(plugin, target, trust.KeyringSerial())
 		return false
 	}
 	m := v.Manifest

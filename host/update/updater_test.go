@@ -131,6 +131,9 @@ type world struct {
 	store          *TrustStore
 	keyring        func(context.Context) ([]byte, error)
 	keyringRefresh time.Duration
+	// onLog, if set, sees each log line in the updater's goroutine as it
+	// is written (to act at a given step).
+	onLog func(line string)
 }
 
 const tp = "tp-up"
@@ -168,7 +171,12 @@ func newWorld(t testing.TB) *world {
 	return w
 }
 
-func (w *world) Write(p []byte) (int, error) { return w.log.Write(p) }
+func (w *world) Write(p []byte) (int, error) {
+	if w.onLog != nil {
+		w.onLog(string(p))
+	}
+	return w.log.Write(p)
+}
 
 func (w *world) logText() string { return w.log.String() }
 

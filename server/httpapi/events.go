@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vigil-hids/vigil/server/auth"
 	"github.com/vigil-hids/vigil/server/metrics"
@@ -21,6 +23,9 @@ const (
 	DefaultEventsMaxBody = 8 << 20
 	// DefaultEventsMaxDecoded bounds it decompressed.
 	DefaultEventsMaxDecoded = 64 << 20
+	// DefaultEventsBodyTimeout bounds reading a body (8 MiB at about
+	// 0.5 Mbit/s; the host's server sink gives up on a request after 30 s).
+	DefaultEventsBodyTimeout = 2 * time.Minute
 	// SharedHostIdentity is the common name of the fleet-wide host
 	// certificate that init creates (pki.DefaultIdentities): it binds no
 	// host name, so the host is the one the request names.
@@ -39,6 +44,9 @@ type EventsOptions struct {
 	MaxBody, MaxDecoded int64
 	// Metrics counts events, bytes and refusals; nil counts nothing.
 	Metrics *metrics.Events
+	// BodyTimeout bounds reading a body, from the end of its headers
+	// (0: DefaultEventsBodyTimeout).
+	BodyTimeout time.Duration
 }
 
 // eventsState holds the events file's writer lock and body buffers.
@@ -58,6 +66,9 @@ func (h *handler) eventsRoutes() {
 	}
 	if e.MaxDecoded <= 0 {
 		e.MaxDecoded = DefaultEventsMaxDecoded
+	}
+	if e.BodyTimeout <= 0 {
+		e.BodyTimeout = DefaultEventsBodyTimeout
 	}
 	h.events = &eventsState{buf: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
 	h.mux.HandleFunc("POST /v1/events", h.postEvents)
@@ -95,6 +106,8 @@ func (h *handler) refuseEvents(w http.ResponseWriter, r *http.Request, reason st
 		h.refuse(w, r, http.StatusRequestEntityTooLarge, "too_large", err)
 	case "disabled":
 		h.refuse(w, r, http.StatusNotFound, "disabled", err)
+	case "timeout":
+		h.refuse(w, r, http.StatusRequestTimeout, "timeout", err)
 	case "write":
 		h.refuse(w, r, http.StatusServiceUnavailable, "unavailable", err)
 	default:
@@ -104,6 +117,9 @@ func (h *handler) refuseEvents(w http.ResponseWriter, r *http.Request, reason st
 
 func (h *handler) postEvents(w http.ResponseWriter, r *http.Request) {
 	e := h.opts.Events
+	// The server has no read timeout (other routes take large uploads):
+	// a host that stalls its body must not hold this handler forever.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(e.BodyTimeout))
 	host, err := eventsHost(r)
 	if err != nil {
 		reason := "forbidden"
@@ -124,6 +140,8 @@ func (h *handler) postEvents(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			if isMaxBytes(err) {
 				h.refuseEvents(w, r, "too_large", fmt.Errorf("%w: body is larger than %d bytes", errTooLarge, e.MaxBody))
+			} else if errors.Is(err, os.ErrDeadlineExceeded) {
+				h.refuseEvents(w, r, "timeout", fmt.Errorf("body not received within %s", e.BodyTimeout))
 			} else {
 				h.refuseEvents(w, r, "invalid", badRequest("body is not gzip: %v", err))
 			}
@@ -147,6 +165,9 @@ func (h *handler) postEvents(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case isMaxBytes(err):
 		h.refuseEvents(w, r, "too_large", fmt.Errorf("%w: body is larger than %d bytes", errTooLarge, e.MaxBody))
+		return
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		h.refuseEvents(w, r, "timeout", fmt.Errorf("body not received within %s", e.BodyTimeout))
 		return
 	case err != nil:
 		h.refuseEvents(w, r, "invalid", badRequest("reading the body: %v", err))

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,12 +17,15 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/natefinch/lumberjack.v2"
+
 	"github.com/vigil-hids/vigil/host/config"
 	"github.com/vigil-hids/vigil/host/sink"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/plugins/catalog"
 	"github.com/vigil-hids/vigil/sdk"
 	"github.com/vigil-hids/vigil/server"
+	"github.com/vigil-hids/vigil/server/httpapi"
 	"github.com/vigil-hids/vigil/server/pki"
 )
 
@@ -306,5 +311,64 @@ func TestEventsHostSpoofing(t *testing.T) {
 	// Nested "host" keys and other fields are the event's own business.
 	if code, body := postRaw(t, hc, f.url(), `{"fields":{"host":"x","Host":"y"},"host":"h1","hostname":"h9"}`); code != 200 {
 		t.Fatalf("valid line: %d %s", code, body)
+	}
+}
+
+// TestEventsBodyTimeout: a host that sends a POST's headers and then stalls
+// its body does not hold the handler (and its buffer) forever: it is
+// answered 408 once the body timeout passes. The handler runs behind the
+// server's TLS with client certificates, writing a real rotated file.
+func TestEventsBodyTimeout(t *testing.T) {
+	dir := t.TempDir()
+	ids := append(append([]pki.Identity{}, pki.DefaultIdentities...), pki.Identity{Name: "h1", Role: "host", File: "h1"})
+	if _, err := pki.Init(dir, pki.Options{Identities: ids}); err != nil {
+		t.Fatal(err)
+	}
+	files := func(n string) pki.Files {
+		return pki.Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, n+".crt"), Key: filepath.Join(dir, n+".key")}
+	}
+	out := &lumberjack.Logger{Filename: filepath.Join(dir, "events", "events.ndjson"), MaxSize: server.MinEventsMaxMB}
+	defer out.Close()
+	stc, err := files("server").ServerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: httpapi.New(httpapi.Options{Events: &httpapi.EventsOptions{Out: out, BodyTimeout: time.Second}}),
+		ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(tls.NewListener(ln, stc)) }()
+	defer srv.Close()
+	ctc, err := files("h1").ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", ln.Addr().String(), ctc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "POST /v1/events HTTP/1.1\r\nHost: vigil\r\nContent-Length: 1000\r\n\r\n{\"host\":"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(time.Minute)) // a failure bound, not a measure
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body: %v", err)
+	}
+	defer resp.Body.Close()
+	var e httpapi.Error
+	_ = json.NewDecoder(resp.Body).Decode(&e)
+	if resp.StatusCode != http.StatusRequestTimeout || e.Code != "timeout" || !strings.Contains(e.Error, "body not received within 1s") {
+		t.Fatalf("got %d %+v", resp.StatusCode, e)
+	}
+
+	// A body sent in time is taken.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ctc}}
+	defer hc.CloseIdleConnections()
+	if code, msg := postRaw(t, hc, "https://"+ln.Addr().String(), `{"host":"h1"}`); code != 200 {
+		t.Fatalf("post: %d %s", code, msg)
 	}
 }

@@ -365,6 +365,13 @@ func (m *monitor) collect(b *budget, st *Stats) error {
 		return err
 	}
 	for i, ino := range m.nsOrder {
+		// The budget is polled within a dump only after a datagram that
+		// does not end it, and a namespace without sockets answers each
+		// dump with NLMSG_DONE alone: check it before each namespace.
+		if b.overCPU() {
+			st.NetNSLeft = len(m.nsOrder) - i
+			return ErrBudget
+		}
 		n := m.nss[ino]
 		if n.d == nil {
 			continue // its socket could not be created: counted and logged when found

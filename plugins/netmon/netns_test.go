@@ -337,3 +337,81 @@ func TestNSFields(t *testing.T) {
 		t.Fatalf("our namespace: %v", g)
 	}
 }
+
+// burnCPU spends d of the calling thread's CPU time (the snapshot's
+// thread, when called from a dumper's tap), so a budget is spent however
+// loaded the machine is.
+func burnCPU(d time.Duration) {
+	for t0 := threadCPU(); threadCPU()-t0 < d; {
+	}
+}
+
+// nsIndex returns where namespace ino is in the dump order.
+func nsIndex(m *monitor, ino uint32) int {
+	for i, o := range m.nsOrder {
+		if o == ino {
+			return i
+		}
+	}
+	return -1
+}
+
+// startEmptyNS starts a process in a new network namespace that holds no
+// socket (like a service with PrivateNetwork) and returns the namespace.
+func startEmptyNS(tb testing.TB) uint32 {
+	tb.Helper()
+	cmd := exec.Command("sleep", "3600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("starting a process in a new network namespace: %v", err)
+	}
+	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid), &st); err != nil {
+		tb.Fatal(err)
+	}
+	return uint32(st.Ino)
+}
+
+// TestNamespaceBudget: the snapshot's CPU budget holds across namespaces.
+// The budget is checked after each datagram that does not end a dump, and
+// a namespace without sockets answers each dump with NLMSG_DONE alone (yet
+// the kernel walks its shared tables for it): once the budget is spent in
+// one, the namespaces after it are left (netns_skipped) and the snapshot
+// is truncated.
+func TestNamespaceBudget(t *testing.T) {
+	needRoot(t)
+	empty := startEmptyNS(t)
+	var h *nsProc
+	for range 4 { // a namespace with sockets after the empty one
+		if h = startNSHelper(t, 0); h.netns > empty {
+			break
+		}
+	}
+	f := newFixture(t, nil)
+	f.snap() // lists /proc first: both namespaces are open and dumped
+	if i, j := nsIndex(f.m, empty), nsIndex(f.m, h.netns); i < 0 || j < i {
+		t.Fatalf("namespaces %d and %d not open in that order: %v", empty, h.netns, f.m.nsOrder)
+	}
+	const budget = 50 * time.Millisecond
+	f.m.cfg.SnapshotBudget = sdk.Duration(budget)
+	burned, reached := false, false
+	f.m.nss[empty].d.tap = func([]byte) {
+		if !burned {
+			burned = true
+			burnCPU(budget)
+		}
+	}
+	f.m.nss[h.netns].d.tap = func([]byte) { reached = true }
+	st, err := f.m.snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !burned {
+		t.Fatal("the empty namespace was not dumped")
+	}
+	if reached || !st.Truncated || st.NetNSLeft < 1 || f.em.Counter(CounterNetNSSkipped).Load() < 1 {
+		t.Fatalf("budget spent in namespace %d, yet namespace %d after it was dumped (%v) or none was left: %+v, netns_skipped %d",
+			empty, h.netns, reached, st, f.em.Counter(CounterNetNSSkipped).Load())
+	}
+}

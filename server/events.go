@@ -17,7 +17,7 @@ type eventsFile = lumberjack.Logger
 // EventsConfig configures the event ingest (POST /v1/events): accepted
 // events are appended to DataDir/events/events.ndjson, rotated.
 type EventsConfig struct {
-	// Disabled answers POST /v1/events 503 and keeps no events.
+	// Disabled answers POST /v1/events 404 ("disabled") and keeps no events.
 	Disabled bool
 	// MaxMB is the size of each events file in MiB (0: DefaultEventsMaxMB).
 	MaxMB int
@@ -56,12 +56,12 @@ func (c EventsConfig) validate() error {
 }
 
 // setupEvents opens the events file and fills opts.Events; without a data
-// dir (or with Disabled) the route answers 503.
+// dir (or with Disabled) the route answers 404 ("disabled").
 func (s *Server) setupEvents(opts *httpapi.Options) error {
 	ec := s.cfg.Events.withDefaults()
 	opts.Events = &httpapi.EventsOptions{Metrics: metrics.NewEvents(s.cfg.Registry)}
 	if ec.Disabled || s.cfg.DataDir == "" {
-		s.log.Info("event ingest disabled: POST /v1/events answers 503", "reason", map[bool]string{true: "--no-events", false: "no data dir"}[ec.Disabled])
+		s.log.Info("event ingest disabled: POST /v1/events answers 404", "reason", map[bool]string{true: "--no-events", false: "no data dir"}[ec.Disabled])
 		return nil
 	}
 	dir := filepath.Join(s.cfg.DataDir, "events")

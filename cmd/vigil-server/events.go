@@ -10,5 +10,5 @@ func addEventsFlags(c *cobra.Command, f *flags) {
 	fs := c.Flags()
 	fs.IntVar(&f.cfg.Events.MaxMB, "events-max-mb", server.DefaultEventsMaxMB, "size of each events file (DATA-DIR/events/events.ndjson) before it is rotated, MiB")
 	fs.IntVar(&f.cfg.Events.Backups, "events-backups", server.DefaultEventsBackups, "rotated events files kept")
-	fs.BoolVar(&f.cfg.Events.Disabled, "no-events", false, "keep no events: POST /v1/events answers 503")
+	fs.BoolVar(&f.cfg.Events.Disabled, "no-events", false, "keep no events: POST /v1/events answers 404")
 }

@@ -51,7 +51,7 @@ type Options struct {
 	// them out.
 	Keyring *KeyringOptions
 	// Events configures POST /v1/events (events.go); nil or a nil Out
-	// answers it 503.
+	// answers it 404 ("disabled").
 	Events *EventsOptions
 }
 

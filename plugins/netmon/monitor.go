@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -97,6 +98,8 @@ type monitor struct {
 	nss      map[uint32]*netNS
 	nsOrder  []uint32
 	nsListed bool
+	// nsNext is the namespace the others' dumps start from (see collect).
+	nsNext uint32
 	// nsFailed: namespaces whose dump failed in this snapshot.
 	nsFailed []uint32
 	res      *resolver
@@ -364,12 +367,18 @@ func (m *monitor) collect(b *budget, st *Stats) error {
 		st.NetNSLeft = len(m.nsOrder)
 		return err
 	}
-	for i, ino := range m.nsOrder {
+	// The others start where the last snapshot the budget cut short
+	// stopped, so namespaces late in the order are reached too.
+	start, _ := slices.BinarySearch(m.nsOrder, m.nsNext)
+	for k := range m.nsOrder {
+		i := (start + k) % len(m.nsOrder)
+		ino := m.nsOrder[i]
 		// The budget is polled within a dump only after a datagram that
 		// does not end it, and a namespace without sockets answers each
 		// dump with NLMSG_DONE alone: check it before each namespace.
 		if b.overCPU() {
-			st.NetNSLeft = len(m.nsOrder) - i
+			st.NetNSLeft = len(m.nsOrder) - k
+			m.nsNext = ino
 			return ErrBudget
 		}
 		n := m.nss[ino]
@@ -379,7 +388,10 @@ func (m *monitor) collect(b *budget, st *Stats) error {
 		m.sock.NetNS = ino
 		err := m.collectNS(n.d, b, st)
 		if errors.Is(err, ErrBudget) {
-			st.NetNSLeft = len(m.nsOrder) - i
+			st.NetNSLeft = len(m.nsOrder) - k
+			// Resume after it: one whose dumps alone spend the budget
+			// does not keep the others from being reached.
+			m.nsNext = m.nsOrder[(i+1)%len(m.nsOrder)]
 			return err
 		}
 		if err != nil {

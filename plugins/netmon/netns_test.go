@@ -415,3 +415,45 @@ func TestNamespaceBudget(t *testing.T) {
 			empty, h.netns, reached, st, f.em.Counter(CounterNetNSSkipped).Load())
 	}
 }
+
+// TestNamespaceBudgetRotates: when every snapshot spends its budget in
+// the same namespace, the namespaces after it in the order are still
+// reached: the next snapshot starts where the last one stopped.
+func TestNamespaceBudgetRotates(t *testing.T) {
+	needRoot(t)
+	h1 := startNSHelper(t, 0)
+	h2 := startNSHelper(t, 0)
+	f := newFixture(t, nil)
+	f.snap()
+	first, second := h1, h2
+	if nsIndex(f.m, first.netns) > nsIndex(f.m, second.netns) {
+		first, second = second, first
+	}
+	if nsIndex(f.m, first.netns) < 0 {
+		t.Fatalf("namespaces %d and %d not open: %v", first.netns, second.netns, f.m.nsOrder)
+	}
+	const budget = 50 * time.Millisecond
+	f.m.cfg.SnapshotBudget = sdk.Duration(budget)
+	burned, reached := false, false
+	f.m.nss[first.netns].d.tap = func([]byte) {
+		if !burned {
+			burned = true
+			burnCPU(budget)
+		}
+	}
+	f.m.nss[second.netns].d.tap = func([]byte) { reached = true }
+	for i := 0; i < 3 && !reached; i++ {
+		burned = false
+		st, err := f.m.snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Truncated {
+			t.Fatalf("snapshot %d not truncated: %+v", i, st)
+		}
+	}
+	if !reached {
+		t.Fatalf("namespace %d never dumped in 3 snapshots: each spent its budget in namespace %d before it (order %v)",
+			second.netns, first.netns, f.m.nsOrder)
+	}
+}

@@ -119,7 +119,8 @@ func (h *handler) postEvents(w http.ResponseWriter, r *http.Request) {
 	e := h.opts.Events
 	// The server has no read timeout (other routes take large uploads):
 	// a host that stalls its body must not hold this handler forever.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(e.BodyTimeout))
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(e.BodyTimeout))
 	host, err := eventsHost(r)
 	if err != nil {
 		reason := "forbidden"
@@ -176,6 +177,10 @@ func (h *handler) postEvents(w http.ResponseWriter, r *http.Request) {
 		h.refuseEvents(w, r, "too_large", fmt.Errorf("%w: body is larger than %d bytes decompressed", errTooLarge, e.MaxDecoded))
 		return
 	}
+	// The body is in: the deadline must not expire on the server's
+	// background read while this waits for the events file (that would
+	// cancel the connection's context).
+	_ = rc.SetReadDeadline(time.Time{})
 	data := buf.Bytes()
 	n, err := CheckEvents(data, host)
 	if err != nil {

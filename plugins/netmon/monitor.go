@@ -102,10 +102,13 @@ type monitor struct {
 	nsNext uint32
 	// nsFailed: namespaces whose dump failed in this snapshot.
 	nsFailed []uint32
-	res      *resolver
-	started  time.Time
-	first    bool
-	block    []netip.Prefix
+	// nsComplete: namespaces (ours included) dumped completely in this
+	// snapshot, so a truncated snapshot still reports what closed in them.
+	nsComplete map[uint32]bool
+	res        *resolver
+	started    time.Time
+	first      bool
+	block      []netip.Prefix
 	// ephemeral port range, for telling UDP servers from UDP clients
 	ephLo, ephHi uint16
 
@@ -162,6 +165,7 @@ func newMonitor(cfg *Config, log hclog.Logger, clock sdk.Clock, em sdk.Emitter) 
 		mode:          ModeNormal,
 		selfNS:        selfNetNS(),
 		nss:           map[uint32]*netNS{},
+		nsComplete:    map[uint32]bool{},
 	}
 	m.onListenFn = m.onListen
 	m.onConn = m.onConnection
@@ -294,6 +298,7 @@ func (m *monitor) snapshot() (Stats, error) {
 	m.pending = m.pending[:0]
 	m.newOutbound, m.unreported, m.emitted = 0, 0, 0
 	m.nsFailed = m.nsFailed[:0]
+	clear(m.nsComplete)
 	if m.cfg.AllNamespaces && !m.nsListed && m.res != nil {
 		// The first snapshot finds the namespaces before it dumps; later
 		// ones use what the previous snapshot's listing found.
@@ -308,10 +313,13 @@ func (m *monitor) snapshot() (Stats, error) {
 	}
 	// A dump cut short, by the budget or an error, still reports what it
 	// saw; sockets it did not reach are not gone: they keep their state.
+	// Those of a namespace dumped completely, or no longer open, are not
+	// kept: they are reported closed (or every snapshot being cut short,
+	// on a host of many namespaces, would keep them for ever).
 	st.Truncated = err != nil
 	if st.Truncated {
 		for k, v := range m.prevListeners {
-			if _, ok := m.listeners[k]; !ok {
+			if _, ok := m.listeners[k]; !ok && !m.nsComplete[k.netns] && (k.netns == m.selfNS || m.nss[k.netns] != nil) {
 				m.listeners[k] = v
 			}
 		}
@@ -367,6 +375,7 @@ func (m *monitor) collect(b *budget, st *Stats) error {
 		st.NetNSLeft = len(m.nsOrder)
 		return err
 	}
+	m.nsComplete[m.selfNS] = true
 	// The others start where the last snapshot the budget cut short
 	// stopped, so namespaces late in the order are reached too.
 	start, _ := slices.BinarySearch(m.nsOrder, m.nsNext)
@@ -408,6 +417,7 @@ func (m *monitor) collect(b *budget, st *Stats) error {
 		}
 		n.fails = 0
 		st.NetNSDumped++
+		m.nsComplete[ino] = true
 	}
 	return nil
 }

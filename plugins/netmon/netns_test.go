@@ -457,3 +457,64 @@ func TestNamespaceBudgetRotates(t *testing.T) {
 			second.netns, first.netns, f.m.nsOrder)
 	}
 }
+
+// TestNamespaceGoneWhileTruncated: while every snapshot spends its budget
+// (many namespaces), a listener closed in a namespace that was dumped
+// completely, and the listener of a namespace that is gone, are reported
+// closed, once; the listener of the namespace cut short is kept.
+func TestNamespaceGoneWhileTruncated(t *testing.T) {
+	needRoot(t)
+	h1 := startNSHelper(t, 0)
+	h2 := startNSHelper(t, 0)
+	own := listen(t, "tcp4", "127.0.0.1:0")
+	f := newFixture(t, nil)
+	f.snap()
+	first, second := h1, h2
+	if nsIndex(f.m, first.netns) > nsIndex(f.m, second.netns) {
+		first, second = second, first
+	}
+	if nsIndex(f.m, first.netns) < 0 {
+		t.Fatalf("namespaces %d and %d not open: %v", first.netns, second.netns, f.m.nsOrder)
+	}
+	const budget = 50 * time.Millisecond
+	f.m.cfg.SnapshotBudget = sdk.Duration(budget)
+	burned := false
+	f.m.nss[first.netns].d.tap = func([]byte) {
+		if !burned {
+			burned = true
+			burnCPU(budget)
+		}
+	}
+	second.stop()
+	ownPort := portOf(own.Addr())
+	own.Close()
+	var closed []recorded
+	for i := range 4 {
+		burned = false
+		st, err := f.m.snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Truncated {
+			t.Fatalf("snapshot %d not truncated: %+v", i, st)
+		}
+		closed = append(closed, find(f.em.take(), TypeListenerClosed, nil)...)
+	}
+	in := func(ns uint32, port int64) func(recorded) bool {
+		return func(e recorded) bool { return e.num("netns") == int64(ns) && e.num("local_port") == port }
+	}
+	if c := find(closed, TypeListenerClosed, in(first.netns, first.port)); len(c) != 0 {
+		t.Fatalf("the listener of the namespace cut short was reported closed: %v", c)
+	}
+	if c := find(closed, TypeListenerClosed, in(second.netns, second.port)); len(c) != 1 {
+		t.Fatalf("want the gone namespace's listener closed once, got %v (all closed: %v)", c, closed)
+	}
+	if c := find(closed, TypeListenerClosed, in(f.m.selfNS, ownPort)); len(c) != 1 {
+		t.Fatalf("want our closed listener reported once, got %v", c)
+	}
+	for k := range f.m.listeners {
+		if k.netns == second.netns {
+			t.Fatalf("listener of gone namespace %d still kept: %+v", second.netns, k)
+		}
+	}
+}

@@ -44,11 +44,10 @@ func (m *monitor) report(shells []int32, st *Stats) {
 			m.alertListener(k, l, comm, reason)
 		}
 	}
-	if !st.Truncated {
-		for k, l := range m.prevListeners {
-			if _, ok := m.listeners[k]; !ok {
-				m.emitListener(TypeListenerClosed, k, l, "")
-			}
+	// A truncated snapshot kept the listeners it did not reach (snapshot).
+	for k, l := range m.prevListeners {
+		if _, ok := m.listeners[k]; !ok {
+			m.emitListener(TypeListenerClosed, k, l, "")
 		}
 	}
 	m.reportOutbound()

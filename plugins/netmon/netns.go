@@ -75,8 +75,20 @@ func (m *monitor) syncNetNS() {
 		n, err := m.openNetNS(ino, u.pid)
 		if err != nil {
 			// The process left the namespace or exited: try again after
-			// the next listing.
+			// the next listing (which reads its namespace again), through
+			// another process listed in it (the listing names a process
+			// only when it is new or its fd count moves, so the others
+			// may never name one).
 			m.log.Debug("network namespace not opened", "netns", ino, "pid", u.pid, "error", err)
+			if p := m.res.procs[u.pid]; p != nil {
+				p.nsAt = -1
+			}
+			for pid, p := range m.res.procs {
+				if p.netns == ino && pid != u.pid {
+					u.pid = pid
+					break
+				}
+			}
 			continue
 		}
 		m.nss[ino] = n

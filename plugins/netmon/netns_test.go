@@ -518,3 +518,53 @@ func TestNamespaceGoneWhileTruncated(t *testing.T) {
 		}
 	}
 }
+
+// TestNamespaceOpenedThroughAnother: the process the listing named for a
+// namespace exits before the namespace is opened (a short-lived process
+// in a container: a health check); the namespace is opened through
+// another process in it on the next snapshot, not left unwatched until a
+// process in it is new or changes its fd count.
+func TestNamespaceOpenedThroughAnother(t *testing.T) {
+	needRoot(t)
+	nsenter, err := exec.LookPath("nsenter")
+	if err != nil {
+		t.Skip("nsenter (util-linux) not found")
+	}
+	h := startNSHelper(t, 0)
+	q := exec.Command(nsenter, "--net=/proc/"+strconv.Itoa(h.cmd.Process.Pid)+"/ns/net", "sleep", "3600")
+	if err := q.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = q.Process.Kill(); _ = q.Wait() }()
+	qpid := int32(q.Process.Pid)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", qpid), &st); err == nil && uint32(st.Ino) == h.netns {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nsenter did not enter the helper's namespace")
+		}
+	}
+	f := newFixture(t, nil)
+	// The first snapshot's listing, as it runs before dumping; it names
+	// the last process it listed in the namespace, which may be q.
+	f.m.res.list()
+	u := f.m.res.netns[h.netns]
+	if u == nil || u.procs != 2 {
+		t.Fatalf("namespace %d: %+v, want 2 processes", h.netns, u)
+	}
+	u.pid = qpid // as when q was listed after the helper
+	_ = q.Process.Kill()
+	_ = q.Wait()
+	f.m.syncNetNS() // q is gone: not opened
+	f.m.nsListed = true
+	var ls []recorded
+	for i := 0; i < 3 && len(ls) == 0; i++ {
+		ls = find(f.snap(), TypeListenerNew, onPort(h.port))
+	}
+	if len(ls) != 1 || ls[0].num("netns") != int64(h.netns) {
+		t.Fatalf("namespace %d never opened through the helper (pid %d): listeners %v, open %v",
+			h.netns, h.cmd.Process.Pid, ls, f.m.nsOrder)
+	}
+}

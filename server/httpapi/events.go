@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vigil-hids/vigil/server/auth"
 	"github.com/vigil-hids/vigil/server/metrics"
@@ -258,6 +259,11 @@ func CheckEvents(data []byte, host string) (int, error) {
 		}
 		if t := bytes.TrimLeft(l, " \t"); t[0] != '{' {
 			return n, badRequest("line %d: not a JSON object", line)
+		}
+		// encoding/json reads invalid UTF-8 as U+FFFD; the line is kept
+		// as sent, and other readers refuse it.
+		if !utf8.Valid(l) {
+			return n, badRequest("line %d: not valid UTF-8 (JSON text must be)", line)
 		}
 		ev.Host = nil
 		if err := json.Unmarshal(l, &ev); err != nil {

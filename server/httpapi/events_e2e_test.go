@@ -372,3 +372,19 @@ func TestEventsBodyTimeout(t *testing.T) {
 		t.Fatalf("post: %d %s", code, msg)
 	}
 }
+
+// TestEventsInvalidUTF8: encoding/json takes invalid UTF-8 in a string
+// (reading it as U+FFFD), but the line is written as sent, and readers that
+// hold JSON to UTF-8 fail on it. The host's sink never sends any (it writes
+// \ufffd), so such a line is refused.
+func TestEventsInvalidUTF8(t *testing.T) {
+	f := newFleet(t)
+	hc := f.client("h1")
+	body := `{"host":"h1","a":"ok"}` + "\n" + `{"host":"h1","cmdline":"ls ` + "\xff\xfe" + `"}`
+	if code, msg := postRaw(t, hc, f.url(), body); code != http.StatusBadRequest || !strings.Contains(msg, "line 2: not valid UTF-8") {
+		t.Fatalf("got %d %s", code, msg)
+	}
+	if n := len(f.lines()); n != 0 {
+		t.Fatalf("events file has %d lines, want none", n)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -116,6 +117,7 @@ func FuzzCheckEvents(f *testing.F) {
 	f.Add([]byte(`{"host":"h2","HOST":"h1"}`), "h1")
 	f.Add([]byte(`{"host":"h2","ho\u017ft":"h1","a":["x",{"host":1}]}`), "h1")
 	f.Add([]byte(`{"a":"\"","host":"h1","b":{"Host":2}}`), "h1")
+	f.Add([]byte("{\"host\":\"h1\",\"x\":\"\xff\"}"), "h1")
 	f.Fuzz(func(t *testing.T, data []byte, host string) {
 		n, err := CheckEvents(data, host)
 		if n < 0 || (err == nil && n > bytes.Count(data, []byte("\n"))+1) {
@@ -123,6 +125,9 @@ func FuzzCheckEvents(f *testing.F) {
 		}
 		if err != nil {
 			return
+		}
+		if !utf8.Valid(data) {
+			t.Fatalf("accepted invalid UTF-8 %q", data)
 		}
 		// Accepted: every line names host under "host" and under no
 		// case variant, for any reader.

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"slices"
 )
 
 // ErrCorruptRPM is matched (errors.Is) by the error CheckRPM returns for a
@@ -147,7 +148,8 @@ func checkBDB(f io.ReaderAt, size int64, head []byte) (problem string, err error
 	// the file.
 	used := make([]uint64, (pages+63)/64)
 	page := make([]byte, pageSize)
-	ovf := make([]byte, bdbHeaderSize)
+	ovf := make([]byte, pageSize) // an overflow page, read whole
+	var value []byte              // no longer than the file: no page is part of two chains
 	for pgno := int64(0); pgno < pages; pgno++ {
 		if _, err := f.ReadAt(page, pgno*pageSize); err != nil {
 			return "", err
@@ -175,10 +177,7 @@ func checkBDB(f io.ReaderAt, size int64, head []byte) (problem string, err error
 			if off+bdbHOffSize > int(pageSize) || off+bdbHOffSize > 0xffff {
 				return fmt.Sprintf("hash page %d's entry %d at offset %d runs past the page", pgno, i, off), nil
 			}
-			var (
-				length int64
-				first  []byte // the value's first 8 bytes: the rpm header's il and dl
-			)
+			value = value[:0] // the value as go-rpmdb assembles it: an rpm header
 			prev, prevDesc := pgno, "hash page"
 			for next := int64(order.Uint32(page[off+4:])); next != 0; {
 				if next >= pages {
@@ -204,17 +203,13 @@ func checkBDB(f io.ReaderAt, size int64, head []byte) (problem string, err error
 						return fmt.Sprintf("overflow page %d says it holds %d bytes, more than the page", next, n), nil
 					}
 				}
-				if len(first) < 8 && n > 0 {
-					b := make([]byte, min(n, 8-int64(len(first))))
-					if _, err := f.ReadAt(b, next*pageSize+bdbHeaderSize); err != nil {
-						return "", err
-					}
-					first = append(first, b...)
+				if len(value)+int(n) > cap(value) { // double: a value is read page by page
+					value = slices.Grow(value, max(int(n), cap(value)))
 				}
-				length += n
+				value = append(value, ovf[bdbHeaderSize:bdbHeaderSize+n]...)
 				prev, prevDesc, next = next, "overflow page", after
 			}
-			if p := checkHeaderBlob(first, length); p != "" {
+			if p := checkHeader(value); p != "" {
 				return fmt.Sprintf("the value of hash page %d's entry %d: %s", pgno, i, p), nil
 			}
 		}
@@ -237,20 +232,101 @@ func checkHeaderBlob(first []byte, n int64) string {
 	return ""
 }
 
+// rpm header index entry types (rpm lib/header.c typeSizes, typeAlign);
+// -1 is a string type, whose length strtaglen finds.
+var (
+	rpmTypeSize  = [10]int64{0, 1, 1, 2, 4, 8, -1, 1, -1, -1}
+	rpmTypeAlign = [10]int64{1, 1, 1, 2, 4, 8, 1, 1, 1, 1}
+)
+
+// checkHeader checks a whole rpm header blob's index entries as rpm's
+// hdrblobVerifyInfo does, which go-rpmdb's mirrors with two differences
+// that make its walk cost more than one pass over the blob: its
+// strtaglen, unlike rpm's, does not stop when a string's NUL is missing,
+// but scans the rest of the data again for each string an entry claims
+// (up to 2^32-1: minutes of CPU for one flipped bit), and its check that
+// entries' data follow one another without overlapping is dead (its end
+// is shadowed), so overlapping entries each scan the same data. Every
+// entry rpm would refuse is refused (go-rpmdb refuses most of them too,
+// but a length it computes in int32 can wrap and let it walk on).
+func checkHeader(data []byte) string {
+	n := int64(len(data))
+	if p := checkHeaderBlob(data[:min(8, len(data))], n); p != "" {
+		return p
+	}
+	il := int64(int32(binary.BigEndian.Uint32(data[0:4])))
+	dl := int64(int32(binary.BigEndian.Uint32(data[4:8])))
+	dataStart := 8 + 16*il
+	dataEnd := dataStart + dl
+	i := int64(0)
+	// The region tag (HEADERIMAGE, HEADERSIGNATURES, HEADERIMMUTABLE)
+	// is checked apart by rpm and go-rpmdb.
+	if tag := int32(binary.BigEndian.Uint32(data[8:12])); tag >= 61 && tag <= 63 {
+		i = 1
+	}
+	var end int64 // where the previous entry's data ends
+	for ; i < il; i++ {
+		e := data[8+16*i:]
+		tag := int32(binary.BigEndian.Uint32(e[0:4]))
+		typ := binary.BigEndian.Uint32(e[4:8])
+		off := int64(int32(binary.BigEndian.Uint32(e[8:12])))
+		count := int64(binary.BigEndian.Uint32(e[12:16]))
+		bad := func(why string, args ...any) string {
+			return fmt.Sprintf("rpm header index entry %d (tag %d, type %d, offset %d, count %d): ", i, tag, typ, off, count) + fmt.Sprintf(why, args...)
+		}
+		switch {
+		case tag < 100:
+			return bad("not a header tag")
+		case typ >= uint32(len(rpmTypeSize)):
+			return bad("not a data type")
+		case off < 0 || off > dl:
+			return bad("offset outside the %d data bytes", dl)
+		case off%rpmTypeAlign[typ] != 0:
+			return bad("offset not aligned for its type")
+		case end > off:
+			return bad("its data overlaps the previous entry's, which ends at %d", end)
+		}
+		start := dataStart + off
+		var length int64
+		if size := rpmTypeSize[typ]; size >= 0 {
+			length = size * count
+		} else {
+			if typ == 6 && count != 1 {
+				return bad("a string type with a count other than 1")
+			}
+			pos := start
+			for c := int64(0); c < count; c++ { // at most dl rounds: each takes a byte
+				k := bytes.IndexByte(data[pos:dataEnd], 0)
+				if k < 0 {
+					return bad("claims %d strings, but its data holds %d", count, c)
+				}
+				pos += int64(k) + 1
+			}
+			length = pos - start
+		}
+		if length <= 0 || off+length > dl {
+			return bad("%d bytes of data, beyond the %d data bytes or none", length, dl)
+		}
+		end = off + length
+	}
+	return ""
+}
+
 // checkSQLite follows go-rpmdb's sqlite3.SQLite3.Read ("SELECT blob FROM
-// Packages", each blob decoded as an rpm header) without reading a whole
-// blob: a missing table or a NULL blob would leave go-rpmdb's reader
-// goroutine blocked on a second error, and a header claiming more index
-// entries than its blob holds makes it allocate 16 bytes per claimed entry
-// (up to 32 GiB) before it checks. The database is opened read-only
-// (go-rpmdb opens it read-write).
+// Packages", each blob decoded as an rpm header), one row at a time: a
+// missing table or a NULL blob would leave go-rpmdb's reader goroutine
+// blocked on a second error, a header claiming more index entries than its
+// blob holds makes it allocate 16 bytes per claimed entry (up to 32 GiB)
+// before it checks, and index entries rpm refuses can make it scan a
+// header's data billions of times (checkHeader). The database is opened
+// read-only (go-rpmdb opens it read-write).
 func checkSQLite(path string) (problem string, err error) {
 	db, err := sql.Open("sqlite", "file:"+url.PathEscape(path)+"?mode=ro")
 	if err != nil {
 		return "", err
 	}
 	defer db.Close()
-	rows, err := db.Query("SELECT rowid, length(CAST(blob AS BLOB)), substr(CAST(blob AS BLOB), 1, 8) FROM Packages")
+	rows, err := db.Query("SELECT rowid, blob IS NULL, blob FROM Packages")
 	if err != nil {
 		return fmt.Sprintf("SQLite database without a readable Packages table: %v", err), nil
 	}
@@ -258,16 +334,16 @@ func checkSQLite(path string) (problem string, err error) {
 	for rows.Next() {
 		var (
 			row    int64
-			length sql.NullInt64
-			first  []byte
+			null   bool
+			header sql.RawBytes // as go-rpmdb scans it: TEXT and numbers as their text
 		)
-		if err := rows.Scan(&row, &length, &first); err != nil {
+		if err := rows.Scan(&row, &null, &header); err != nil {
 			return fmt.Sprintf("SQLite Packages row: %v", err), nil
 		}
-		if !length.Valid {
+		if null {
 			return fmt.Sprintf("SQLite Packages row %d has no blob (NULL)", row), nil
 		}
-		if p := checkHeaderBlob(first, length.Int64); p != "" {
+		if p := checkHeader(header); p != "" {
 			return fmt.Sprintf("SQLite Packages row %d: %s", row, p), nil
 		}
 	}
@@ -310,7 +386,8 @@ func checkNDB(f io.ReaderAt, size int64, head []byte) (problem string, err error
 	if _, err := f.ReadAt(slots, 32); err != nil {
 		return "", err
 	}
-	var blob [ndbBlobHeader + 8]byte
+	var blob [ndbBlobHeader]byte
+	var header []byte // one blob's rpm header at a time, no longer than the file
 	for i := 0; i+ndbSlotSize <= len(slots); i += ndbSlotSize {
 		s := slots[i : i+ndbSlotSize]
 		slot := i/ndbSlotSize + 2
@@ -325,8 +402,7 @@ func checkNDB(f io.ReaderAt, size int64, head []byte) (problem string, err error
 		if off+ndbBlobHeader > size {
 			return fmt.Sprintf("NDB slot %d (package %d) points at offset %d, past the end of the file (%d bytes)", slot, pkg, off, size), nil
 		}
-		n, err := f.ReadAt(blob[:], off)
-		if err != nil && !errors.Is(err, io.EOF) {
+		if _, err := f.ReadAt(blob[:], off); err != nil {
 			return "", err
 		}
 		if m := binary.LittleEndian.Uint32(blob[0:4]); m != ndbBlobMagic {
@@ -339,11 +415,11 @@ func checkNDB(f io.ReaderAt, size int64, head []byte) (problem string, err error
 		if off+ndbBlobHeader+length > size {
 			return fmt.Sprintf("NDB blob of package %d at offset %d claims %d bytes, past the end of the file (%d bytes)", pkg, off, length, size), nil
 		}
-		first := blob[ndbBlobHeader:n]
-		if int64(len(first)) > length {
-			first = first[:length]
+		header = slices.Grow(header[:0], int(length))[:length]
+		if _, err := f.ReadAt(header, off+ndbBlobHeader); err != nil {
+			return "", err
 		}
-		if p := checkHeaderBlob(first, length); p != "" {
+		if p := checkHeader(header); p != "" {
 			return fmt.Sprintf("NDB blob of package %d: %s", pkg, p), nil
 		}
 	}

@@ -186,6 +186,113 @@ func TestCheckRPMRefusesCorruptSQLite(t *testing.T) {
 	}
 }
 
+// firstStringArray returns the offset in hdr (an rpm header blob) of the
+// count of its first index entry, after the region tag, of type
+// STRING_ARRAY (8), and the offset of the entry's own start.
+func firstStringArray(tb testing.TB, hdr []byte) (count, entry int) {
+	tb.Helper()
+	il := int(binary.BigEndian.Uint32(hdr))
+	for i := 1; i < il && 8+16*i+16 <= len(hdr); i++ {
+		if e := 8 + 16*i; binary.BigEndian.Uint32(hdr[e+4:]) == 8 {
+			return e + 12, e
+		}
+	}
+	tb.Fatal("no STRING_ARRAY entry in the header")
+	return 0, 0
+}
+
+// TestCheckRPMRefusesHeaderStringCounts: a string array entry whose count
+// claims more strings than the header's data holds makes go-rpmdb's
+// strtaglen scan the rest of the data once per missing string (up to 2^32
+// times: minutes of CPU for one flipped bit; rpm's own strtaglen stops),
+// and entries whose data overlap (which rpm refuses) make it scan the same
+// data once per entry. Both are refused, in every format, by CheckRPM
+// (checked first, so a missed refusal fails fast instead of hanging).
+func TestCheckRPMRefusesHeaderStringCounts(t *testing.T) {
+	bdb := readFixture(t, "Packages.gz")
+	ndb := readFixture(t, "Packages.db.gz")
+	slot := 32
+	for binary.LittleEndian.Uint32(ndb[slot+4:]) == 0 {
+		slot += 16
+	}
+	ndbHdr := int(binary.LittleEndian.Uint32(ndb[slot+8:]))*16 + 16
+	const bdbHdr = 3*bdbPage + 26 // the value's first overflow page's data
+	setCount := func(b []byte, hdr int) {
+		c, _ := firstStringArray(t, b[hdr:])
+		binary.BigEndian.PutUint32(b[hdr+c:], 0xffffffff)
+	}
+	overlap := func(b []byte, hdr int) {
+		_, e := firstStringArray(t, b[hdr:])
+		// The next entry's data starts where this one's does.
+		copy(b[hdr+e+16+8:hdr+e+16+12], b[hdr+e+8:hdr+e+12])
+	}
+	sqliteWith := func(t *testing.T, path string, change func(blob []byte)) {
+		t.Helper()
+		db, err := sql.Open("sqlite", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var blob []byte
+		if err := db.QueryRow("SELECT blob FROM Packages WHERE rowid = (SELECT min(rowid) FROM Packages)").Scan(&blob); err != nil {
+			t.Fatal(err)
+		}
+		change(blob)
+		if _, err := db.Exec("UPDATE Packages SET blob = ? WHERE rowid = (SELECT min(rowid) FROM Packages)", blob); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name, file string
+		make       func(t *testing.T, path string)
+		want       string
+	}{
+		{"berkeley db count", "Packages", func(t *testing.T, path string) {
+			b := bytes.Clone(bdb)
+			setCount(b, bdbHdr)
+			writeFile(t, path, b)
+		}, "claims 4294967295 strings"},
+		{"ndb count", "Packages.db", func(t *testing.T, path string) {
+			b := bytes.Clone(ndb)
+			setCount(b, ndbHdr)
+			writeFile(t, path, b)
+		}, "claims 4294967295 strings"},
+		{"sqlite count", "rpmdb.sqlite", func(t *testing.T, path string) {
+			writeFile(t, path, readFixture(t, "rpmdb.sqlite.gz"))
+			sqliteWith(t, path, func(blob []byte) { setCount(blob, 0) })
+		}, "claims 4294967295 strings"},
+		{"sqlite overlap", "rpmdb.sqlite", func(t *testing.T, path string) {
+			writeFile(t, path, readFixture(t, "rpmdb.sqlite.gz"))
+			sqliteWith(t, path, func(blob []byte) { overlap(blob, 0) })
+		}, "overlaps"},
+		{"berkeley db overlap", "Packages", func(t *testing.T, path string) {
+			b := bytes.Clone(bdb)
+			overlap(b, bdbHdr)
+			writeFile(t, path, b)
+		}, "overlaps"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), tt.file)
+			tt.make(t, path)
+			err := collect.CheckRPM(path)
+			if !errors.Is(err, collect.ErrCorruptRPM) || !strings.HasPrefix(err.Error(), "rpm database "+path+": ") || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("CheckRPM = %v, want ErrCorruptRPM naming %s and saying %q", err, path, tt.want)
+			}
+			if _, err := collect.ReadRPM(path); !errors.Is(err, collect.ErrCorruptRPM) {
+				t.Errorf("ReadRPM = %v, want ErrCorruptRPM", err)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, path string, b []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestCheckRPMAcceptsRealDatabases runs CheckRPM over the fixtures and over
 // go-rpmdb's own test databases (CentOS 5–8, UBI 8 on s390x, big-endian;
 // SUSE 15 NDB; SQLite) when the module's source is in the module cache:

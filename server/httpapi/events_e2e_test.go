@@ -337,7 +337,7 @@ func TestEventsBodyTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: httpapi.New(httpapi.Options{Events: &httpapi.EventsOptions{Out: out, BodyTimeout: time.Second}}),
+	srv := &http.Server{Handler: httpapi.New(httpapi.Options{Events: &httpapi.EventsOptions{Out: out, BodyTimeout: 3 * time.Second}}),
 		ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(tls.NewListener(ln, stc)) }()
 	defer srv.Close()
@@ -361,7 +361,7 @@ func TestEventsBodyTimeout(t *testing.T) {
 	defer resp.Body.Close()
 	var e httpapi.Error
 	_ = json.NewDecoder(resp.Body).Decode(&e)
-	if resp.StatusCode != http.StatusRequestTimeout || e.Code != "timeout" || !strings.Contains(e.Error, "body not received within 1s") {
+	if resp.StatusCode != http.StatusRequestTimeout || e.Code != "timeout" || !strings.Contains(e.Error, "body not received within 3s") {
 		t.Fatalf("got %d %+v", resp.StatusCode, e)
 	}
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -24,6 +25,10 @@ const (
 	DefaultEventsMaxBody = 8 << 20
 	// DefaultEventsMaxDecoded bounds it decompressed.
 	DefaultEventsMaxDecoded = 64 << 20
+	// DefaultEventsMaxInFlight bounds the decoded bytes held by all the
+	// bodies being taken in at once (their buffers may be up to twice
+	// that).
+	DefaultEventsMaxInFlight = 256 << 20
 	// DefaultEventsBodyTimeout bounds reading a body (8 MiB at about
 	// 0.5 Mbit/s; the host's server sink gives up on a request after 30 s).
 	DefaultEventsBodyTimeout = 2 * time.Minute
@@ -48,13 +53,45 @@ type EventsOptions struct {
 	// BodyTimeout bounds reading a body, from the end of its headers
 	// (0: DefaultEventsBodyTimeout).
 	BodyTimeout time.Duration
+	// MaxInFlight bounds the decoded bytes of all the bodies being read,
+	// checked and written at once (0: DefaultEventsMaxInFlight; at least
+	// MaxDecoded).
+	MaxInFlight int64
 }
 
-// eventsState holds the events file's writer lock and body buffers.
+// eventsState holds the events file's writer lock, the body buffers and
+// the decoded bytes they hold.
 type eventsState struct {
-	mu  sync.Mutex
-	buf sync.Pool
+	mu       sync.Mutex
+	buf      sync.Pool
+	inFlight atomic.Int64
 }
+
+var errBusy = errors.New("httpapi: busy")
+
+// budgetReader reads a decoded body, counting what it holds against the
+// server-wide MaxInFlight; it fails with errBusy past it.
+type budgetReader struct {
+	r    io.Reader
+	st   *eventsState
+	max  int64
+	held int64
+}
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		if b.st.inFlight.Add(int64(n)) > b.max {
+			b.st.inFlight.Add(-int64(n))
+			return 0, errBusy
+		}
+		b.held += int64(n)
+	}
+	return n, err
+}
+
+// release gives back what the body held.
+func (b *budgetReader) release() { b.st.inFlight.Add(-b.held) }
 
 // eventsRoutes adds POST /v1/events (always: without Out it answers 404).
 func (h *handler) eventsRoutes() {
@@ -71,6 +108,10 @@ func (h *handler) eventsRoutes() {
 	if e.BodyTimeout <= 0 {
 		e.BodyTimeout = DefaultEventsBodyTimeout
 	}
+	if e.MaxInFlight <= 0 {
+		e.MaxInFlight = DefaultEventsMaxInFlight
+	}
+	e.MaxInFlight = max(e.MaxInFlight, e.MaxDecoded+1)
 	h.events = &eventsState{buf: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
 	h.mux.HandleFunc("POST /v1/events", h.postEvents)
 }
@@ -109,6 +150,8 @@ func (h *handler) refuseEvents(w http.ResponseWriter, r *http.Request, reason st
 		h.refuse(w, r, http.StatusNotFound, "disabled", err)
 	case "timeout":
 		h.refuse(w, r, http.StatusRequestTimeout, "timeout", err)
+	case "busy":
+		h.refuse(w, r, http.StatusServiceUnavailable, "busy", err)
 	case "write":
 		h.refuse(w, r, http.StatusServiceUnavailable, "unavailable", err)
 	default:
@@ -163,8 +206,13 @@ func (h *handler) postEvents(w http.ResponseWriter, r *http.Request) {
 			h.events.buf.Put(buf)
 		}
 	}()
-	_, err = buf.ReadFrom(io.LimitReader(body, e.MaxDecoded+1))
+	br := &budgetReader{r: io.LimitReader(body, e.MaxDecoded+1), st: h.events, max: e.MaxInFlight}
+	defer br.release()
+	_, err = buf.ReadFrom(br)
 	switch {
+	case errors.Is(err, errBusy):
+		h.refuseEvents(w, r, "busy", fmt.Errorf("server busy: %d MiB of event bodies are being taken in; send this one again later", e.MaxInFlight>>20))
+		return
 	case isMaxBytes(err):
 		h.refuseEvents(w, r, "too_large", fmt.Errorf("%w: body is larger than %d bytes", errTooLarge, e.MaxBody))
 		return

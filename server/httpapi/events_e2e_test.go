@@ -314,11 +314,10 @@ func TestEventsHostSpoofing(t *testing.T) {
 	}
 }
 
-// TestEventsBodyTimeout: a host that sends a POST's headers and then stalls
-// its body does not hold the handler (and its buffer) forever: it is
-// answered 408 once the body timeout passes. The handler runs behind the
-// server's TLS with client certificates, writing a real rotated file.
-func TestEventsBodyTimeout(t *testing.T) {
+// apiServer serves httpapi.New with events opts (Out: a real rotated file
+// in a temporary dir) behind the server's TLS with client certificates, as
+// vigil-server does; it returns the address and h1's client TLS config.
+func apiServer(t *testing.T, ev httpapi.EventsOptions) (string, *tls.Config) {
 	dir := t.TempDir()
 	ids := append(append([]pki.Identity{}, pki.DefaultIdentities...), pki.Identity{Name: "h1", Role: "host", File: "h1"})
 	if _, err := pki.Init(dir, pki.Options{Identities: ids}); err != nil {
@@ -328,7 +327,8 @@ func TestEventsBodyTimeout(t *testing.T) {
 		return pki.Files{CA: filepath.Join(dir, "ca.crt"), Cert: filepath.Join(dir, n+".crt"), Key: filepath.Join(dir, n+".key")}
 	}
 	out := &lumberjack.Logger{Filename: filepath.Join(dir, "events", "events.ndjson"), MaxSize: server.MinEventsMaxMB}
-	defer out.Close()
+	t.Cleanup(func() { _ = out.Close() })
+	ev.Out = out
 	stc, err := files("server").ServerConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -337,15 +337,22 @@ func TestEventsBodyTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: httpapi.New(httpapi.Options{Events: &httpapi.EventsOptions{Out: out, BodyTimeout: 3 * time.Second}}),
-		ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: httpapi.New(httpapi.Options{Events: &ev}), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(tls.NewListener(ln, stc)) }()
-	defer srv.Close()
+	t.Cleanup(func() { _ = srv.Close() })
 	ctc, err := files("h1").ClientConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := tls.Dial("tcp", ln.Addr().String(), ctc)
+	return ln.Addr().String(), ctc
+}
+
+// TestEventsBodyTimeout: a host that sends a POST's headers and then stalls
+// its body does not hold the handler (and its buffer) forever: it is
+// answered 408 once the body timeout passes.
+func TestEventsBodyTimeout(t *testing.T) {
+	addr, ctc := apiServer(t, httpapi.EventsOptions{BodyTimeout: 3 * time.Second})
+	conn, err := tls.Dial("tcp", addr, ctc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +375,7 @@ func TestEventsBodyTimeout(t *testing.T) {
 	// A body sent in time is taken.
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ctc}}
 	defer hc.CloseIdleConnections()
-	if code, msg := postRaw(t, hc, "https://"+ln.Addr().String(), `{"host":"h1"}`); code != 200 {
+	if code, msg := postRaw(t, hc, "https://"+addr, `{"host":"h1"}`); code != 200 {
 		t.Fatalf("post: %d %s", code, msg)
 	}
 }
@@ -387,4 +394,46 @@ func TestEventsInvalidUTF8(t *testing.T) {
 	if n := len(f.lines()); n != 0 {
 		t.Fatalf("events file has %d lines, want none", n)
 	}
+}
+
+// TestEventsInFlightBudget: the decoded bodies held at once are bounded
+// server-wide, whatever the number of connections (a body of 64 KiB of
+// gzip can decode to 64 MiB). While one host's body holds most of the
+// budget, another body is answered 503 busy (the host's sink sends it
+// again later), and is taken once the budget is free.
+func TestEventsInFlightBudget(t *testing.T) {
+	addr, ctc := apiServer(t, httpapi.EventsOptions{MaxDecoded: 1 << 20, MaxInFlight: 1 << 20, BodyTimeout: 10 * time.Minute})
+	line := `{"host":"h1","pad":"` + strings.Repeat("p", 1000) + `"}` + "\n"
+	// The stalled body: 800 lines sent of a declared 900.
+	conn, err := tls.Dial("tcp", addr, ctc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "POST /v1/events HTTP/1.1\r\nHost: vigil\r\nContent-Length: %d\r\n\r\n%s", 900*len(line), strings.Repeat(line, 800)); err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: ctc}}
+	defer hc.CloseIdleConnections()
+	other := strings.Repeat(line, 300)
+	var msg string
+	waitFor(t, "a body refused busy", func() bool {
+		var code int
+		code, msg = postRaw(t, hc, "https://"+addr, other)
+		if code != 200 && code != http.StatusServiceUnavailable {
+			t.Fatalf("post: %d %s", code, msg)
+		}
+		return code == http.StatusServiceUnavailable
+	})
+	if !strings.Contains(msg, "busy") {
+		t.Fatalf("refusal: %s", msg)
+	}
+	_ = conn.Close() // the stalled body fails and frees its share
+	waitFor(t, "the body taken", func() bool {
+		code, msg := postRaw(t, hc, "https://"+addr, other)
+		if code != 200 && code != http.StatusServiceUnavailable {
+			t.Fatalf("post: %d %s", code, msg)
+		}
+		return code == 200
+	})
 }

@@ -21,7 +21,7 @@ func NewEvents(reg prometheus.Registerer) *Events {
 		Bytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "vigil_events_received_bytes_total",
 			Help: "Decompressed NDJSON bytes of the accepted events."}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vigil_events_refused_total",
-			Help: "POST /v1/events requests refused, by reason (forbidden, invalid, too_large, disabled, write); a refused body writes nothing."}, []string{"reason"}),
+			Help: "POST /v1/events requests refused, by reason (forbidden, invalid, too_large, timeout, busy, disabled, write); a refused body writes nothing."}, []string{"reason"}),
 	}
 	reg.MustRegister(m.Received, m.Bytes, m.Refused)
 	for _, r := range EventRefusals {

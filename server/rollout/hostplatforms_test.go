@@ -1,13 +1,20 @@
 package rollout
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/vigil-hids/vigil/api"
+	"github.com/vigil-hids/vigil/internal/etcdtest"
+	"github.com/vigil-hids/vigil/plugins/catalog"
+	"github.com/vigil-hids/vigil/server/store"
+	"github.com/vigil-hids/vigil/signing"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // platformFleet registers, as host/control writes them, prod hosts of
@@ -192,5 +199,93 @@ func TestUndoChecksPlatforms(t *testing.T) {
 	res, err := e.svc.Undo(c, fleet, "example", "admin", "")
 	if err != nil || res.Version != "1.2.0+rollback.1" || len(res.Warnings) != 1 || !strings.HasPrefix(res.Warnings[0], "3 hosts in scope fleet run linux/arm64") {
 		t.Fatalf("undo: %+v %v", res, err)
+	}
+}
+
+// hookKV runs before once ahead of the first read of a key under prefix:
+// a step of another writer, landed between two reads of one request.
+type hookKV struct {
+	clientv3.KV
+	prefix string
+	once   *sync.Once
+	before func()
+}
+
+func (h hookKV) Get(c context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if strings.HasPrefix(key, h.prefix) {
+		h.once.Do(h.before)
+	}
+	return h.KV.Get(c, key, opts...)
+}
+
+// TestRequirePlatformsSeesConcurrentRemoval: the arm64 manifest of a
+// version is removed while rollout set (or undo) counts the hosts by
+// platform. The platforms the write is guarded on are the ones read after
+// the removal (amd64 only), so the arm64 hosts must be judged against
+// those: refused with RequirePlatforms, as if the removal had come first.
+func TestRequirePlatformsSeesConcurrentRemoval(t *testing.T) {
+	fleet := api.Scope{Kind: api.ScopeFleet}
+	for _, undo := range []bool{false, true} {
+		t.Run(fmt.Sprintf("undo=%v", undo), func(t *testing.T) {
+			e := newEnv(t, false)
+			c := ctx(t)
+			platformFleet(t, e)
+			e.publish(t, "example", "1.2.0")
+			e.publishArm64(t, "example", "1.2.0")
+			e.publish(t, "example", "1.3.0")
+			e.publishArm64(t, "example", "1.3.0")
+			if undo {
+				for _, v := range []string{"1.2.0", "1.3.0"} {
+					if _, err := e.svc.Set(c, SetRequest{Scope: fleet, Plugin: "example", Version: v, Author: "admin"}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// Undo goes back to 1.2.0: a signed rollback of it, for both platforms.
+				e.publishRollback(t, "example", "1.2.0", "1.2.0+rollback.1")
+				sm, _ := manifestFor(t, "example", "1.2.0+rollback.1", "linux", "arm64", []byte("example1.2.0 arm64"))
+				sm.Manifest.Rollback = true
+				_, sec, err := signing.GenerateKey(nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := sm.Sign(sec); err != nil {
+					t.Fatal(err)
+				}
+				raw, err := sm.Marshal()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := e.svc.Publish(c, raw, sm); err != nil {
+					t.Fatal(err)
+				}
+			}
+			version := "1.3.0"
+			if undo {
+				version = "1.2.0+rollback.1"
+			}
+			var rmErr error
+			cli := etcdtest.NewClient(t, e.cli.Endpoints())
+			cli.KV = hookKV{KV: cli.KV, prefix: e.ks.Agents(), once: &sync.Once{}, before: func() {
+				_, rmErr = e.svc.Remove(c, RemoveRequest{Plugin: "example", Version: version, OS: "linux", Arch: "arm64", Author: "b", Comment: "pulled"})
+			}}
+			svc := New(Options{Store: store.New(cli, store.Options{Keyspace: e.ks, Validate: catalog.Validate})})
+			before := e.scopeRevision(t, fleet)
+			var res SetResult
+			var err error
+			if undo {
+				res, err = svc.UndoWith(c, UndoRequest{Scope: fleet, Plugin: "example", Author: "admin", RequirePlatforms: true})
+			} else {
+				res, err = svc.Set(c, SetRequest{Scope: fleet, Plugin: "example", Version: version, Author: "admin", RequirePlatforms: true})
+			}
+			if rmErr != nil {
+				t.Fatalf("removing the arm64 manifest: %v", rmErr)
+			}
+			if !errors.Is(err, ErrUnpublishedPlatform) || !strings.Contains(err.Error(), "linux/arm64, which example "+version+" is not published for") {
+				t.Fatalf("with arm64 removed meanwhile: %+v, %v; want ErrUnpublishedPlatform", res, err)
+			}
+			if after := e.scopeRevision(t, fleet); after != before {
+				t.Fatalf("refused write changed the fleet document (revision %d -> %d)", before, after)
+			}
+		})
 	}
 }

@@ -219,10 +219,6 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 	if err != nil {
 		return SetResult{}, err
 	}
-	hosts, warnings, err := s.checkPlatforms(ctx, r.Scope, r.Plugin, r.Version, r.Percent, platforms, r.RequirePlatforms)
-	if err != nil {
-		return SetResult{}, err
-	}
 	for attempt := 0; attempt < 5; attempt++ {
 		var cur store.Current
 		if cur, err = s.st.Get(ctx, r.Scope); err != nil {
@@ -282,6 +278,13 @@ func (s *Service) Set(ctx context.Context, r SetRequest) (SetResult, error) {
 			return SetResult{}, err
 		}
 		if guards, err = s.guardFrom(ctx, r.Plugin, next, guards); err != nil {
+			return SetResult{}, err
+		}
+		// Judged against the platforms the write is guarded on: a
+		// platform removed since an earlier read is missing here too.
+		var hosts map[string]int64
+		var warnings []string
+		if hosts, warnings, err = s.checkPlatforms(ctx, r.Scope, r.Plugin, r.Version, r.Percent, platforms, r.RequirePlatforms); err != nil {
 			return SetResult{}, err
 		}
 		var res store.Result
@@ -381,13 +384,6 @@ func (s *Service) UndoWith(ctx context.Context, r UndoRequest) (SetResult, error
 					return SetResult{}, err
 				}
 			}
-			percent := 0
-			if prev.Rollout != nil {
-				percent = prev.Rollout.Percent
-			}
-			if hosts, warnings, err = s.checkPlatforms(ctx, scope, plugin, prev.Version, percent, platforms, r.RequirePlatforms); err != nil {
-				return SetResult{}, err
-			}
 		}
 		msg := fmt.Sprintf("rollout undo %s: %s -> %s (as of seq %d)", plugin, now, *prev, seq)
 		if len(subst) > 0 {
@@ -404,6 +400,14 @@ func (s *Service) UndoWith(ctx context.Context, r UndoRequest) (SetResult, error
 				return SetResult{}, err
 			}
 			if guards, err = s.guardFrom(ctx, plugin, *prev, guards); err != nil {
+				return SetResult{}, err
+			}
+			// Judged against the platforms the write is guarded on.
+			percent := 0
+			if prev.Rollout != nil {
+				percent = prev.Rollout.Percent
+			}
+			if hosts, warnings, err = s.checkPlatforms(ctx, scope, plugin, prev.Version, percent, platforms, r.RequirePlatforms); err != nil {
 				return SetResult{}, err
 			}
 		}

@@ -224,6 +224,8 @@ func (c Config) Validate() error {
 		switch {
 		case !api.ValidName(p.Name):
 			bad("%s.name must be a name of letters, digits, '.', '-' or '_' (got %q)", key, p.Name)
+		case p.Name == api.HostReleaseName:
+			bad("%s.name %q is vigil-host's own release name and cannot name a plugin", key, p.Name)
 		case seen[p.Name]:
 			bad("%s.name %q is listed twice", key, p.Name)
 		}

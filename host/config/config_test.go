@@ -64,6 +64,11 @@ plugins:
 			yaml:    "host_name: a\nplugins:\n  - {name: x, path: ''}\n  - {name: x, path: /bin/x}\n  - {name: 'bad name', path: /bin/y, log_level: loud}\n",
 			wantErr: []string{`plugins[0].path must name the plugin binary (plugin "x")`, `plugins[1].name "x" is listed twice`, `plugins[2].name must be a name`, `plugins[2].log_level must be one of trace, debug, info, warn, error (got "loud")`},
 		},
+		{
+			name:    "vigil-host is not a plugin name",
+			yaml:    "host_name: a\nplugins:\n  - {name: vigil-host, path: /bin/x}\n",
+			wantErr: []string{`plugins[0].name "vigil-host" is vigil-host's own release name`},
+		},
 		{name: "bad host name", yaml: "host_name: 'a/b'\n", wantErr: []string{`host_name must be 1-253 letters`}},
 		{name: "events need a sink", yaml: "host_name: a\nsinks: {file: null}\n", wantErr: []string{"events have nowhere to go"}},
 		{

@@ -45,6 +45,10 @@ func Check(st api.DesiredState, validate PluginValidator) error {
 			bad("plugins: %q is not a valid plugin name", name)
 			continue
 		}
+		if name == api.HostReleaseName {
+			bad("plugins: %q is vigil-host's own release name, not a plugin (set host_version to update the host)", name)
+			continue
+		}
 		if p.LogLevel != "" && !validLevel(p.LogLevel) {
 			bad("plugins.%s.log_level must be one of %v (got %q)", name, LogLevels, p.LogLevel)
 		}

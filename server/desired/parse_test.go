@@ -103,6 +103,8 @@ func TestCheck(t *testing.T) {
 		st   api.DesiredState
 		want []string
 	}{
+		{name: "host release name", st: api.DesiredState{Plugins: map[string]api.PluginState{"vigil-host": {Version: "1.2.0"}}},
+			want: []string{`plugins: "vigil-host" is vigil-host's own release name, not a plugin (set host_version to update the host)`}},
 		{name: "unknown plugin", st: api.DesiredState{Plugins: map[string]api.PluginState{"nosuch": {Enabled: &on}}},
 			want: []string{`plugins.nosuch: unknown plugin "nosuch"`}},
 		{name: "out of range, the plugin's own message",

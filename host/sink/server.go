@@ -353,13 +353,19 @@ func (s *Server) send(ctx context.Context, c chunk, zw *gzip.Writer, gz *bytes.B
 	zw.Reset(gz)
 	_, _ = zw.Write(c.data)
 	_ = zw.Close()
+	body := &sentBody{Reader: bytes.NewReader(gz.Bytes()), closed: make(chan struct{})}
+	// The transport may still read the body after Do returns (an early
+	// answer): gz is written again only once the transport closed it,
+	// which the request's end (cancel, deferred after this) hastens.
+	defer body.release(gz)
 	rctx, cancel := context.WithTimeout(ctx, serverRequestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodPost, s.url, bytes.NewReader(gz.Bytes()))
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, s.url, body)
 	if err != nil {
 		s.pop(c, LostRejected, err)
 		return false
 	}
+	req.ContentLength = int64(gz.Len())
 	req.Header.Set("Content-Type", "application/x-ndjson")
 	req.Header.Set("Content-Encoding", "gzip")
 	resp, err := s.client.Do(req)
@@ -381,6 +387,31 @@ func (s *Server) send(ctx context.Context, c chunk, zw *gzip.Writer, gz *bytes.B
 		s.log.Error("server refused events, dropped", "component", "sink", "sink", "server", "events", c.events, "reason", LostRejected, "error", err)
 		s.pop(c, LostRejected, err)
 		return false
+	}
+}
+
+// sentBody is a request body that tells when the transport closed it.
+type sentBody struct {
+	*bytes.Reader
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (b *sentBody) Close() error {
+	b.once.Do(func() { close(b.closed) })
+	return nil
+}
+
+// release waits (briefly: the request's context is done by then) for the
+// transport to close the body; if it has not, gz is left to the transport
+// and replaced, so the next body is never written under a reader.
+func (b *sentBody) release(gz *bytes.Buffer) {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-b.closed:
+	case <-t.C:
+		*gz = bytes.Buffer{}
 	}
 }
 

@@ -1,13 +1,19 @@
 package sink
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/vigil-hids/vigil/sdk"
 )
 
 func TestServerConfigValidate(t *testing.T) {
@@ -127,5 +133,88 @@ func TestServerCloseWithHungServer(t *testing.T) {
 	}
 	if c := s.Counts(); c.Lost[LostShutdown] != uint64(b.Count) || c.Pending != 0 || c.Accepted != uint64(b.Count) {
 		t.Fatalf("counts %+v", c)
+	}
+}
+
+// earlyAnswer is a transport that answers 200 at once and reads the body
+// afterwards, as the RoundTripper contract allows: the first body only
+// once the second request has started (or after two seconds).
+type earlyAnswer struct {
+	mu      sync.Mutex
+	n       int
+	second  chan struct{}
+	readers sync.WaitGroup
+	bodies  [][]byte
+}
+
+func (e *earlyAnswer) RoundTrip(req *http.Request) (*http.Response, error) {
+	e.mu.Lock()
+	e.n++
+	n := e.n
+	e.bodies = append(e.bodies, nil)
+	e.mu.Unlock()
+	if n == 2 {
+		close(e.second)
+	}
+	e.readers.Add(1)
+	go func() {
+		defer e.readers.Done()
+		if n == 1 {
+			select {
+			case <-e.second:
+			case <-time.After(2 * time.Second):
+			}
+		}
+		b, _ := io.ReadAll(req.Body)
+		_ = req.Body.Close()
+		e.mu.Lock()
+		e.bodies[n-1] = b
+		e.mu.Unlock()
+	}()
+	return &http.Response{StatusCode: http.StatusOK, Status: "200 OK", Body: io.NopCloser(strings.NewReader("")), Request: req}, nil
+}
+
+// TestServerBodyReadAfterAnswer: a body the transport still reads after
+// its answer is not overwritten by the next one.
+func TestServerBodyReadAfterAnswer(t *testing.T) {
+	rt := &earlyAnswer{second: make(chan struct{})}
+	s, err := NewServer(ServerConfig{FlushInterval: 10 * time.Millisecond}, "h", &http.Client{Transport: rt}, "http://vigil.invalid", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	batch := func(plugin string) *Batch {
+		return batchOf(plugin, 64, func(i int) *sdk.Event {
+			return &sdk.Event{Type: "exec", Time: time.Unix(int64(i), 0), Fields: []sdk.Field{sdk.Int("pid", int64(i))}}
+		})
+	}
+	sent := func(n int) bool {
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		return rt.n >= n
+	}
+	for i, plugin := range []string{"first", "second"} {
+		if err := s.Write(context.Background(), batch(plugin)); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(30 * time.Second); !sent(i + 1); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("request %d never sent", i+1)
+			}
+		}
+	}
+	rt.readers.Wait()
+	for i, plugin := range []string{"first", "second"} {
+		zr, err := gzip.NewReader(bytes.NewReader(rt.bodies[i]))
+		if err != nil {
+			t.Fatalf("body %d: %v", i+1, err)
+		}
+		b, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatalf("body %d: %v", i+1, err)
+		}
+		if n := bytes.Count(b, []byte(`"plugin":"`+plugin+`"`)); n != 64 {
+			t.Errorf("body %d holds %d events of plugin %q, want 64:\n%.300s", i+1, n, plugin, b)
+		}
 	}
 }

@@ -98,6 +98,8 @@ type monitor struct {
 	nss      map[uint32]*netNS
 	nsOrder  []uint32
 	nsListed bool
+	// nsWarned: failures to open a namespace logged, by reason (netns.go).
+	nsWarned map[string]*nsWarned
 	// nsNext is the namespace the others' dumps start from (see collect).
 	nsNext uint32
 	// nsFailed: namespaces whose dump failed in this snapshot.

@@ -1,10 +1,12 @@
 package netmon
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -19,6 +21,25 @@ import (
 // and keeps, per namespace other than its own, an open fd of that
 // namespace and one sock_diag socket created inside it. Both are closed
 // when no listed process is left in the namespace.
+
+// errNSGone: the process named for a namespace exited or left it before
+// the namespace was opened. That is normal (another process of the
+// namespace is tried) and not counted; any other failure to open a
+// namespace (EMFILE, EACCES without CAP_SYS_PTRACE, ...) leaves it
+// unwatched and is counted in netns_errors and logged (nsOpenFailed).
+var errNSGone = errors.New("netmon: process exited or left the network namespace")
+
+// nsWarnEvery is how often a failure to open a namespace is logged per
+// reason at most: a host of thousands of namespaces out of fds would
+// otherwise log thousands of lines per snapshot.
+const nsWarnEvery = time.Minute
+
+// nsWarned is when a reason was last logged and how many failures of it
+// were not logged since.
+type nsWarned struct {
+	at         time.Time
+	suppressed int
+}
 
 // netNS is one network namespace other than the plugin's own.
 type netNS struct {
@@ -74,12 +95,17 @@ func (m *monitor) syncNetNS() {
 		}
 		n, err := m.openNetNS(ino, u.pid)
 		if err != nil {
-			// The process left the namespace or exited: try again after
-			// the next listing (which reads its namespace again), through
+			// The process left the namespace or exited (or could not
+			// be opened, counted and logged): try again after the next
+			// listing (which reads its namespace again), through
 			// another process listed in it (the listing names a process
 			// only when it is new or its fd count moves, so the others
 			// may never name one).
-			m.log.Debug("network namespace not opened", "netns", ino, "pid", u.pid, "error", err)
+			if errors.Is(err, errNSGone) {
+				m.log.Debug("network namespace not opened", "netns", ino, "pid", u.pid, "error", err)
+			} else {
+				m.nsOpenFailed(ino, u.pid, err)
+			}
 			if p := m.res.procs[u.pid]; p != nil {
 				p.nsAt = -1
 			}
@@ -106,19 +132,58 @@ func (m *monitor) syncNetNS() {
 	m.c.netns.Set(uint64(len(m.nss) + 1))
 }
 
+// nsOpenFailed counts a failure to open namespace ino (other than
+// errNSGone) in netns_errors and logs it at Warn, at most once a minute
+// per reason (the errno's name), with the number of failures of that
+// reason not logged since.
+func (m *monitor) nsOpenFailed(ino uint32, pid int32, err error) {
+	m.c.nsErrors.Add(1)
+	reason := "other"
+	if errno, ok := errors.AsType[unix.Errno](err); ok {
+		if reason = unix.ErrnoName(errno); reason == "" {
+			reason = strconv.Itoa(int(errno))
+		}
+	}
+	if m.nsWarned == nil {
+		m.nsWarned = map[string]*nsWarned{}
+	}
+	w := m.nsWarned[reason]
+	if w == nil {
+		w = &nsWarned{}
+		m.nsWarned[reason] = w
+	}
+	now := m.clock.Now()
+	if !w.at.IsZero() && now.Sub(w.at) < nsWarnEvery {
+		w.suppressed++
+		return
+	}
+	m.log.Warn("cannot open a network namespace: its sockets are not monitored",
+		"netns", ino, "pid", pid, "reason", reason, "error", err, "not_logged_since_last", w.suppressed)
+	w.at, w.suppressed = now, 0
+}
+
 // openNetNS opens namespace ino through /proc/pid/ns/net and creates its
-// sock_diag socket. A namespace whose socket cannot be created (setns
-// needs CAP_SYS_ADMIN) is kept without one so it is not tried again on
-// every snapshot; it is counted in netns_errors and logged once.
+// sock_diag socket. It returns an error wrapping errNSGone when the
+// process exited or left the namespace. A namespace whose socket cannot
+// be created (setns needs CAP_SYS_ADMIN) is kept without one so it is
+// not tried again on every snapshot; it is counted in netns_errors and
+// logged once.
 func (m *monitor) openNetNS(ino uint32, pid int32) (*netNS, error) {
 	fd, err := unix.Openat(m.res.rootFD, m.res.path(pid, "ns/net"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		return nil, fmt.Errorf("opening the network namespace of process %d: %w (%w)", pid, errNSGone, err)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("opening the network namespace of process %d: %w", pid, err)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || uint32(st.Ino) != ino {
+	if err := unix.Fstat(fd, &st); err != nil {
 		_ = unix.Close(fd)
-		return nil, fmt.Errorf("process %d is no longer in network namespace %d", pid, ino)
+		return nil, fmt.Errorf("stat of the network namespace fd of process %d: %w", pid, err)
+	}
+	if uint32(st.Ino) != ino {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("process %d is no longer in network namespace %d: %w", pid, ino, errNSGone)
 	}
 	n := &netNS{ino: ino, fd: fd}
 	if b, err := os.ReadFile(m.res.root + "/" + strconv.Itoa(int(pid)) + "/cgroup"); err == nil {

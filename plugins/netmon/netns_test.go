@@ -2,6 +2,7 @@ package netmon
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/vigil-hids/vigil/sdk"
@@ -558,7 +560,11 @@ func TestNamespaceOpenedThroughAnother(t *testing.T) {
 	u.pid = qpid // as when q was listed after the helper
 	_ = q.Process.Kill()
 	_ = q.Wait()
-	f.m.syncNetNS() // q is gone: not opened
+	before := f.em.Counter(CounterNetNSErrors).Load()
+	f.m.syncNetNS() // q is gone: not opened, and that is no error
+	if got := f.em.Counter(CounterNetNSErrors).Load() - before; got != 0 {
+		t.Fatalf("a process gone before its namespace was opened counted in netns_errors (+%d)", got)
+	}
 	f.m.nsListed = true
 	var ls []recorded
 	for i := 0; i < 3 && len(ls) == 0; i++ {
@@ -567,5 +573,87 @@ func TestNamespaceOpenedThroughAnother(t *testing.T) {
 	if len(ls) != 1 || ls[0].num("netns") != int64(h.netns) {
 		t.Fatalf("namespace %d never opened through the helper (pid %d): listeners %v, open %v",
 			h.netns, h.cmd.Process.Pid, ls, f.m.nsOrder)
+	}
+}
+
+// TestNamespaceOpenFails: a namespace that cannot be opened for a reason
+// other than its process being gone (here EMFILE, for real: the test
+// process's RLIMIT_NOFILE is lowered to its lowest free fd around the
+// sync, and restored) is counted in netns_errors at each attempt and
+// logged at Warn once a minute per reason, not once per namespace and
+// snapshot; once fds are available again it is opened.
+func TestNamespaceOpenFails(t *testing.T) {
+	needRoot(t)
+	h := startNSHelper(t, 0)
+	f := newFixture(t, nil)
+	var logs bytes.Buffer
+	f.m.log = hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn, JSONFormat: true})
+	warns := func() []string {
+		var w []string
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "cannot open a network namespace") {
+				w = append(w, l)
+			}
+		}
+		return w
+	}
+	f.m.res.list()
+	if f.m.res.netns[h.netns] == nil {
+		t.Fatalf("namespace %d not listed", h.netns)
+	}
+	errs := f.em.Counter(CounterNetNSErrors)
+	outOfFDs := func() {
+		t.Helper()
+		var lim syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			t.Fatal(err)
+		}
+		free, err := unix.Dup(0) // the lowest free fd
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = unix.Close(free)
+		low := lim
+		low.Cur = uint64(free)
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+			t.Fatal(err)
+		}
+		f.m.syncNetNS()
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	outOfFDs()
+	n1 := errs.Load()
+	if n1 < 1 || f.m.nss[h.netns] != nil {
+		t.Fatalf("out of fds: netns_errors = %d, namespace %d open: %v", n1, h.netns, f.m.nss[h.netns] != nil)
+	}
+	if w := warns(); len(w) != 1 || !strings.Contains(w[0], `"reason":"EMFILE"`) || !strings.Contains(w[0], `"@level":"warn"`) {
+		t.Fatalf("want one warning with reason EMFILE, got %q", w)
+	}
+	// Again within the minute: counted, not logged.
+	f.clock.Advance(30 * time.Second)
+	outOfFDs()
+	if n2 := errs.Load(); n2 < n1+1 {
+		t.Fatalf("second failure not counted: netns_errors %d then %d", n1, n2)
+	}
+	if w := warns(); len(w) != 1 {
+		t.Fatalf("logged again within a minute: %q", w)
+	}
+	// A minute after the first: logged again, with the failures not logged.
+	f.clock.Advance(30 * time.Second)
+	outOfFDs()
+	if w := warns(); len(w) != 2 || strings.Contains(w[1], `"not_logged_since_last":0`) {
+		t.Fatalf("want a second warning saying failures were not logged, got %q", w)
+	}
+	// Fds again: opened, not counted.
+	n3 := errs.Load()
+	f.m.syncNetNS()
+	if n := f.m.nss[h.netns]; n == nil || n.fd < 0 || n.d == nil {
+		t.Fatalf("namespace %d not opened once fds were available: %+v", h.netns, n)
+	}
+	if got := errs.Load() - n3; got != 0 {
+		t.Fatalf("netns_errors went up by %d with fds available", got)
 	}
 }

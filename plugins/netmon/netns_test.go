@@ -531,7 +531,7 @@ func TestNamespaceOpenedThroughAnother(t *testing.T) {
 	needRoot(t)
 	nsenter, err := exec.LookPath("nsenter")
 	if err != nil {
-		t.Skip("nsenter (util-linux) not found")
+		t.Fatalf("this test needs nsenter (util-linux): %v", err)
 	}
 	h := startNSHelper(t, 0)
 	q := exec.Command(nsenter, "--net=/proc/"+strconv.Itoa(h.cmd.Process.Pid)+"/ns/net", "sleep", "3600")

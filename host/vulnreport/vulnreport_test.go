@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -43,6 +44,9 @@ type server struct {
 	svc  *vulnstore.Service
 	down atomic.Int32 // requests still to refuse
 	hits atomic.Int32
+	// refuseUploads holds statuses to answer inventory uploads with, as
+	// the server does when busy (503) or when a body stalls (408).
+	refuseUploads chan int
 }
 
 func newServer(t *testing.T) *server {
@@ -53,12 +57,22 @@ func newServer(t *testing.T) *server {
 	}
 	t.Cleanup(func() { svc.Close() })
 	h := httpapi.New(httpapi.Options{Anonymous: &auth.Identity{Name: "anonymous", Role: auth.Host}, Vuln: &httpapi.VulnOptions{Service: svc}})
-	s := &server{svc: svc}
+	s := &server{svc: svc, refuseUploads: make(chan int, 8)}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.hits.Add(1)
 		if s.down.Add(-1) >= 0 {
 			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
 			return
+		}
+		if r.URL.Path == "/v1/vuln/inventory" {
+			select {
+			case code := <-s.refuseUploads:
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(code)
+				_ = json.NewEncoder(w).Encode(httpapi.Error{Error: fmt.Sprintf("refused %d by the test", code), Code: "busy"})
+				return
+			default:
+			}
 		}
 		h.ServeHTTP(w, r)
 	}))
@@ -126,6 +140,31 @@ func TestDigestFirstAndRetries(t *testing.T) {
 	}
 	if st := s.svc.Stats(); st.UploadsNew != 1 || st.Index.Hosts != 2 {
 		t.Fatalf("server: %+v", st)
+	}
+}
+
+// TestUploadBusyAndTimeout: the server refuses the upload itself 503 busy
+// (its in-flight budget is full) and then 408 (the body was too slow);
+// both are retried with backoff, from the digest, until the upload is
+// taken. Nothing is lost, and the counters say what happened.
+func TestUploadBusyAndTimeout(t *testing.T) {
+	s := newServer(t)
+	s.refuseUploads <- http.StatusServiceUnavailable
+	s.refuseUploads <- http.StatusRequestTimeout
+	i := inv()
+	d := i.Digest()
+	var tasks atomic.Int32
+	r := newReporter(t, s, "web-1", nil)
+	run(t, r, func(context.Context) (json.RawMessage, error) { tasks.Add(1); return taskJSON(i, d), nil })
+	r.Observe(d)
+	// A refusal taken as permanent would wait for the refresh (hours).
+	waitFor(t, "the upload", func() bool { return r.Stats().Uploads == 1 })
+	st := r.Stats()
+	if st.Failures != 2 || st.Digest != d || st.LastError != "" || st.DigestsSent != 3 || tasks.Load() != 3 {
+		t.Fatalf("reporter: %+v, tasks %d", st, tasks.Load())
+	}
+	if ss := s.svc.Stats(); ss.UploadsNew != 1 || ss.Uploads != 1 || ss.UploadsRejected != 0 || ss.Index.Hosts != 1 {
+		t.Fatalf("server: %+v", ss)
 	}
 }
 

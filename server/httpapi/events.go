@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -64,34 +63,8 @@ type EventsOptions struct {
 type eventsState struct {
 	mu       sync.Mutex
 	buf      sync.Pool
-	inFlight atomic.Int64
+	inFlight budget
 }
-
-var errBusy = errors.New("httpapi: busy")
-
-// budgetReader reads a decoded body, counting what it holds against the
-// server-wide MaxInFlight; it fails with errBusy past it.
-type budgetReader struct {
-	r    io.Reader
-	st   *eventsState
-	max  int64
-	held int64
-}
-
-func (b *budgetReader) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if n > 0 {
-		if b.st.inFlight.Add(int64(n)) > b.max {
-			b.st.inFlight.Add(-int64(n))
-			return 0, errBusy
-		}
-		b.held += int64(n)
-	}
-	return n, err
-}
-
-// release gives back what the body held.
-func (b *budgetReader) release() { b.st.inFlight.Add(-b.held) }
 
 // eventsRoutes adds POST /v1/events (always: without Out it answers 404).
 func (h *handler) eventsRoutes() {
@@ -113,6 +86,7 @@ func (h *handler) eventsRoutes() {
 	}
 	e.MaxInFlight = max(e.MaxInFlight, e.MaxDecoded+1)
 	h.events = &eventsState{buf: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	h.events.inFlight.max = e.MaxInFlight
 	h.mux.HandleFunc("POST /v1/events", h.postEvents)
 }
 
@@ -206,7 +180,7 @@ func (h *handler) postEvents(w http.ResponseWriter, r *http.Request) {
 			h.events.buf.Put(buf)
 		}
 	}()
-	br := &budgetReader{r: io.LimitReader(body, e.MaxDecoded+1), st: h.events, max: e.MaxInFlight}
+	br := h.events.inFlight.reader(io.LimitReader(body, e.MaxDecoded+1))
 	defer br.release()
 	_, err = buf.ReadFrom(br)
 	switch {

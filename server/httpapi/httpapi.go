@@ -67,6 +67,8 @@ type handler struct {
 	opts   Options
 	mux    *http.ServeMux
 	events *eventsState
+	// vulnInFlight bounds the inventory uploads being taken in (vuln.go).
+	vulnInFlight *budget
 }
 
 // New returns the API handler.

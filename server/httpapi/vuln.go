@@ -1,18 +1,35 @@
 package httpapi
 
 import (
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/server/auth"
 	"github.com/vigil-hids/vigil/server/vulnstore"
 	"github.com/vigil-hids/vigil/vuln/index"
 	"github.com/vigil-hids/vigil/vuln/ingest"
+)
+
+// Inventory upload limits (the per-upload ones are ingest's and the
+// store's).
+const (
+	// DefaultVulnMaxInFlight bounds the decompressed bytes of all the
+	// inventory uploads being taken in at once: decoding, digesting and
+	// indexing them allocates several times that. A typical inventory is
+	// 100 KiB to 1 MiB decompressed.
+	DefaultVulnMaxInFlight = 64 << 20
+	// DefaultVulnBodyTimeout bounds reading an upload (8 MiB at about
+	// 0.5 Mbit/s).
+	DefaultVulnBodyTimeout = 2 * time.Minute
 )
 
 // VulnOptions configures the inventory ingest and vulnerability query
@@ -23,6 +40,14 @@ type VulnOptions struct {
 	// MaxUpload bounds the (compressed) body of an inventory upload; 0
 	// means ingest.DefaultMaxUpload.
 	MaxUpload int64
+	// MaxInFlight bounds the decompressed bytes of all the uploads being
+	// read, decoded and stored at once (0: DefaultVulnMaxInFlight; at
+	// least the store's MaxInventory + 1, so that an upload at the limit
+	// is taken alone and one past it is refused too large, not busy).
+	MaxInFlight int64
+	// BodyTimeout bounds reading an upload, from the end of its headers
+	// (0: DefaultVulnBodyTimeout).
+	BodyTimeout time.Duration
 }
 
 // Vulnerability routes:
@@ -39,9 +64,18 @@ func (h *handler) vulnRoutes() {
 	if h.opts.Vuln == nil {
 		return
 	}
-	if h.opts.Vuln.MaxUpload <= 0 {
-		h.opts.Vuln.MaxUpload = ingest.DefaultMaxUpload
+	v := h.opts.Vuln
+	if v.MaxUpload <= 0 {
+		v.MaxUpload = ingest.DefaultMaxUpload
 	}
+	if v.MaxInFlight <= 0 {
+		v.MaxInFlight = DefaultVulnMaxInFlight
+	}
+	if v.BodyTimeout <= 0 {
+		v.BodyTimeout = DefaultVulnBodyTimeout
+	}
+	v.MaxInFlight = max(v.MaxInFlight, v.Service.MaxInventory()+1)
+	h.vulnInFlight = &budget{max: v.MaxInFlight}
 	h.mux.HandleFunc("POST /v1/vuln/digest", h.vulnDigest)
 	h.mux.HandleFunc("POST /v1/vuln/inventory", h.vulnInventory)
 	h.mux.HandleFunc("GET /v1/vuln/cves/{id}", h.vulnCVE)
@@ -109,32 +143,67 @@ func (h *handler) vulnDigest(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) vulnInventory(w http.ResponseWriter, r *http.Request) {
+	v := h.opts.Vuln
+	// The server has no read timeout (other routes take large uploads):
+	// a host that stalls its body must not hold this handler forever.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(v.BodyTimeout))
 	if err := h.allowIngest(r); err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	gz := false
+	refuse := func(err error) {
+		v.Service.Rejected()
+		switch {
+		case errors.Is(err, errBusy):
+			h.refuse(w, r, http.StatusServiceUnavailable, "busy", fmt.Errorf("server busy: %d MiB of inventory uploads are being taken in; send this one again later", v.MaxInFlight>>20))
+		case isMaxBytes(err):
+			h.failVuln(w, r, fmt.Errorf("%w: upload is larger than %d bytes", ingest.ErrTooLarge, v.MaxUpload))
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			h.refuse(w, r, http.StatusRequestTimeout, "timeout", fmt.Errorf("body not received within %s", v.BodyTimeout))
+		default:
+			h.failVuln(w, r, err)
+		}
+	}
+	var body io.Reader = http.MaxBytesReader(w, r.Body, v.MaxUpload)
 	switch enc := strings.ToLower(r.Header.Get("Content-Encoding")); enc {
 	case "gzip":
-		gz = true
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			refuse(fmt.Errorf("%w: body is not gzip: %w", ingest.ErrInvalid, err)) // the cause, for refuse to match
+			return
+		}
+		defer zr.Close()
+		body = zr
 	case "", "identity":
 	default:
-		h.fail(w, r, badRequest("Content-Encoding %q is not supported (gzip or none)", enc))
+		refuse(badRequest("Content-Encoding %q is not supported (gzip or none)", enc))
 		return
 	}
-	max := h.opts.Vuln.MaxUpload
-	body := http.MaxBytesReader(w, r.Body, max)
-	u, err := ingest.DecodeUpload(body, gz, h.opts.Vuln.Service.MaxInventory())
+	// The decompressed bytes held count against the server-wide budget
+	// until the upload is stored.
+	maxInv := v.Service.MaxInventory()
+	br := h.vulnInFlight.reader(io.LimitReader(body, maxInv+1))
+	defer br.release()
+	data, err := io.ReadAll(br)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) || strings.Contains(err.Error(), "request body too large") {
-			err = fmt.Errorf("%w: upload is larger than %d bytes", ingest.ErrTooLarge, max)
-		}
-		h.opts.Vuln.Service.Rejected()
-		h.failVuln(w, r, err)
+		refuse(fmt.Errorf("%w: reading the inventory: %w", ingest.ErrInvalid, err))
 		return
 	}
-	ans, err := h.opts.Vuln.Service.Ingest(u)
+	if int64(len(data)) > maxInv {
+		refuse(fmt.Errorf("%w: inventory is larger than %d bytes decompressed", ingest.ErrTooLarge, maxInv))
+		return
+	}
+	// The body is in: the deadline must not expire on the server's
+	// background read while this stores it (that would cancel the
+	// connection's context).
+	_ = rc.SetReadDeadline(time.Time{})
+	u, err := ingest.ParseUpload(data)
+	if err != nil {
+		refuse(err)
+		return
+	}
+	ans, err := v.Service.Ingest(u)
 	if err != nil {
 		h.failVuln(w, r, err)
 		return

@@ -122,6 +122,12 @@ func DecodeUpload(r io.Reader, gzipped bool, maxInventory int64) (*Upload, error
 	if int64(len(data)) > maxInventory {
 		return nil, fmt.Errorf("%w: inventory is larger than %d bytes decompressed", ErrTooLarge, maxInventory)
 	}
+	return ParseUpload(data)
+}
+
+// ParseUpload decodes an upload already decompressed (and bounded by the
+// caller) strictly, and checks it as DecodeUpload does.
+func ParseUpload(data []byte) (*Upload, error) {
 	var u Upload
 	if err := strictJSON(bytes.NewReader(data), &u); err != nil {
 		return nil, err

@@ -33,6 +33,12 @@ type KeyringRecord struct {
 	// Signed is the keyring.json as published (the same JSON value,
 	// compacted; the Keyring key holds it byte for byte).
 	Signed json.RawMessage `json:"signed"`
+	// Key and Error are set only in a listing (GET /v1/keyring/history),
+	// never stored: on the entry of a record that could not be decoded,
+	// its etcd key and the decode error (Serial is the one the key names,
+	// 0 if it names none; the other fields are empty).
+	Key   string `json:"key,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // KeyringInfo is the server's answer about the published keyring

@@ -21,7 +21,9 @@ const maxKeyring = 1 << 20
 
 // KeyringHistory is the body of GET /v1/keyring/history.
 type KeyringHistory struct {
-	// Records are the published serials' records, by serial.
+	// Records are the published serials' records, by serial; a record
+	// that could not be decoded is an entry with only Serial (from its
+	// key), Key and Error.
 	Records []api.KeyringRecord `json:"records"`
 }
 
@@ -104,6 +106,12 @@ func (h *handler) keyringHistory(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		h.failKeyring(w, r, err)
 		return
+	}
+	for _, rec := range recs {
+		if rec.Error != "" {
+			h.opts.Logger.Warn("keyring history record unreadable, listed with its error", "component", "httpapi",
+				"key", rec.Key, "error", rec.Error)
+		}
 	}
 	writeJSON(w, http.StatusOK, KeyringHistory{Records: recs})
 }

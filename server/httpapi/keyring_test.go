@@ -136,3 +136,42 @@ func getJSON(t *testing.T, h http.Handler, target string, out any) {
 		t.Fatal(err)
 	}
 }
+
+// TestKeyringHistoryDamagedRecord: GET /v1/keyring/history answers 200
+// with every record that decodes when one under the history prefix
+// cannot be decoded (written around the server); the damaged one is an
+// entry naming its key and the decode error.
+func TestKeyringHistoryDamagedRecord(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	cli := e.Client(t)
+	st := store.New(cli, store.Options{Validate: catalog.Validate})
+	rootPub, rootSec, _ := signing.GenerateKey(nil)
+	relPub, _, _ := signing.GenerateKey(nil)
+	roots, err := signing.NewTrust(1, rootPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)
+	h := New(Options{Store: st, Keyring: &KeyringOptions{Keyrings: rollout.NewKeyrings(rollout.KeyringOptions{Store: st, Roots: &roots,
+		Now: func() time.Time { return now }})}})
+	for serial := uint64(1); serial <= 2; serial++ {
+		if code, e := request(h, "alice", "admin", "PUT", "/v1/keyring", keyringJSON(t, serial, now.Add(24*time.Hour), relPub, rootSec)); code != 200 {
+			t.Fatalf("publish serial %d: %d %+v", serial, code, e)
+		}
+	}
+	bad := st.Keyspace().KeyringRecordKey(1)
+	if _, err := cli.Put(context.Background(), bad, "\x00not json"); err != nil {
+		t.Fatal(err)
+	}
+	var hist KeyringHistory
+	getJSON(t, h, "/v1/keyring/history", &hist)
+	if len(hist.Records) != 2 {
+		t.Fatalf("want 2 entries, got %+v", hist)
+	}
+	if r := hist.Records[0]; r.Serial != 1 || r.Key != bad || !strings.Contains(r.Error, "unreadable record: invalid character") {
+		t.Fatalf("damaged serial 1: %+v", r)
+	}
+	if r := hist.Records[1]; r.Serial != 2 || r.PublishedBy != "alice" || r.Error != "" || r.Key != "" {
+		t.Fatalf("serial 2: %+v", r)
+	}
+}

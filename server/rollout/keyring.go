@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vigil-hids/vigil/api"
@@ -269,6 +271,9 @@ func infoOf(s signing.SignedKeyring, raw []byte, rev int64, rec api.KeyringRecor
 }
 
 // KeyringHistory lists the records of every published serial, by serial.
+// A record that cannot be decoded (damaged, or written around the server)
+// does not hide the others: it is listed as an entry with its key, the
+// serial its key names (0 if none) and the decode error.
 func (k *Keyrings) KeyringHistory(ctx context.Context) ([]api.KeyringRecord, error) {
 	prefix := k.ks.KeyringHistory()
 	resp, err := k.cli.Get(ctx, prefix, clientv3.WithPrefix())
@@ -278,8 +283,11 @@ func (k *Keyrings) KeyringHistory(ctx context.Context) ([]api.KeyringRecord, err
 	out := make([]api.KeyringRecord, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		var rec api.KeyringRecord
-		if err := json.Unmarshal(kv.Value, &rec); err != nil {
-			return nil, fmt.Errorf("%s holds an unreadable record: %w", kv.Key, err)
+		err := json.Unmarshal(kv.Value, &rec)
+		rec.Key, rec.Error = "", "" // listing fields, never stored
+		if err != nil {
+			rec = api.KeyringRecord{Key: string(kv.Key), Error: fmt.Sprintf("unreadable record: %v", err)}
+			rec.Serial, _ = strconv.ParseUint(strings.TrimPrefix(string(kv.Key), prefix), 10, 64)
 		}
 		out = append(out, rec)
 	}

@@ -352,3 +352,52 @@ func TestPublishKeyringHistoryKeepsTheSerial(t *testing.T) {
 		t.Fatalf("serial 3: %+v, %v", info, err)
 	}
 }
+
+// TestKeyringHistoryDamagedRecord: a history record that cannot be
+// decoded (written around the server) does not hide the others: every
+// record that decodes is listed, the damaged ones as entries with their
+// key, the serial the key names and the decode error.
+func TestKeyringHistoryDamagedRecord(t *testing.T) {
+	e := newEnv(t, false)
+	c := ctx(t)
+	roots, rel := newKeys(t, 1), newKeys(t, 1)
+	k := e.keyrings(nil)
+	var raws [][]byte
+	for serial := uint64(1); serial <= 3; serial++ {
+		_, raw := keyringOf(t, serial, rel, roots[0])
+		if _, err := k.PublishKeyring(c, raw, "carol"); err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, raw)
+	}
+	junk := e.ks.KeyringHistory() + "junk"
+	for key, val := range map[string]string{e.ks.KeyringRecordKey(2): "garbage{", junk: `{"serial":"x"}`} {
+		if _, err := e.cli.Put(c, key, val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hist, err := k.KeyringHistory(c)
+	if err != nil {
+		t.Fatalf("one damaged record hid the history: %v", err)
+	}
+	if len(hist) != 4 {
+		t.Fatalf("want 4 entries (3 serials and the junk key), got %+v", hist)
+	}
+	// By serial: the junk key names none (0).
+	if h := hist[0]; h.Serial != 0 || h.Key != junk || !strings.Contains(h.Error, "unreadable record") || h.PublishedBy != "" {
+		t.Fatalf("junk entry: %+v", h)
+	}
+	for i, serial := range []uint64{1, 3} {
+		h := hist[2*i+1]
+		if h.Serial != serial || h.Error != "" || h.Key != "" || h.PublishedBy != "carol" || !sameJSON(h.Signed, raws[serial-1]) {
+			t.Fatalf("serial %d: %+v", serial, h)
+		}
+	}
+	if h := hist[2]; h.Serial != 2 || h.Key != e.ks.KeyringRecordKey(2) || !strings.Contains(h.Error, "invalid character") || h.Signed != nil {
+		t.Fatalf("damaged serial 2: %+v", h)
+	}
+	// The damaged record is listed, not repaired or removed.
+	if resp, err := e.cli.Get(c, e.ks.KeyringRecordKey(2)); err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "garbage{" {
+		t.Fatalf("record 2 changed: %v, %v", resp, err)
+	}
+}

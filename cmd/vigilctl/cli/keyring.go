@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -98,10 +99,23 @@ func printKeyring(w io.Writer, info api.KeyringInfo) {
 	_ = tw.Flush()
 }
 
+// printKeyringHistory prints the records as a table; a record the server
+// could not decode is a row saying so, and its key and error follow the
+// table.
 func printKeyringHistory(w io.Writer, recs []api.KeyringRecord) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERIAL\tPUBLISHED\tBY\tSIGNATURES ADDED\tEXPIRES\tRELEASE KEYS\tROOT SIGNERS")
+	var damaged []api.KeyringRecord
 	for _, r := range recs {
+		if r.Error != "" {
+			serial := strconv.FormatUint(r.Serial, 10)
+			if r.Serial == 0 {
+				serial = "?"
+			}
+			fmt.Fprintf(tw, "%s\t(unreadable record, see below)\t-\t-\t-\t-\t-\n", serial)
+			damaged = append(damaged, r)
+			continue
+		}
 		exp, keys, signers := "(unreadable)", "", ""
 		if s, err := signing.ParseKeyring(bytes.NewReader(r.Signed)); err == nil {
 			exp = s.Keyring.Expires.UTC().Format(time.RFC3339)
@@ -126,6 +140,12 @@ func printKeyringHistory(w io.Writer, recs []api.KeyringRecord) {
 			exp, keys, signers)
 	}
 	_ = tw.Flush()
+	if len(damaged) > 0 {
+		fmt.Fprintf(w, "\n%d history record(s) could not be decoded (damaged in etcd; the others are listed above):\n", len(damaged))
+		for _, r := range damaged {
+			fmt.Fprintf(w, "  %s: %s\n", r.Key, r.Error)
+		}
+	}
 }
 
 func byAt(who string, at time.Time) string {

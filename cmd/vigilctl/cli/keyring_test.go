@@ -152,4 +152,25 @@ func TestKeyringRotationWithVigilSign(t *testing.T) {
 		len(recs) != 2 || recs[0].PublishedBy != "admin" || recs[1].Serial != 2 {
 		t.Fatalf("history -o json: %+v, %v", recs, err)
 	}
+
+	// Serial 1's record damaged in etcd: serial 2 is still listed, and the
+	// damaged one is a row saying so, with its key and error below.
+	bad := f.srv.Store().Keyspace().KeyringRecordKey(1)
+	if _, err := f.srv.Store().Client().Put(context.Background(), bad, "garbage{"); err != nil {
+		t.Fatal(err)
+	}
+	out = f.mustRun(t, "auditor", "", "keyring", "history")
+	t.Logf("vigilctl keyring history, serial 1 damaged:\n%s", out)
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 6 || !strings.HasPrefix(lines[1], "1 ") || !strings.Contains(lines[1], "(unreadable record, see below)") ||
+		!strings.HasPrefix(lines[2], "2 ") || !strings.Contains(lines[2], keyID("rel2")) ||
+		!strings.Contains(lines[4], "1 history record(s) could not be decoded") ||
+		!strings.Contains(lines[5], bad+": unreadable record: invalid character 'g'") {
+		t.Fatalf("history with a damaged record:\n%s", out)
+	}
+	recs = nil
+	if err := json.Unmarshal([]byte(f.mustRun(t, "auditor", "", "keyring", "history", "-o", "json")), &recs); err != nil ||
+		len(recs) != 2 || recs[0].Key != bad || recs[0].Error == "" || recs[1].Serial != 2 || recs[1].Error != "" {
+		t.Fatalf("history -o json with a damaged record: %+v, %v", recs, err)
+	}
 }

@@ -329,6 +329,15 @@ func apiServer(t *testing.T, ev httpapi.EventsOptions) (string, *tls.Config) {
 	out := &lumberjack.Logger{Filename: filepath.Join(dir, "events", "events.ndjson"), MaxSize: server.MinEventsMaxMB}
 	t.Cleanup(func() { _ = out.Close() })
 	ev.Out = out
+	return serveTLS(t, files, httpapi.Options{Events: &ev}, "h1")
+}
+
+// serveTLS serves httpapi.New(opts) on a loopback port behind the server
+// certificate of files, asking for client certificates as vigil-server
+// does; it returns the address and the client TLS config of identity
+// client.
+func serveTLS(t *testing.T, files func(string) pki.Files, opts httpapi.Options, client string) (string, *tls.Config) {
+	t.Helper()
 	stc, err := files("server").ServerConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -337,10 +346,10 @@ func apiServer(t *testing.T, ev httpapi.EventsOptions) (string, *tls.Config) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: httpapi.New(httpapi.Options{Events: &ev}), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: httpapi.New(opts), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(tls.NewListener(ln, stc)) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	ctc, err := files("h1").ClientConfig()
+	ctc, err := files(client).ClientConfig()
 	if err != nil {
 		t.Fatal(err)
 	}

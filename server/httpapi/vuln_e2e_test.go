@@ -40,22 +40,9 @@ func vulnServer(t *testing.T, vo httpapi.VulnOptions, maxInventory int64) (strin
 	}
 	t.Cleanup(func() { _ = svc.Close() })
 	vo.Service = svc
-	stc, err := files("server").ServerConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: httpapi.New(httpapi.Options{Vuln: &vo}), ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = srv.Serve(tls.NewListener(ln, stc)) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	ctc, err := files("host").ClientConfig() // the fleet-wide host certificate (CN vigil-host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln.Addr().String(), svc, ctc
+	// The fleet-wide host certificate (CN vigil-host).
+	addr, ctc := serveTLS(t, files, httpapi.Options{Vuln: &vo}, "host")
+	return addr, svc, ctc
 }
 
 // goodUpload is a valid gzipped upload for host.

@@ -138,7 +138,8 @@ func (s *TrustStore) Status() *api.KeyringStatus {
 // keyrings taken since, whatever minSerial says). It reports whether the
 // keyring in use changed; an error says why raw was refused, and the
 // keyring in use stays. The same bytes offered again give the same answer
-// without a second check.
+// without a second check, but for one refused as expired, which is
+// checked again (against the clock of the next offer).
 func (s *TrustStore) Offer(raw []byte, now time.Time, minSerial uint64) (bool, error) {
 	changed, hooks, err := s.offer(raw, now, minSerial)
 	if changed {
@@ -170,6 +171,12 @@ func (s *TrustStore) offer(raw []byte, now time.Time, minSerial uint64) (bool, [
 	s.offered = bytes.Clone(raw)
 	changed, err := s.take(raw, now, minSerial)
 	s.err = err
+	if errors.Is(err, signing.ErrKeyringExpired) {
+		// Judged by this host's clock, which may be the one that is
+		// wrong (ahead): checked again at the next offer, so a corrected
+		// clock takes it without a new publish.
+		s.offered = nil
+	}
 	if err != nil {
 		var serial uint64
 		if kr, perr := signing.ParseKeyring(bytes.NewReader(raw)); perr == nil {

@@ -387,3 +387,25 @@ func TestUpdaterRetriesRefusalRacingNewKeyring(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 }
+
+// TestTrustStoreRechecksKeyringRefusedAsExpired: a keyring refused as
+// expired by a clock running ahead is taken once the clock is right, with
+// no new publish (the same bytes offered again are checked again).
+func TestTrustStoreRechecksKeyringRefusedAsExpired(t *testing.T) {
+	root, k1, k2 := newTestKey(t), newTestKey(t), newTestKey(t)
+	roots := testTrust(t, 1, root).Keys
+	later := testNow.Add(24 * time.Hour)
+	file := parsedKeyring(t, signedKeyring(t, 1, later, []testKey{k1}, root))
+	s := NewTrustStore(Trust{Roots: roots, Keyring: file}, t.TempDir(), nil)
+	v2 := signedKeyring(t, 2, later, []testKey{k2}, root)
+	ahead := later.Add(time.Hour)
+	if changed, err := s.Offer(v2, ahead, 0); changed || !errors.Is(err, signing.ErrKeyringExpired) {
+		t.Fatalf("Offer with the clock a day ahead = %v, %v; want refused as expired", changed, err)
+	}
+	if changed, err := s.Offer(v2, testNow, 0); !changed || err != nil {
+		t.Fatalf("the same keyring with the clock corrected = %v, %v; want taken", changed, err)
+	}
+	if st := s.Status(); st.Serial != 2 || st.Error != "" {
+		t.Errorf("status %+v", st)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -78,7 +79,9 @@ func (a KafkaSASL) password() (string, error) {
 	if a.PasswordFile == "" {
 		return a.Password, nil
 	}
-	f, err := os.Open(a.PasswordFile)
+	// O_NONBLOCK: a FIFO named here must not hang the host's start; it
+	// is refused below, as is anything but a regular file.
+	f, err := os.OpenFile(a.PasswordFile, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("sinks.kafka.sasl.password_file: %w", err)
 	}
@@ -87,6 +90,9 @@ func (a KafkaSASL) password() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("sinks.kafka.sasl.password_file: %w", err)
 	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("sinks.kafka.sasl.password_file %s is not a regular file (%v)", a.PasswordFile, fi.Mode().Type())
+	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		return "", fmt.Errorf("sinks.kafka.sasl.password_file %s is readable by group or others (mode %v); chmod 600 it", a.PasswordFile, fi.Mode().Perm())
 	}
@@ -94,7 +100,10 @@ func (a KafkaSASL) password() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("sinks.kafka.sasl.password_file: %w", err)
 	}
-	pw, _, _ := strings.Cut(string(b), "\n")
+	pw, _, found := strings.Cut(string(b), "\n")
+	if !found && len(b) == 4096 {
+		return "", fmt.Errorf("sinks.kafka.sasl.password_file %s: the password line is longer than 4096 bytes", a.PasswordFile)
+	}
 	pw = strings.TrimSuffix(pw, "\r")
 	if pw == "" {
 		return "", fmt.Errorf("sinks.kafka.sasl.password_file %s is empty", a.PasswordFile)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sys/unix"
 
 	"github.com/vigil-hids/vigil/sdk"
 )
@@ -337,6 +338,7 @@ func TestKafkaSASLPasswordFile(t *testing.T) {
 	for _, tc := range []struct{ name, content, want string }{
 		{"open", "s3cret\n", "readable by group or others"},
 		{"empty", "\n", "is empty"},
+		{"long", strings.Repeat("x", 5000), "longer than 4096 bytes"},
 	} {
 		mode := os.FileMode(0o600)
 		if tc.name == "open" {
@@ -345,6 +347,17 @@ func TestKafkaSASLPasswordFile(t *testing.T) {
 		p := file(tc.name, tc.content, mode)
 		if _, err := NewKafka(cfg(p), "h1", nil); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p) {
 			t.Errorf("%s password file: %v, want %q naming %s", tc.name, err, tc.want, p)
+		}
+	}
+	// A FIFO (nobody writing it) is refused at once instead of hanging
+	// the start; so is a directory.
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fifo, dir} {
+		if _, err := NewKafka(cfg(p), "h1", nil); err == nil || !strings.Contains(err.Error(), "is not a regular file") || !strings.Contains(err.Error(), p) {
+			t.Errorf("password file %s: %v, want refused as not a regular file", p, err)
 		}
 	}
 }

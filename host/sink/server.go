@@ -254,6 +254,9 @@ func (s *Server) Close() error {
 		s.cancel()
 	})
 	<-s.done
+	// Its keep-alive connection (and the transport's two goroutines for
+	// it) would otherwise stay until the idle timeout.
+	s.client.CloseIdleConnections()
 	return nil
 }
 

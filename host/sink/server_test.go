@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vigil-hids/vigil/sdk"
+	"go.uber.org/goleak"
 )
 
 func TestServerConfigValidate(t *testing.T) {
@@ -217,4 +218,29 @@ func TestServerBodyReadAfterAnswer(t *testing.T) {
 			t.Errorf("body %d holds %d events of plugin %q, want 64:\n%.300s", i+1, n, plugin, b)
 		}
 	}
+}
+
+// TestServerCloseLeavesNoConnection: Close ends the sink's keep-alive
+// connection too, not only its sender.
+func TestServerCloseLeavesNoConnection(t *testing.T) {
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	defer hs.Close()
+	before := goleak.IgnoreCurrent()
+	s, err := NewServer(ServerConfig{FlushInterval: 10 * time.Millisecond}, "h", &http.Client{Transport: &http.Transport{}}, hs.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := benchBatch()
+	if err := s.Write(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); s.Counts().Delivered != uint64(b.Count); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never delivered: %+v", s.Counts())
+		}
+	}
+	_ = s.Close()
+	goleak.VerifyNone(t, before)
 }

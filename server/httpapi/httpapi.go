@@ -59,7 +59,9 @@ type Options struct {
 type Error struct {
 	Error string `json:"error"`
 	// Code is one of invalid, too_large, conflict, forbidden,
-	// unauthenticated, not_found, internal.
+	// unauthenticated, not_found, internal; the ingest routes (events,
+	// vulnerability inventories) also answer timeout (408), busy and
+	// unavailable (503, to be sent again later) and disabled (404).
 	Code string `json:"code"`
 }
 

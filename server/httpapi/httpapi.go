@@ -23,6 +23,7 @@ import (
 	"github.com/vigil-hids/vigil/server/cells"
 	"github.com/vigil-hids/vigil/server/desired"
 	"github.com/vigil-hids/vigil/server/jsondiff"
+	"github.com/vigil-hids/vigil/server/rollout"
 	"github.com/vigil-hids/vigil/server/store"
 )
 
@@ -328,6 +329,21 @@ func (h *handler) configSet(w http.ResponseWriter, r *http.Request) {
 	if h.multi() {
 		h.configSetCells(w, r, wr, id)
 		return
+	}
+	// A version the document newly names must be published, and the write
+	// lands only while it still is (not after a concurrent release rm).
+	if ro := h.opts.Releases; ro != nil && ro.Rollout != nil {
+		cur, err := h.opts.Store.Get(r.Context(), sc)
+		if err == nil {
+			wr.Guards, err = ro.Rollout.NamedGuards(r.Context(), st, cur.Document.State)
+			if errors.Is(err, rollout.ErrNoRelease) {
+				err = badRequest("%v", err)
+			}
+		}
+		if err != nil {
+			h.fail(w, r, err)
+			return
+		}
 	}
 	res, err := h.opts.Store.Set(r.Context(), wr)
 	if err != nil {

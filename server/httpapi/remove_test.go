@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/vigil-hids/vigil/api"
 	"github.com/vigil-hids/vigil/internal/etcdtest"
 	"github.com/vigil-hids/vigil/plugins/catalog"
@@ -105,5 +107,64 @@ func TestRemoveAndCollectRoutes(t *testing.T) {
 	}
 	if _, err := arts.Stat(sha); err == nil {
 		t.Fatal("gc kept the artifact of the removed release")
+	}
+}
+
+// TestConfigSetNamesPublishedVersions: config set may name a release
+// version only once it is published; a version the scope's document named
+// already does not block an unrelated edit after it was removed.
+func TestConfigSetNamesPublishedVersions(t *testing.T) {
+	e := etcdtest.StartEmbedded(t)
+	st := store.New(e.Client(t), store.Options{Validate: catalog.Validate})
+	arts, err := artifacts.Open(artifacts.Config{Dir: t.TempDir(), MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, _ := signing.GenerateKey(nil)
+	h := New(Options{Store: st, Releases: &ReleaseOptions{Artifacts: arts, Rollout: rollout.New(rollout.Options{Store: st})}})
+	send := func(role, method, path, body string) (int, string) {
+		r := httptest.NewRequest(method, path, strings.NewReader(body))
+		c := &x509.Certificate{Subject: pkix.Name{CommonName: role + "-alice", OrganizationalUnit: []string{role}}}
+		r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code, w.Body.String()
+	}
+	bin := "binary of example 1.0.0"
+	ctype, body := upload(t, PartManifest, signedManifest(t, sec, []byte(bin), time.Now().Add(time.Hour)), PartBinary, bin)
+	r := httptest.NewRequest("POST", "/v1/releases", bytes.NewReader(body))
+	r.Header.Set("Content-Type", ctype)
+	c := &x509.Certificate{Subject: pkix.Name{CommonName: "admin-alice", OrganizationalUnit: []string{"admin"}}}
+	r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}
+	w := httptest.NewRecorder()
+	if h.ServeHTTP(w, r); w.Code != 200 {
+		t.Fatalf("publish: %d %s", w.Code, w.Body)
+	}
+	for _, tt := range []struct {
+		name, doc string
+		before    func()
+		status    int
+		contains  string
+	}{
+		{"unpublished version", `{"plugins":{"example":{"version":"9.9.9"}}}`, nil, 400, "plugins.example.version 9.9.9: rollout: no such release: example 9.9.9 is not published on any platform"},
+		{"unpublished rollout from", `{"plugins":{"example":{"version":"1.0.0","rollout":{"percent":10,"from":"0.5.0"}}}}`, nil, 400, "plugins.example.rollout.from 0.5.0"},
+		{"unpublished host version", `{"host_version":"7.0.0"}`, nil, 400, "host_version 7.0.0"},
+		{"published version", `{"plugins":{"example":{"version":"1.0.0"}}}`, nil, 200, `"seq": 1`},
+		// Removed behind the server's back (rm itself refuses while a
+		// document asks for it): an unrelated edit still lands.
+		{"unrelated edit", `{"log_level":"debug","plugins":{"example":{"version":"1.0.0"}}}`, func() {
+			if _, err := e.Client(t).Delete(t.Context(), api.NewKeyspace("").ReleaseVersion("example", "1.0.0"), clientv3.WithPrefix()); err != nil {
+				t.Fatal(err)
+			}
+		}, 200, `"seq": 2`},
+		{"but not a new name", `{"log_level":"debug","plugins":{"example":{"version":"1.0.0"},"procmon":{"version":"1.0.0"}}}`, nil, 400, "plugins.procmon.version 1.0.0"},
+	} {
+		if tt.before != nil {
+			tt.before()
+		}
+		status, out := send("admin", "PUT", "/v1/config?scope=fleet&comment=x", tt.doc)
+		if status != tt.status || !strings.Contains(out, tt.contains) {
+			t.Fatalf("%s: got %d %s, want %d containing %q", tt.name, status, out, tt.status, tt.contains)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -23,31 +24,50 @@ import (
 	"github.com/vigil-hids/vigil/signing"
 )
 
-func TestRemoveAndCollectRoutes(t *testing.T) {
+// releaseAPI is the API over a store and an artifact store on embedded
+// etcd, with example 1.0.0 published (signed by a fresh key); send calls
+// it as a certificate of the role.
+type releaseAPI struct {
+	e    *etcdtest.Embedded
+	st   *store.Store
+	arts *artifacts.Store
+	h    http.Handler
+}
+
+func newReleaseAPI(t *testing.T) *releaseAPI {
+	t.Helper()
 	e := etcdtest.StartEmbedded(t)
 	st := store.New(e.Client(t), store.Options{Validate: catalog.Validate})
 	arts, err := artifacts.Open(artifacts.Config{Dir: t.TempDir(), MaxBytes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := &releaseAPI{e: e, st: st, arts: arts,
+		h: New(Options{Store: st, Releases: &ReleaseOptions{Artifacts: arts, Rollout: rollout.New(rollout.Options{Store: st})}})}
 	_, sec, _ := signing.GenerateKey(nil)
-	h := New(Options{Store: st, Releases: &ReleaseOptions{Artifacts: arts, Rollout: rollout.New(rollout.Options{Store: st})}})
-	send := func(role, method, path string, body []byte, ctype string) (int, string) {
-		r := httptest.NewRequest(method, path, bytes.NewReader(body))
-		if ctype != "" {
-			r.Header.Set("Content-Type", ctype)
-		}
-		c := &x509.Certificate{Subject: pkix.Name{CommonName: role + "-alice", OrganizationalUnit: []string{role}}}
-		r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		return w.Code, w.Body.String()
-	}
 	bin := "binary of example 1.0.0"
 	ctype, body := upload(t, PartManifest, signedManifest(t, sec, []byte(bin), time.Now().Add(time.Hour)), PartBinary, bin)
-	if code, out := send("admin", "POST", "/v1/releases", body, ctype); code != 200 {
+	if code, out := a.send("admin", "POST", "/v1/releases", body, ctype); code != 200 {
 		t.Fatalf("publish: %d %s", code, out)
 	}
+	return a
+}
+
+func (a *releaseAPI) send(role, method, path string, body []byte, ctype string) (int, string) {
+	r := httptest.NewRequest(method, path, bytes.NewReader(body))
+	if ctype != "" {
+		r.Header.Set("Content-Type", ctype)
+	}
+	c := &x509.Certificate{Subject: pkix.Name{CommonName: role + "-alice", OrganizationalUnit: []string{role}}}
+	r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}
+	w := httptest.NewRecorder()
+	a.h.ServeHTTP(w, r)
+	return w.Code, w.Body.String()
+}
+
+func TestRemoveAndCollectRoutes(t *testing.T) {
+	a := newReleaseAPI(t)
+	st, arts, send := a.st, a.arts, a.send
 	sha := ""
 	if list, _ := arts.List(); len(list) == 1 {
 		sha = list[0].SHA256
@@ -114,32 +134,7 @@ func TestRemoveAndCollectRoutes(t *testing.T) {
 // version only once it is published; a version the scope's document named
 // already does not block an unrelated edit after it was removed.
 func TestConfigSetNamesPublishedVersions(t *testing.T) {
-	e := etcdtest.StartEmbedded(t)
-	st := store.New(e.Client(t), store.Options{Validate: catalog.Validate})
-	arts, err := artifacts.Open(artifacts.Config{Dir: t.TempDir(), MaxBytes: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, sec, _ := signing.GenerateKey(nil)
-	h := New(Options{Store: st, Releases: &ReleaseOptions{Artifacts: arts, Rollout: rollout.New(rollout.Options{Store: st})}})
-	send := func(role, method, path, body string) (int, string) {
-		r := httptest.NewRequest(method, path, strings.NewReader(body))
-		c := &x509.Certificate{Subject: pkix.Name{CommonName: role + "-alice", OrganizationalUnit: []string{role}}}
-		r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}
-		w := httptest.NewRecorder()
-		h.ServeHTTP(w, r)
-		return w.Code, w.Body.String()
-	}
-	bin := "binary of example 1.0.0"
-	ctype, body := upload(t, PartManifest, signedManifest(t, sec, []byte(bin), time.Now().Add(time.Hour)), PartBinary, bin)
-	r := httptest.NewRequest("POST", "/v1/releases", bytes.NewReader(body))
-	r.Header.Set("Content-Type", ctype)
-	c := &x509.Certificate{Subject: pkix.Name{CommonName: "admin-alice", OrganizationalUnit: []string{"admin"}}}
-	r.TLS = &tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}
-	w := httptest.NewRecorder()
-	if h.ServeHTTP(w, r); w.Code != 200 {
-		t.Fatalf("publish: %d %s", w.Code, w.Body)
-	}
+	a := newReleaseAPI(t)
 	for _, tt := range []struct {
 		name, doc string
 		before    func()
@@ -153,7 +148,7 @@ func TestConfigSetNamesPublishedVersions(t *testing.T) {
 		// Removed behind the server's back (rm itself refuses while a
 		// document asks for it): an unrelated edit still lands.
 		{"unrelated edit", `{"log_level":"debug","plugins":{"example":{"version":"1.0.0"}}}`, func() {
-			if _, err := e.Client(t).Delete(t.Context(), api.NewKeyspace("").ReleaseVersion("example", "1.0.0"), clientv3.WithPrefix()); err != nil {
+			if _, err := a.e.Client(t).Delete(t.Context(), api.NewKeyspace("").ReleaseVersion("example", "1.0.0"), clientv3.WithPrefix()); err != nil {
 				t.Fatal(err)
 			}
 		}, 200, `"seq": 2`},
@@ -162,7 +157,7 @@ func TestConfigSetNamesPublishedVersions(t *testing.T) {
 		if tt.before != nil {
 			tt.before()
 		}
-		status, out := send("admin", "PUT", "/v1/config?scope=fleet&comment=x", tt.doc)
+		status, out := a.send("admin", "PUT", "/v1/config?scope=fleet&comment=x", []byte(tt.doc), "")
 		if status != tt.status || !strings.Contains(out, tt.contains) {
 			t.Fatalf("%s: got %d %s, want %d containing %q", tt.name, status, out, tt.status, tt.contains)
 		}

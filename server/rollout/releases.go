@@ -325,16 +325,9 @@ func (s *Service) Manifests(ctx context.Context, plugin, version string) ([]Plat
 // Releases lists the published releases of plugin ("" for every plugin),
 // one row per platform, sorted by plugin, then by semver, then platform.
 func (s *Service) Releases(ctx context.Context, plugin string) ([]Release, error) {
-	prefix := s.ks.Releases()
-	if plugin != "" {
-		if err := checkRelease(plugin); err != nil {
-			return nil, err
-		}
-		prefix += plugin + "/"
-	}
-	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	resp, err := s.listPlugin(ctx, s.ks.Releases(), plugin)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", prefix, err)
+		return nil, err
 	}
 	out := make([]Release, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
@@ -430,4 +423,21 @@ func (s *Service) publishedGuard(ctx context.Context, plugin, version string) ([
 			ErrNoRelease, plugin, version, plugin)
 	}
 	return platforms, guards, nil
+}
+
+// listPlugin reads every key under base, or only plugin's ("" for every
+// plugin).
+func (s *Service) listPlugin(ctx context.Context, base, plugin string) (*clientv3.GetResponse, error) {
+	prefix := base
+	if plugin != "" {
+		if err := checkRelease(plugin); err != nil {
+			return nil, err
+		}
+		prefix += plugin + "/"
+	}
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", prefix, err)
+	}
+	return resp, nil
 }

@@ -234,16 +234,9 @@ func restorable(rm *Removal, sm signing.SignedManifest) error {
 // Removed lists the removal records of plugin ("" for every plugin),
 // sorted by plugin, semver, then platform.
 func (s *Service) Removed(ctx context.Context, plugin string) ([]Removal, error) {
-	prefix := s.ks.RemovedReleases()
-	if plugin != "" {
-		if err := checkRelease(plugin); err != nil {
-			return nil, err
-		}
-		prefix += plugin + "/"
-	}
-	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	resp, err := s.listPlugin(ctx, s.ks.RemovedReleases(), plugin)
 	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", prefix, err)
+		return nil, err
 	}
 	out := make([]Removal, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {

@@ -25,10 +25,11 @@ import (
 func (s *Service) NamedGuards(ctx context.Context, st, prev api.DesiredState) ([]clientv3.Cmp, error) {
 	var guards []clientv3.Cmp
 	var errs []error
+	before := named(prev)
 	for _, ref := range named(st) {
 		_, g, err := s.publishedGuard(ctx, ref.release, ref.version)
 		switch {
-		case errors.Is(err, ErrNoRelease) && slices.Contains(named(prev), ref):
+		case errors.Is(err, ErrNoRelease) && slices.Contains(before, ref):
 		case errors.Is(err, ErrNoRelease):
 			errs = append(errs, fmt.Errorf("%s %s: %w", ref.field, ref.version, err))
 		case err != nil:
